@@ -1,0 +1,4 @@
+"""AnyGPT's expanded vocabulary: the id layout and the token string forms."""
+
+from anygpt_jax.vocabulary.layout import (MODALITIES, MODALITY_NAMES, VocabularyError, VocabularyLayout,
+                                          modality_codes_from_string, split_added_tokens)

@@ -1,0 +1,86 @@
+"""Multi-head and grouped-query self-attention over packed rows.
+
+Every implementation gets the same mask: causal by position in the row, and a token only
+sees tokens of its own segment, so packed samples never attend to each other.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from anygpt_jax.model.config import ModelConfig
+from anygpt_jax.model.embeddings import rotary_embedding
+from anygpt_jax.model.linear import DenseGeneral
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+  """Causal, segment-restricted mask. segment_ids: int32 [B, L] -> bool [B, 1, L, L]."""
+  length = segment_ids.shape[1]
+  causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
+  same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (causal[None] & same_segment)[:, None]
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Reference attention: explicit scores, float32 softmax, grouped heads without copying k/v.
+
+  Args:
+    q: [B, T, num_heads, head_dim]; k, v: [B, S, num_kv_heads, head_dim].
+    mask: bool [B, 1, T, S], True where attention is allowed.
+  Returns:
+    [B, T, num_heads, head_dim] in q's dtype.
+  """
+  b, t, num_heads, head_dim = q.shape
+  num_kv_heads = k.shape[2]
+  groups = num_heads // num_kv_heads
+  q = q.reshape(b, t, num_kv_heads, groups, head_dim)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * (head_dim ** -0.5)
+  # A finite minimum keeps fully masked rows (padding) free of NaNs.
+  scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, num_heads, head_dim)
+
+
+def fused_attention(q, k, v, mask, implementation: str | None) -> jax.Array:
+  """jax.nn.dot_product_attention with the same mask (cuDNN flash when implementation='cudnn')."""
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+class Attention(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """x: [B, L, hidden]; positions, segment_ids: int32 [B, L] -> [B, L, hidden]."""
+    cfg = self.config
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    head_dim = cfg.resolved_head_dim
+    init = nn.initializers.normal(cfg.initializer_range)
+
+    def projection(name, heads, axes):
+      return DenseGeneral((heads, head_dim), axes, dtype=dtype, param_dtype=pdtype, kernel_init=init, name=name)
+
+    q = projection("q_proj", cfg.num_heads, ("embed", "heads", "kv"))(x)
+    k = projection("k_proj", cfg.num_kv_heads, ("embed", "kv_heads", "kv"))(x)
+    v = projection("v_proj", cfg.num_kv_heads, ("embed", "kv_heads", "kv"))(x)
+    q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+    k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv"))
+    v = nn.with_logical_constraint(v, ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv"))
+    # Named so the 'qkv_proj' remat policy can keep them for the backward pass.
+    q = checkpoint_name(rotary_embedding(q, positions, cfg.rope_theta), "query_proj")
+    k = checkpoint_name(rotary_embedding(k, positions, cfg.rope_theta), "key_proj")
+    v = checkpoint_name(v, "value_proj")
+
+    mask = attention_mask(segment_ids)
+    if cfg.attention == "xla":
+      out = xla_attention(q, k, v, mask)
+    else:
+      out = fused_attention(q, k, v, mask, "cudnn" if cfg.attention == "cudnn" else None)
+    out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+    return DenseGeneral((cfg.hidden_size,), ("heads", "kv", "embed"), in_dims=2, dtype=dtype, param_dtype=pdtype,
+                        kernel_init=init, name="o_proj")(out)

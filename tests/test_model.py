@@ -12,27 +12,11 @@ import transformers
 
 from anygpt_jax.model import (ConfigError, ModelConfig, Transformer, expand_vocabulary, get_config,
                               hf_config_dict, hf_state_dict_from_params, params_from_hf_state_dict)
+from anygpt_jax.model.reference import hf_logits, hf_reference_model
 from anygpt_jax.vocabulary import VocabularyLayout
 
 # GQA (4 query heads over 2 kv heads), untied head, padded vocabulary.
 TINY = get_config("tiny", vocab_size=384, real_vocab_size=371, num_layers=3)
-
-
-def _hf_model(cfg: ModelConfig, seed: int = 0) -> transformers.LlamaForCausalLM:
-  torch.manual_seed(seed)
-  hf_cfg = transformers.LlamaConfig(**hf_config_dict(cfg), attn_implementation="eager")
-  model = transformers.LlamaForCausalLM(hf_cfg).eval()
-  with torch.no_grad():  # HF initialises norms to ones; random scales test the mapping better
-    for name, p in model.named_parameters():
-      if name.endswith("layernorm.weight") or name == "model.norm.weight":
-        p.uniform_(0.5, 1.5)
-  return model
-
-
-def _hf_logits(model, tokens: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
-  with torch.no_grad():
-    kwargs = {} if positions is None else {"position_ids": torch.from_numpy(positions).long()}
-    return model(torch.from_numpy(tokens).long(), **kwargs).logits.float().numpy()
 
 
 def _tokens(shape, high, seed=0):
@@ -42,11 +26,11 @@ def _tokens(shape, high, seed=0):
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_logits_match_transformers(scan_layers):
   cfg = dataclasses.replace(TINY, scan_layers=scan_layers)
-  hf = _hf_model(cfg)
+  hf = hf_reference_model(cfg)
   params = params_from_hf_state_dict(hf.state_dict(), cfg)
   tokens = _tokens((2, 24), cfg.real_vocab_size)
   ours = np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(tokens)))
-  theirs = _hf_logits(hf, tokens)
+  theirs = hf_logits(hf, tokens)
   real = cfg.real_vocab_size
   assert np.max(np.abs(ours[..., :real] - theirs)) <= 1e-4
   assert np.all(ours[..., real:] <= -1e8), "padded vocabulary rows must never be predicted"
@@ -63,7 +47,7 @@ def test_state_dict_round_trip_loads_into_transformers():
   assert not unexpected and all("rotary" in k for k in missing)
   tokens = _tokens((1, 16), cfg.real_vocab_size, seed=3)
   ours = np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(tokens)))
-  assert np.max(np.abs(ours[..., :cfg.real_vocab_size] - _hf_logits(hf, tokens))) <= 1e-4
+  assert np.max(np.abs(ours[..., :cfg.real_vocab_size] - hf_logits(hf, tokens))) <= 1e-4
   back = params_from_hf_state_dict(sd, cfg)
   np.testing.assert_array_equal(back["layers"]["self_attn"]["q_proj"]["kernel"],
                                 params["layers"]["self_attn"]["q_proj"]["kernel"])
@@ -89,7 +73,7 @@ def test_packed_segments_equal_samples_run_alone(attention):
 
 
 def test_packed_row_matches_transformers_per_segment():
-  hf = _hf_model(TINY, seed=4)
+  hf = hf_reference_model(TINY, seed=4)
   params = params_from_hf_state_dict(hf.state_dict(), TINY)
   a, b = _tokens((6,), TINY.real_vocab_size, 5), _tokens((9,), TINY.real_vocab_size, 6)
   tokens = np.concatenate([a, b])[None]
@@ -97,8 +81,8 @@ def test_packed_row_matches_transformers_per_segment():
   positions = np.array([list(range(6)) + list(range(9))], np.int32)
   ours = np.asarray(Transformer(TINY).apply({"params": params}, tokens, positions, segments))
   real = TINY.real_vocab_size
-  assert np.max(np.abs(ours[0, :6, :real] - _hf_logits(hf, a[None])[0])) <= 1e-4
-  assert np.max(np.abs(ours[0, 6:, :real] - _hf_logits(hf, b[None])[0])) <= 1e-4
+  assert np.max(np.abs(ours[0, :6, :real] - hf_logits(hf, a[None])[0])) <= 1e-4
+  assert np.max(np.abs(ours[0, 6:, :real] - hf_logits(hf, b[None])[0])) <= 1e-4
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "qkv_proj"])

@@ -19,7 +19,12 @@ class Embed(nn.Module):
     """tokens: int32 [B, L] -> [B, L, features] in `dtype`."""
     table = self.param("embedding", nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
                        (self.num_embeddings, self.features), self.param_dtype)
-    return jnp.take(table, tokens, axis=0).astype(self.dtype)
+    # Gather the fsdp shards of the table first (FSDP's all-gather before use): looking rows
+    # up in a table split along 'embed' over the axis the batch is split on forces XLA to
+    # replicate the whole table instead.
+    table = nn.with_logical_constraint(table, ("vocab", "activation_embed"))
+    embedded = jnp.take(table, tokens, axis=0).astype(self.dtype)
+    return nn.with_logical_constraint(embedded, ("activation_batch", "activation_length", "activation_embed"))
 
 
 def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:

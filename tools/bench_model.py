@@ -1,0 +1,150 @@
+"""Training-step throughput of the Flax model beside transformers' LlamaForCausalLM.
+
+One run, same configuration, batch and machine, one after the other:
+  1. a plain `jnp.dot` of the step's dtype: the practical matmul peak of this machine;
+  2. our forward + backward + AdamW update, jitted;
+  3. transformers' LlamaForCausalLM forward + backward + torch AdamW step (CPU only).
+It prints tokens/s for 2 and 3, their ratio, and our achieved FLOP/s against 1. On a GPU it
+also prints MFU against the card's bf16 peak (and skips the CPU-only PyTorch reference).
+
+  python -m tools.bench_model                       # the issue's CPU configuration
+  python -m tools.bench_model --config 1b --seq-len 4096 --batch 8 --dtype bfloat16 --attention cudnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from anygpt_jax.model import Transformer, get_config
+
+# Dense bf16 peaks (FLOP/s) of the cards this project measures on.
+GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def time_repeated(fn, steps: int) -> float:
+  """Seconds per call of `fn` after one warm-up call; fn must block until done."""
+  fn()
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return (time.perf_counter() - start) / steps
+
+
+def matmul_peak_flops(dtype: jnp.dtype, size: int, steps: int) -> float:
+  """FLOP/s of a plain jnp.dot of two [size, size] matrices."""
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+  dot = jax.jit(jnp.dot)
+  seconds = time_repeated(lambda: dot(a, b).block_until_ready(), steps)
+  return 2 * size ** 3 / seconds
+
+
+def jax_train_step_seconds(cfg, batch: int, seq_len: int, steps: int) -> float:
+  model = Transformer(cfg)
+  params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8), jnp.int32))["params"])(jax.random.key(0))
+  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  optimizer = optax.adamw(1e-4)
+  opt_state = optimizer.init(params)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, cfg.predictable_vocab_size, (batch, seq_len + 1)),
+                       jnp.int32)
+
+  def loss_fn(p, tokens):
+    logits = model.apply({"params": p}, tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+  @jax.jit
+  def step(p, o, tokens):
+    loss, grads = jax.value_and_grad(loss_fn)(p, tokens)
+    updates, o = optimizer.update(grads, o, p)
+    return optax.apply_updates(p, updates), o, loss
+
+  state = {"p": params, "o": opt_state}
+
+  def run():
+    state["p"], state["o"], loss = step(state["p"], state["o"], tokens)
+    loss.block_until_ready()
+
+  return time_repeated(run, steps)
+
+
+def torch_train_step_seconds(cfg, batch: int, seq_len: int, steps: int, threads: int) -> float:
+  import torch
+
+  from anygpt_jax.model.reference import hf_reference_model
+
+  torch.set_num_threads(threads)
+  model = hf_reference_model(cfg, attn_implementation="sdpa", random_norms=False).train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  tokens = torch.from_numpy(np.random.default_rng(0).integers(3, cfg.predictable_vocab_size, (batch, seq_len)))
+
+  def run():
+    optimizer.zero_grad(set_to_none=True)
+    loss = model(tokens, labels=tokens).loss
+    loss.backward()
+    optimizer.step()
+
+  return time_repeated(run, steps)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default="bench")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--seq-len", type=int, default=512)
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--dtype", default=None, help="compute dtype (default: float32 on CPU, bfloat16 on GPU)")
+  parser.add_argument("--attention", default=None, help="xla | dot_product | cudnn (default: xla on CPU, cudnn on GPU)")
+  parser.add_argument("--remat", default=None, help="remat policy (default: the config's)")
+  parser.add_argument("--matmul-size", type=int, default=2048)
+  parser.add_argument("--torch-threads", type=int, default=2)
+  parser.add_argument("--skip-torch", action="store_true")
+  args = parser.parse_args(argv)
+
+  device = jax.devices()[0]
+  on_gpu = device.platform == "gpu"
+  dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
+  attention = args.attention or ("cudnn" if on_gpu else "xla")
+  overrides = dict(dtype=dtype, attention=attention)
+  if args.remat:
+    overrides["remat_policy"] = args.remat
+  elif not on_gpu:
+    overrides["remat_policy"] = "none"
+  cfg = get_config(args.config, **overrides)
+  tokens_per_step = args.batch * args.seq_len
+  flops_per_token = cfg.flops_per_token(args.seq_len)
+
+  print(f"device: {device.device_kind} ({jax.device_count()} x {device.platform}); config {args.config!r}: "
+        f"{cfg.num_layers} layers, width {cfg.hidden_size}, heads {cfg.num_heads}/{cfg.num_kv_heads}, "
+        f"vocab {cfg.vocab_size}, {cfg.num_params() / 1e6:.1f}M params; batch {args.batch} x {args.seq_len}; "
+        f"{dtype}, attention {attention}, remat {cfg.remat_policy}")
+  peak = matmul_peak_flops(jnp.dtype(dtype), args.matmul_size, max(args.steps, 5))
+  print(f"jnp.dot {args.matmul_size}^3 {dtype}: {peak / 1e9:10.1f} GFLOP/s  (practical peak)")
+
+  ours = jax_train_step_seconds(cfg, args.batch, args.seq_len, args.steps)
+  ours_tps = tokens_per_step / ours
+  ours_flops = ours_tps * flops_per_token
+  print(f"anygpt_jax step:        {ours_tps:10.1f} tokens/s  {ours_flops / 1e9:10.1f} GFLOP/s  "
+        f"= {100 * ours_flops / peak:5.1f} % of jnp.dot")
+  if on_gpu:
+    kind = next((k for k in GPU_PEAK_FLOPS if k in device.device_kind), None)
+    if kind:
+      print(f"MFU against the {kind}'s {GPU_PEAK_FLOPS[kind] / 1e12:.0f} TFLOP/s bf16 peak: "
+            f"{100 * ours_flops / GPU_PEAK_FLOPS[kind]:.1f} %  (causal attention FLOPs counted as half)")
+  if not (args.skip_torch or on_gpu):
+    theirs = torch_train_step_seconds(cfg, args.batch, args.seq_len, args.steps, args.torch_threads)
+    theirs_tps = tokens_per_step / theirs
+    theirs_flops = theirs_tps * flops_per_token
+    print(f"transformers step:      {theirs_tps:10.1f} tokens/s  {theirs_flops / 1e9:10.1f} GFLOP/s  "
+          f"= {100 * theirs_flops / peak:5.1f} % of jnp.dot")
+    print(f"ratio anygpt_jax / transformers: {ours_tps / theirs_tps:.2f}x")
+
+
+if __name__ == "__main__":
+  main()

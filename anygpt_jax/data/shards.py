@@ -6,33 +6,48 @@ codes are stored modality-local (image [0, 8192), speech [0, 1024), music [0, 81
 with codebook offsets already applied); text is stored as UTF-8 and tokenized by the
 data pipeline, so a new SentencePiece model needs no re-tokenization.
 
-This module imports TensorFlow but not JAX: the PyTorch workers use it to write.
+TensorFlow is imported lazily (for FEATURE_SPEC and reading): `import tensorflow` imports
+JAX whenever JAX is installed (tensorflow/lite/python/util.py), and the PyTorch tokenizer
+workers, which write shards through `serialize_sample`, must not load JAX. Writing is pure
+Python: the tf.train.Example wire format is encoded directly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import struct
 from typing import Sequence
-
-import tensorflow as tf
 
 PART_KINDS = ("text", "image", "speech", "music")
 PART_ROLES = ("", "system", "user", "assistant")
 
-# Feature spec for `tf.io.parse_single_example`: what every shard record carries.
-FEATURE_SPEC = {
-    "id": tf.io.FixedLenFeature([], tf.string),
-    "part_kind": tf.io.VarLenFeature(tf.string),
-    "part_role": tf.io.VarLenFeature(tf.string),
-    "part_text": tf.io.VarLenFeature(tf.string),
-    "part_codes": tf.io.VarLenFeature(tf.int64),
-    "part_code_len": tf.io.VarLenFeature(tf.int64),
-}
-OPTIONAL_FEATURE_SPEC = {
-    "duration_s": tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
-    "source": tf.io.FixedLenFeature([], tf.string, default_value=b""),
-}
+
+def _feature_specs() -> tuple[dict, dict]:
+  import tensorflow as tf
+  # Feature spec for `tf.io.parse_single_example`: what every shard record carries.
+  required = {
+      "id": tf.io.FixedLenFeature([], tf.string),
+      "part_kind": tf.io.VarLenFeature(tf.string),
+      "part_role": tf.io.VarLenFeature(tf.string),
+      "part_text": tf.io.VarLenFeature(tf.string),
+      "part_codes": tf.io.VarLenFeature(tf.int64),
+      "part_code_len": tf.io.VarLenFeature(tf.int64),
+  }
+  optional = {
+      "duration_s": tf.io.FixedLenFeature([], tf.float32, default_value=0.0),
+      "source": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+  }
+  return required, optional
+
+
+def __getattr__(name):
+  """FEATURE_SPEC / OPTIONAL_FEATURE_SPEC, built (and TF imported) on first access."""
+  if name in ("FEATURE_SPEC", "OPTIONAL_FEATURE_SPEC"):
+    required, optional = _feature_specs()
+    globals().update(FEATURE_SPEC=required, OPTIONAL_FEATURE_SPEC=optional)
+    return globals()[name]
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _SHARD_NAME = re.compile(r"^(?P<corpus>.+)-(?P<split>[^-]+)-(?P<index>\d{5})-of-(?P<count>\d{5})$")
 
@@ -86,16 +101,40 @@ def parse_shard_filename(name: str) -> dict:
   return {"corpus": m["corpus"], "split": m["split"], "index": int(m["index"]), "count": int(m["count"])}
 
 
-def _bytes(values):
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+# --- tf.train.Example wire format (Example{1: Features{1: map<string, Feature>}}) -------------
+def _varint(n: int) -> bytes:
+  n &= (1 << 64) - 1  # negative int64 values are ten-byte two's complement varints
+  out = bytearray()
+  while True:
+    byte = n & 0x7F
+    n >>= 7
+    if n:
+      out.append(byte | 0x80)
+    else:
+      out.append(byte)
+      return bytes(out)
 
 
-def _ints(values):
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+def _field(number: int, payload: bytes) -> bytes:
+  """A length-delimited field (wire type 2)."""
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _bytes(values) -> bytes:  # Feature.bytes_list (1) = BytesList{repeated bytes value = 1}
+  return _field(1, b"".join(_field(1, v) for v in values))
+
+
+def _floats(values) -> bytes:  # Feature.float_list (2) = FloatList{packed float value = 1}
+  return _field(2, _field(1, struct.pack(f"<{len(values)}f", *values)) if len(values) else b"")
+
+
+def _ints(values) -> bytes:  # Feature.int64_list (3) = Int64List{packed int64 value = 1}
+  packed = b"".join(_varint(int(v)) for v in values)
+  return _field(3, _field(1, packed) if packed else b"")
 
 
 def serialize_sample(sample: Sample) -> bytes:
-  """A `Sample` as a serialized `tf.train.Example` in the shard schema."""
+  """A `Sample` as a serialized `tf.train.Example` in the shard schema (no TensorFlow needed)."""
   codes, code_len = [], []
   for part in sample.parts:
     codes.extend(int(c) for c in part.codes)
@@ -109,14 +148,16 @@ def serialize_sample(sample: Sample) -> bytes:
       "part_code_len": _ints(code_len),
   }
   if sample.duration_s:
-    features["duration_s"] = tf.train.Feature(float_list=tf.train.FloatList(value=[sample.duration_s]))
+    features["duration_s"] = _floats([sample.duration_s])
   if sample.source:
     features["source"] = _bytes([sample.source.encode()])
-  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+  entries = b"".join(_field(1, _field(1, k.encode()) + _field(2, v)) for k, v in features.items())
+  return _field(1, entries)
 
 
 def deserialize_sample(record: bytes) -> Sample:
   """Inverse of `serialize_sample`; raises ShardError naming the record on schema violations."""
+  import tensorflow as tf
   ex = tf.train.Example.FromString(record)
   f = ex.features.feature
 

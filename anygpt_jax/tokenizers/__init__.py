@@ -1,0 +1,19 @@
+"""Offline PyTorch tokenizers and de-tokenizers for images, speech and music, and the batch job.
+
+Nothing here imports JAX or TensorFlow (TensorFlow imports JAX whenever it is installed), so
+the job runs on GPU machines without a TPU stack. Modules:
+
+  speech       SpeechTokenizer worker (RVQ-1, 50 Hz) and the SoundStorm-based de-tokenizer
+  soundstorm   our SoundStorm (AnyGPT checkpoint key names) with confidence-based decoding
+  music        Encodec 32 kHz worker, frame-wise flattening and its inverse
+  image        SEED-2 worker, SEED preprocessing, SD-2.1 unCLIP de-tokenizer
+  seed_model   the SEED-2 quantizer modules (EVA ViT-g, causal Q-Former, VQ, unCLIP MLP)
+  audio_io     reading, checking and resampling audio
+  inputs       manifest / folder / AnyGPT-data readers
+  anygpt_data  AnyGPT's token-string records -> shard samples
+  job          windows, batching, shards, stats, rejects, resumability (local engine)
+  ray_engine   the same job on Ray Data
+  tfrecord     TFRecord framing without TensorFlow
+  tiny         tiny random checkpoints in the published layouts
+  demo_corpus  a small raw corpus with captions and a manifest
+"""

@@ -1,0 +1,194 @@
+"""Speech tokenizer (SpeechTokenizer RVQ-1, 50 Hz, 1024 codes) and de-tokenizer (SoundStorm + decoder).
+
+Layout of the released model (fnlp/SpeechTokenizer `speechtokenizer_hubert_avg/`): a directory
+with `config.json` (the model's constructor arguments: n_filters, strides, dimension, n_q,
+codebook_size, sample_rate, ...) and `SpeechTokenizer.pt` (a plain state dict).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+import types
+
+import numpy as np
+import torch
+from torch import nn
+
+from anygpt_jax.tokenizers import audio_io
+from anygpt_jax.tokenizers.soundstorm import SoundStorm
+
+CHECKPOINT_NAME = "SpeechTokenizer.pt"
+
+
+def speechtokenizer_class():
+  """`speechtokenizer.model.SpeechTokenizer`, imported without the package's `__init__`.
+
+  That `__init__` also imports its trainer -> torch.utils.tensorboard -> TensorFlow, and
+  TensorFlow imports JAX whenever JAX is installed; the tokenizer workers must not load JAX.
+  A bare package module stands in for `speechtokenizer` so only the model code is imported.
+  """
+  if "speechtokenizer" not in sys.modules:
+    spec = importlib.util.find_spec("speechtokenizer")
+    if spec is None:
+      raise ImportError("the speechtokenizer package is not installed")
+    package = types.ModuleType("speechtokenizer")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
+    sys.modules["speechtokenizer"] = package
+  from speechtokenizer.model import SpeechTokenizer
+  sys.modules["speechtokenizer"].SpeechTokenizer = SpeechTokenizer
+  return SpeechTokenizer
+
+
+def _find_checkpoint(directory: pathlib.Path) -> pathlib.Path:
+  preferred = directory / CHECKPOINT_NAME
+  if preferred.exists():
+    return preferred
+  candidates = sorted(directory.glob("*.pt"))
+  if len(candidates) != 1:
+    raise FileNotFoundError(f"{directory}: expected {CHECKPOINT_NAME} or exactly one *.pt, found "
+                            f"{[c.name for c in candidates]}")
+  return candidates[0]
+
+
+class SpeechTokenizerWorker:
+  """Encodes mono speech to RVQ codes and decodes full codes back to audio (no JAX).
+
+  Attributes:
+    sample_rate: the model's rate (16000 for the released model).
+    hop: samples per code frame (320 -> 50 Hz).
+  """
+
+  def __init__(self, model_dir: str, device: str = "cpu"):
+    directory = pathlib.Path(model_dir)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+      raise FileNotFoundError(f"{directory}: no config.json (SpeechTokenizer layout: config.json + {CHECKPOINT_NAME})")
+    self.config = json.loads(config_path.read_text())
+    self.model = speechtokenizer_class()(self.config)
+    state = torch.load(str(_find_checkpoint(directory)), map_location="cpu", weights_only=True)
+    self.model.load_state_dict(state, strict=True)
+    self.model.eval().to(device)
+    self.device = device
+    self.sample_rate = int(self.config["sample_rate"])
+    self.hop = int(np.prod(self.config["strides"]))
+    self.num_quantizers = int(self.config["n_q"])
+    self.codebook_size = int(self.config["codebook_size"])
+
+  @property
+  def frame_rate(self) -> float:
+    return self.sample_rate / self.hop
+
+  def num_frames(self, num_samples: int) -> int:
+    """Code frames that a clip of `num_samples` owns: ceil(samples / hop)."""
+    return math.ceil(num_samples / self.hop)
+
+  @torch.no_grad()
+  def encode_batch(self, waves: list[np.ndarray], num_quantizers: int = 1) -> list[np.ndarray]:
+    """Codes of a batch of clips; no code ever depends on another clip or on padding.
+
+    The SEANet encoder is convolutions, a bidirectional LSTM at the 50 Hz frame rate, then
+    one more convolution. The convolutions run per clip at its own length (batching them
+    only adds padding work: they are bound by memory bandwidth on CPU), the LSTM, which is
+    the costly part for one clip at a time (a sequential matrix-vector product per frame),
+    runs once over the whole batch on packed sequences, so each clip's backward pass starts
+    at its own last frame.
+
+    Args:
+      waves: float32 (samples,) arrays at `sample_rate`.
+      num_quantizers: RVQ levels to return (1 = the semantic layer the LM sees).
+
+    Returns:
+      One int64 array per clip, shape (num_quantizers, ceil(samples / hop)), values in
+      [0, codebook_size): the same codes as encoding the clip alone.
+    """
+    front, lstm, back = self._encoder_stages()
+    feats = [_run(front, torch.from_numpy(np.ascontiguousarray(w))[None, None].to(self.device)) for w in waves]
+    frames = [f.shape[-1] for f in feats]
+    if lstm is not None:
+      padded = torch.zeros((len(feats), feats[0].shape[1], max(frames)), dtype=feats[0].dtype, device=self.device)
+      for i, f in enumerate(feats):
+        padded[i, :, :f.shape[-1]] = f[0]
+      mixed = _packed_slstm(lstm, padded, frames)
+      feats = [mixed[i:i + 1, :, :n] for i, n in enumerate(frames)]
+    feats = [_run(back, f) for f in feats]
+    # The quantizer works frame by frame: one call over all clips' frames laid end to end.
+    codes = self.model.quantizer.encode(torch.cat(feats, dim=-1), n_q=num_quantizers)[:, 0]  # (q, total)
+    codes = codes.cpu().numpy().astype(np.int64)
+    bounds = np.cumsum([0] + frames)
+    return [codes[:, bounds[i]:bounds[i + 1]] for i in range(len(frames))]
+
+  def _encoder_stages(self):
+    """(layers before the LSTM, the SLSTM or None, layers after it) of the SEANet encoder."""
+    from speechtokenizer.modules.lstm import SLSTM
+    layers = list(self.model.encoder.model)
+    for k, layer in enumerate(layers):
+      if isinstance(layer, SLSTM):
+        return layers[:k], layer, layers[k + 1:]
+    return layers, None, []
+
+  def encode_semantic(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+    """RVQ-1 codes only: one int64 (frames,) array per clip (what goes into the shards)."""
+    return [c[0] for c in self.encode_batch(waves, num_quantizers=1)]
+
+  @torch.no_grad()
+  def decode(self, codes: np.ndarray) -> np.ndarray:
+    """int (num_quantizers, frames) codes -> float32 (frames * hop,) audio at `sample_rate`."""
+    tensor = torch.as_tensor(np.asarray(codes), dtype=torch.long)[:, None, :].to(self.device)
+    return self.model.decode(tensor)[0, 0].cpu().numpy()
+
+
+def _run(layers, x: torch.Tensor) -> torch.Tensor:
+  for layer in layers:
+    x = layer(x)
+  return x
+
+
+def _packed_slstm(layer, x: torch.Tensor, frames: list[int]) -> torch.Tensor:
+  """SLSTM.forward on (b, c, t) with per-item lengths: y = lstm(x) (+ skip), zeros past each end."""
+  seq = x.permute(2, 0, 1)  # (t, b, c)
+  packed = nn.utils.rnn.pack_padded_sequence(seq, torch.tensor(frames), enforce_sorted=False)
+  y, _ = layer.lstm(packed)
+  y, _ = nn.utils.rnn.pad_packed_sequence(y, total_length=seq.shape[0])
+  if layer.bidirectional:
+    seq = seq.repeat(1, 1, 2)
+  if layer.skip:
+    y = y + seq
+  return y.permute(1, 2, 0)
+
+
+class SpeechDetokenizer:
+  """RVQ-1 codes -> audio: SoundStorm fills levels 2..8, the SpeechTokenizer decoder synthesises.
+
+  With a voice prompt (a ~3 s wav) the prompt's full 8-level codes condition SoundStorm
+  (zero-shot voice cloning); without one SoundStorm samples its own default voice.
+  """
+
+  def __init__(self, tokenizer: SpeechTokenizerWorker, soundstorm_path: str, heads: int = 8):
+    self.tokenizer = tokenizer
+    self.soundstorm = SoundStorm.from_checkpoint(soundstorm_path, heads=heads)
+    expected = tokenizer.num_quantizers - 1
+    if self.soundstorm.cfg.num_quantizers != expected:
+      raise ValueError(f"SoundStorm fills {self.soundstorm.cfg.num_quantizers} levels, the SpeechTokenizer "
+                       f"has {tokenizer.num_quantizers} (needs {expected})")
+
+  def prompt_codes(self, prompt_wav: str, max_seconds: float = 3.0) -> np.ndarray:
+    """Full codes of the first `max_seconds` of a voice prompt: int64 (frames, num_quantizers)."""
+    wave = audio_io.load_audio(prompt_wav, self.tokenizer.sample_rate)
+    wave = wave[:int(max_seconds * self.tokenizer.sample_rate)]
+    return self.tokenizer.encode_batch([wave], num_quantizers=self.tokenizer.num_quantizers)[0].T
+
+  def __call__(self, semantic: np.ndarray, prompt_wav: str | None = None, steps: int = 8,
+               seed: int = 0) -> np.ndarray:
+    """int (frames,) RVQ-1 codes -> float32 (frames * hop,) audio at the tokenizer's rate."""
+    semantic = torch.as_tensor(np.asarray(semantic), dtype=torch.long)[None]
+    prompt = None
+    if prompt_wav is not None:
+      prompt = torch.as_tensor(self.prompt_codes(prompt_wav))[None]
+    generator = torch.Generator().manual_seed(seed)
+    full = self.soundstorm.generate(semantic, prompt_codes=prompt, steps=steps, generator=generator)
+    return self.tokenizer.decode(full[0].T.numpy())

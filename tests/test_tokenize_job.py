@@ -1,0 +1,302 @@
+"""The batch job `anygpt-tokenize`: shards, stats, rejects, exit codes, sharding, resumability, Ray."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from anygpt_jax.data.shards import deserialize_sample, shard_filename
+from anygpt_jax.tokenizers import inputs, job, tiny
+from anygpt_jax.tokenizers.tfrecord import read_tfrecords
+from tools import tokenize_media
+
+torch.set_num_threads(1)
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STATS_KEYS = {"corpus", "split", "records_in", "records_out", "rejected", "tokens", "text_chars", "audio_seconds"}
+
+
+def _tone(seconds, rate, freq=220.0, channels=1):
+  t = np.arange(int(seconds * rate)) / rate
+  x = (0.3 * np.sin(2 * np.pi * freq * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+  return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def _photo(seed):
+  rng = np.random.default_rng(seed)
+  return Image.fromarray(rng.integers(0, 255, size=(40, 50, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  root = tmp_path_factory.mktemp("job_models")
+  return {"speech": str(tiny.save_tiny_speech_tokenizer(root / "st")),
+          "music": str(tiny.save_tiny_encodec(root / "enc")),
+          "image": str(tiny.save_tiny_seed(root / "seed"))}
+
+
+def _good_corpus(d: pathlib.Path, n_each=4) -> list[dict]:
+  (d / "m").mkdir(parents=True, exist_ok=True)
+  rows = []
+  for i in range(n_each):
+    sf.write(d / "m" / f"s{i}.wav", _tone(0.6 + 0.37 * i, 22050, 200 + 40 * i), 22050)
+    rows.append({"id": f"s{i}", "kind": "speech", "path": f"m/s{i}.wav", "text": f"utterance {i}"})
+    sf.write(d / "m" / f"mu{i}.wav", _tone(1.0 + 0.5 * i, 44100, 330 + 20 * i), 44100)
+    rows.append({"id": f"mu{i}", "kind": "music", "path": f"m/mu{i}.wav", "text": f"tune {i}"})
+    _photo(i).save(d / "m" / f"i{i}.jpg")
+    rows.append({"id": f"i{i}", "kind": "image", "path": f"m/i{i}.jpg", "text": f"picture {i}"})
+  return rows
+
+
+def _write_manifest(d: pathlib.Path, rows, extra_lines=()) -> str:
+  path = d / "manifest.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(extra_lines))
+  return str(path)
+
+
+def _cfg(out, models, **kw):
+  return job.JobConfig(output_dir=str(out), corpus="demo", speech_model=models["speech"],
+                       music_model=models["music"], image_model=models["image"], batch_size=3, window=5,
+                       workers=2, torch_threads=1, **kw)
+
+
+def _read_shard(path):
+  return [deserialize_sample(r) for r in read_tfrecords(str(path))]
+
+
+def _model_args(models):
+  return ["--speech-model", models["speech"], "--music-model", models["music"], "--image-model", models["image"],
+          "--no-progress", "--torch-threads", "1", "--batch-size", "3", "--window", "5"]
+
+
+def test_shards_hold_pairs_with_local_codes_and_stats(models, tmp_path):
+  rows = _good_corpus(tmp_path)
+  manifest = _write_manifest(tmp_path, rows)
+  anygpt = tmp_path / "anygpt.jsonl"
+  anygpt.write_text(json.dumps({"text": "hi", "speech": "<sosp><🗣️5><🗣️6><eosp>"}) + "\n" + json.dumps(
+      {"id": "c1", "conversation": [[{"role": "user", "message": "draw <soim><👀9><eoim>"},
+                                     {"role": "assistant", "message": "done"}]]}) + "\n")
+  out = tmp_path / "out"
+  rc = tokenize_media.main(["--manifest", manifest, "--anygpt-data", str(anygpt), "--corpus", "demo",
+                            "--output-dir", str(out)] + _model_args(models))
+  assert rc == 0
+  name = shard_filename("demo", "train", 0, 1)
+  samples = _read_shard(out / name)
+  assert [s.id for s in samples] == [r["id"] for r in rows] + ["anygpt.jsonl:1", "c1"]  # input order kept
+  by_id = {s.id: s for s in samples}
+  for r in rows:
+    s = by_id[r["id"]]
+    assert [p.kind for p in s.parts] == [r["kind"], "text"] and s.parts[1].text == r["text"]
+    assert s.source == str((tmp_path / r["path"]).resolve())
+    codes = np.asarray(s.parts[0].codes)
+    assert codes.min() >= 0 and codes.max() < {"image": 8192, "speech": 1024, "music": 8192}[r["kind"]]
+  assert len(by_id["i0"].parts[0].codes) == 32
+  assert len(by_id["s0"].parts[0].codes) == 30 and abs(by_id["s0"].duration_s - 0.6) < 1e-3  # 0.6 s at 50 Hz
+  assert len(by_id["mu1"].parts[0].codes) == 300  # 1.5 s of music: 75 frames x 4 codebooks
+  assert [(p.kind, p.role) for p in by_id["c1"].parts] == [("text", "user"), ("image", "user"),
+                                                             ("text", "assistant")]
+  stats = json.loads((out / f"{name}.stats.json").read_text())
+  assert STATS_KEYS <= set(stats)
+  assert (stats["records_in"], stats["records_out"], stats["rejected"]) == (14, 14, {})
+  assert stats["tokens"] == {"image": 4 * 32 + 1, "speech": sum(len(by_id[f"s{i}"].parts[0].codes) for i in range(4))
+                             + 2, "music": sum(len(by_id[f"mu{i}"].parts[0].codes) for i in range(4))}
+  assert stats["text_chars"] == sum(len(r["text"]) for r in rows) + len("hi") + len("draw") + len("done")
+  assert (out / f"{name}.rejects.jsonl").read_text() == ""
+  assert not list(out.glob("*.tmp"))
+
+
+def _bad_corpus(d: pathlib.Path) -> tuple[list[dict], dict[str, str], list[str]]:
+  """Good records mixed with every kind of bad input; returns rows, {id: expected reason}, extra lines."""
+  b = d / "bad"
+  b.mkdir(parents=True, exist_ok=True)
+  rows, expect = [], {}
+
+  def add(rid, kind, name, reason=None, text="caption"):
+    rows.append({"id": rid, "kind": kind, "path": f"bad/{name}", "text": text})
+    if reason:
+      expect[rid] = reason
+
+  sf.write(b / "ok.wav", _tone(1.0, 16000), 16000)
+  add("ok_speech", "speech", "ok.wav")
+  add("missing", "speech", "nothing_here.wav", "missing_file")
+  (b / "junk.wav").write_bytes(os.urandom(3000))
+  add("junk", "speech", "junk.wav", "corrupt_media")
+  data = (b / "ok.wav").read_bytes()
+  (b / "cut.wav").write_bytes(data[:len(data) // 2])
+  add("truncated", "speech", "cut.wav", "corrupt_media")
+  sf.write(b / "empty.wav", np.zeros(0, np.float32), 16000)
+  add("empty", "speech", "empty.wav", "empty_audio")
+  sf.write(b / "silent.wav", np.zeros(16000, np.float32), 16000)
+  add("silent", "speech", "silent.wav", "silent_audio")
+  sf.write(b / "long.wav", _tone(4.0, 16000), 16000)
+  add("too_long", "speech", "long.wav", "too_long")
+  sf.write(b / "tiny.wav", _tone(0.01, 16000), 16000)
+  add("too_short", "speech", "tiny.wav", "too_short")
+  sf.write(b / "three.wav", _tone(1.0, 16000, channels=3), 16000)
+  add("three_channels", "speech", "three.wav", "bad_channels")
+  sf.write(b / "stereo.wav", _tone(1.0, 32000, channels=2), 32000)
+  add("stereo_music", "music", "stereo.wav")
+  img = _photo(0)
+  img.convert("L").save(b / "gray.png")
+  add("gray", "image", "gray.png")
+  img.convert("CMYK").save(b / "cmyk.jpg")
+  add("cmyk", "image", "cmyk.jpg")
+  img.convert("RGBA").save(b / "alpha.png")
+  add("alpha", "image", "alpha.png")
+  (b / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
+  add("broken_png", "image", "broken.png", "corrupt_media")
+  add("no_text", "image", "gray.png", "missing_text", text="")
+  extra = ["{not json\n", json.dumps({"id": "wrong_kind", "kind": "video", "path": "x.mp4"}) + "\n"]
+  expect[f"manifest.jsonl:{len(rows) + 1}"] = "malformed_manifest_line"  # ids fall back to file:line
+  expect["wrong_kind"] = "malformed_manifest_line"
+  return rows, expect, extra
+
+
+def test_bad_input_is_rejected_with_reasons_and_good_records_survive(models, tmp_path):
+  rows, expect, extra = _bad_corpus(tmp_path)
+  manifest = _write_manifest(tmp_path, rows, extra)
+  anygpt = tmp_path / "anygpt.jsonl"
+  anygpt.write_text(json.dumps({"id": "bad_tokens", "text": "t", "image": "<soim><👀8192><eoim>"}) + "\n" +
+                    json.dumps({"id": "good_tokens", "text": "t", "image": "<soim><👀8191><eoim>"}) + "\n")
+  expect["bad_tokens"] = "bad_token_string"
+  out = tmp_path / "out"
+  rc = tokenize_media.main(["--manifest", manifest, "--anygpt-data", str(anygpt), "--corpus", "demo",
+                            "--output-dir", str(out), "--max-speech-seconds", "3"] + _model_args(models))
+  assert rc == tokenize_media.EXIT_REJECTS
+  name = shard_filename("demo", "train", 0, 1)
+  rejects = [json.loads(l) for l in (out / f"{name}.rejects.jsonl").read_text().splitlines()]
+  assert {r["id"]: r["reason"] for r in rejects} == expect
+  assert all(r["source"] for r in rejects)
+  kept = {s.id for s in _read_shard(out / name)}
+  good = {r["id"] for r in rows} - set(expect) | {"good_tokens"}
+  assert kept == good  # every good record made it, including converted gray/CMYK/alpha and stereo
+  stats = json.loads((out / f"{name}.stats.json").read_text())
+  assert stats["records_in"] == len(rows) + len(extra) + 2 and stats["records_out"] == len(good)
+  reasons = {}
+  for r in expect.values():
+    reasons[r] = reasons.get(r, 0) + 1
+  assert stats["rejected"] == reasons
+
+
+def test_strict_formats_rejects_conversions(models, tmp_path):
+  rows, _, _ = _bad_corpus(tmp_path)
+  keep = {"gray", "cmyk", "alpha", "stereo_music", "ok_speech"}
+  manifest = _write_manifest(tmp_path, [r for r in rows if r["id"] in keep])
+  cfg = _cfg(tmp_path / "out", models, strict_formats=True)
+  stats = job.run_local(cfg, lambda: inputs.read_manifest(manifest))[0]
+  assert stats["rejected"] == {"bad_image_mode": 3, "bad_channels": 1} and stats["records_out"] == 1
+
+
+def test_usage_errors_exit_2(models, tmp_path):
+  assert tokenize_media.main(["--corpus", "c", "--output-dir", str(tmp_path)]) == tokenize_media.EXIT_USAGE
+  assert tokenize_media.main(["--manifest", str(tmp_path / "none.jsonl"), "--corpus", "c",
+                              "--output-dir", str(tmp_path)]) == tokenize_media.EXIT_USAGE
+  manifest = _write_manifest(tmp_path, [])
+  assert tokenize_media.main(["--manifest", manifest, "--corpus", "c", "--output-dir", str(tmp_path),
+                              "--speech-model", str(tmp_path / "nope")]) == tokenize_media.EXIT_USAGE
+  assert tokenize_media.main(["--manifest", manifest, "--corpus", "c", "--output-dir", str(tmp_path),
+                              "--num-shards", "2", "--shard-index", "2"]) == tokenize_media.EXIT_USAGE
+
+
+def test_shards_partition_the_records(models, tmp_path):
+  rows = _good_corpus(tmp_path, n_each=3)
+  manifest = _write_manifest(tmp_path, rows)
+  out = tmp_path / "out"
+  for i in (2, 0, 1):  # three "machines", any order
+    cfg = _cfg(out, models, num_shards=3, shard_indices=(i,))
+    job.run_local(cfg, lambda: inputs.read_manifest(manifest))
+  ids = [[s.id for s in _read_shard(out / shard_filename("demo", "train", i, 3))] for i in range(3)]
+  assert ids == [[r["id"] for r in rows[i::3]] for i in range(3)]
+
+
+def _all_bytes(out: pathlib.Path) -> dict[str, bytes]:
+  return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_rerun_after_a_crash_is_byte_identical_and_skips_done_shards(models, tmp_path):
+  rows = _good_corpus(tmp_path, n_each=4)
+  manifest = _write_manifest(tmp_path, rows)
+  reference = tmp_path / "reference"
+  job.run_local(_cfg(reference, models, num_shards=3), lambda: inputs.read_manifest(manifest))
+
+  crashed = tmp_path / "crashed"
+
+  calls = []
+
+  def crashing_records():  # the job re-reads the inputs per shard; die midway through shard 1
+    calls.append(1)
+    for n, r in enumerate(inputs.read_manifest(manifest)):
+      if len(calls) == 2 and n == 7:
+        raise KeyboardInterrupt("simulated crash")
+      yield r
+
+  with pytest.raises(KeyboardInterrupt):
+    job.run_local(_cfg(crashed, models, num_shards=3), crashing_records)
+  assert (crashed / shard_filename("demo", "train", 0, 3)).exists()
+  assert not (crashed / shard_filename("demo", "train", 1, 3)).exists()
+  assert list(crashed.glob("*.tmp"))
+  done_mtime = (crashed / shard_filename("demo", "train", 0, 3)).stat().st_mtime_ns
+
+  stats = job.run_local(_cfg(crashed, models, num_shards=3), lambda: inputs.read_manifest(manifest))
+  assert _all_bytes(crashed) == _all_bytes(reference)
+  assert (crashed / shard_filename("demo", "train", 0, 3)).stat().st_mtime_ns == done_mtime  # skipped
+  assert [s["records_in"] for s in stats] == [4, 4, 4]
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_is_byte_identical(models, tmp_path):
+  rows = _good_corpus(tmp_path, n_each=12)
+  manifest = _write_manifest(tmp_path, rows)
+  args = ["--manifest", manifest, "--corpus", "demo", "--num-shards", "6", "--workers", "1"] + _model_args(models)
+  reference, killed = tmp_path / "reference", tmp_path / "killed"
+  assert tokenize_media.main(args + ["--output-dir", str(reference)]) == 0
+  cmd = [sys.executable, "-m", "tools.tokenize_media"] + args + ["--output-dir", str(killed)]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = killed / shard_filename("demo", "train", 0, 6)
+  deadline = time.time() + 120
+  while not first.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert first.exists() and not (killed / shard_filename("demo", "train", 5, 6)).exists()
+  assert subprocess.run(cmd, cwd=REPO, capture_output=True).returncode == 0
+  assert _all_bytes(killed) == _all_bytes(reference)
+
+
+@pytest.mark.slow
+def test_ray_engine_writes_the_same_shards_as_local(models, tmp_path):
+  rows = _good_corpus(tmp_path, n_each=4)
+  manifest = _write_manifest(tmp_path, rows, ["{broken\n"])
+  base = ["--manifest", manifest, "--corpus", "demo", "--num-shards", "2"] + _model_args(models)
+  assert tokenize_media.main(base + ["--output-dir", str(tmp_path / "local")]) == 3
+  assert tokenize_media.main(base + ["--output-dir", str(tmp_path / "ray"), "--engine", "ray", "--ray-num-cpus", "2",
+                                     "--ray-actors", "2"]) == 3
+  local, ray_out = _all_bytes(tmp_path / "local"), _all_bytes(tmp_path / "ray")
+  assert len(local) == 6 and local == ray_out
+
+
+def test_folder_input_uses_sidecar_captions(models, tmp_path):
+  d = tmp_path / "media"
+  (d / "sub").mkdir(parents=True)
+  _photo(0).save(d / "b.png")
+  (d / "b.txt").write_text("a noisy picture\n")
+  sf.write(d / "sub" / "a.wav", _tone(1.0, 16000), 16000)
+  (d / "sub" / "a.txt").write_text("a hum")
+  (d / "notes.md").write_text("ignored")
+  records = list(inputs.read_folder(str(d), audio_kind="music"))
+  assert [(r.id, r.kind, r.text) for r in records] == [("b.png", "image", "a noisy picture"),
+                                                        ("sub/a.wav", "music", "a hum")]
+  out = tmp_path / "out"
+  assert tokenize_media.main(["--folder", str(d), "--folder-audio-kind", "music", "--corpus", "demo",
+                              "--output-dir", str(out)] + _model_args(models)) == 0
+  samples = _read_shard(out / shard_filename("demo", "train", 0, 1))
+  assert [(s.id, s.parts[0].kind, len(s.parts[0].codes)) for s in samples] == [("b.png", "image", 32),
+                                                                               ("sub/a.wav", "music", 200)]

@@ -1,0 +1,134 @@
+"""Speech tokenization throughput: the batched job vs one file at a time (AnyGPT's way), same audio set.
+
+  python -m tools.bench_tokenize --files 48 --model released-size
+
+Each measurement runs in its own process so its peak RSS (`resource.getrusage`) is its own.
+The batched job is also run on a corpus `--scale` times larger: if it streams, its peak
+memory stays put while the corpus grows. Model loading is excluded from both timings.
+Weights are random (no download): `released-size` has the released model's shapes (~104M
+parameters), `tiny` the test sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _measure_single(manifest: str, model_dir: str, threads: int, repeats: int) -> dict:
+  """AnyGPT's loop: read, resample, encode one file, format its token string. Best of `repeats`."""
+  import torch
+  from anygpt_jax.tokenizers import audio_io, inputs
+  from anygpt_jax.tokenizers.speech import SpeechTokenizerWorker
+  torch.set_num_threads(threads)
+  worker = SpeechTokenizerWorker(model_dir)
+  records = list(inputs.read_manifest(manifest))
+  best = float("inf")
+  for _ in range(repeats):
+    start, audio, lines = time.time(), 0.0, []
+    for r in records:
+      wave = audio_io.load_audio(r.path, worker.sample_rate)
+      audio += len(wave) / worker.sample_rate
+      with torch.no_grad():
+        codes = worker.model.encode(torch.from_numpy(wave)[None, None], n_q=1)[0, 0]
+      tokens = "".join(f"<🗣️{c}>" for c in codes.tolist())
+      lines.append(json.dumps({"text": r.text, "speech": f"<sosp>{tokens}<eosp>"}))
+    best = min(best, time.time() - start)
+  return {"seconds": best, "files": len(records), "audio_s": audio, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _measure_batched(manifest: str, model_dir: str, threads: int, batch_size: int, workers: int, out: str,
+                     repeats: int) -> dict:
+  """The job's local engine on the same files (fresh output directory each time). Best of `repeats`."""
+  from anygpt_jax.tokenizers import inputs, job
+  toks, best = None, float("inf")
+  for k in range(repeats):
+    cfg = job.JobConfig(output_dir=f"{out}/{k}", corpus="bench", speech_model=model_dir, batch_size=batch_size,
+                        window=256, workers=workers, torch_threads=threads)
+    toks = toks or job.Tokenizers(cfg)
+    toks.get("speech")
+    start = time.time()
+    stats = job.run_local(cfg, lambda: inputs.read_manifest(manifest), toks=toks)
+    best = min(best, time.time() - start)
+  return {"seconds": best, "files": stats[0]["records_out"], "audio_s": stats[0]["audio_seconds"],
+          "peak_rss_mb": _peak_rss_mb(), "rejected": stats[0]["rejected"]}
+
+
+def _run_child(args: list[str]) -> dict:
+  proc = subprocess.run([sys.executable, "-m", "tools.bench_tokenize", *args], capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise RuntimeError(proc.stderr[-3000:])
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _repeat_manifest(manifest: pathlib.Path, times: int) -> pathlib.Path:
+  rows = [json.loads(l) for l in manifest.read_text().splitlines()]
+  out = manifest.with_name(f"manifest_x{times}.jsonl")
+  out.write_text("".join(json.dumps({**r, "id": f"{r['id']}-{k}"}) + "\n" for k in range(times) for r in rows))
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--files", type=int, default=48)
+  p.add_argument("--model", choices=("released-size", "tiny"), default="released-size")
+  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--workers", type=int, default=2)
+  p.add_argument("--threads", type=int, default=2, help="torch threads, the same for both")
+  p.add_argument("--scale", type=int, default=3, help="corpus multiple for the streaming (memory) check")
+  p.add_argument("--repeats", type=int, default=2, help="best of this many timings (shared machines are noisy)")
+  p.add_argument("--workdir", help="default: a temporary directory")
+  p.add_argument("--child", choices=("single", "batched"), help=argparse.SUPPRESS)
+  p.add_argument("--manifest", help=argparse.SUPPRESS)
+  p.add_argument("--model-dir", help=argparse.SUPPRESS)
+  p.add_argument("--out", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.child == "single":
+    print(json.dumps(_measure_single(args.manifest, args.model_dir, args.threads, args.repeats)))
+    return 0
+  if args.child == "batched":
+    print(json.dumps(_measure_batched(args.manifest, args.model_dir, args.threads, args.batch_size, args.workers,
+                                      args.out, args.repeats)))
+    return 0
+
+  from anygpt_jax.tokenizers import tiny
+  from anygpt_jax.tokenizers.demo_corpus import build_demo_corpus
+  work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_tokenize_"))
+  model_dir = work / f"speechtokenizer_{args.model}"
+  config = tiny.RELEASED_SPEECH_CONFIG if args.model == "released-size" else tiny.SPEECH_CONFIG
+  tiny.save_tiny_speech_tokenizer(model_dir, config=config)
+  manifest = build_demo_corpus(work / "corpus", num_images=0, num_speech=args.files, num_music=0, seed=0)
+  common = ["--model-dir", str(model_dir), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+  single = _run_child(["--child", "single", "--manifest", str(manifest)] + common)
+  batched = _run_child(["--child", "batched", "--manifest", str(manifest), "--out", str(work / "out1"),
+                        "--batch-size", str(args.batch_size), "--workers", str(args.workers)] + common)
+  big = _repeat_manifest(manifest, args.scale)
+  batched_big = _run_child(["--child", "batched", "--manifest", str(big), "--out", str(work / "out2"),
+                            "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--model-dir",
+                            str(model_dir), "--threads", str(args.threads), "--repeats", "1"])
+  rate = lambda r: r["audio_s"] / r["seconds"]
+  print(f"speech tokenization, {args.model} SpeechTokenizer (random weights), {args.files} files, "
+        f"{single['audio_s']:.0f} s of audio, torch threads {args.threads}, best of {args.repeats}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+  print(f"{'':34s}{'files/s':>10s}{'audio s/s':>12s}{'peak RSS MB':>14s}")
+  for name, r in ((f"one file at a time", single), (f"batched job (batch {args.batch_size})", batched),
+                  (f"batched job, corpus x{args.scale}", batched_big)):
+    print(f"{name:34s}{r['files'] / r['seconds']:10.2f}{rate(r):12.1f}{r['peak_rss_mb']:14.0f}")
+  print(f"speed-up batched / one at a time: {rate(batched) / rate(single):.2f}x")
+  print(f"peak RSS corpus x{args.scale} / x1: {batched_big['peak_rss_mb'] / batched['peak_rss_mb']:.2f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

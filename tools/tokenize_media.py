@@ -1,0 +1,119 @@
+"""`anygpt-tokenize`: raw images / speech / music (or AnyGPT data files) -> pretokenized shards.
+
+  anygpt-tokenize --manifest data.jsonl --corpus laion --output-dir shards/ \
+      --image-model models/seed_tokenizer --speech-model models/speechtokenizer \
+      --music-model models/encodec_32khz --num-shards 64 --shard-index 3
+
+Exit status: 0 all records written, 3 some records rejected (see the `.rejects.jsonl` files),
+2 usage error, 1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="anygpt-tokenize", description=__doc__.split("\n\n")[0])
+  src = p.add_argument_group("inputs (any number, read in this order)")
+  src.add_argument("--manifest", action="append", default=[], help='JSONL of {"id","kind","path","text"}')
+  src.add_argument("--folder", action="append", default=[], help="media folder with <stem>.txt sidecar captions")
+  src.add_argument("--folder-audio-kind", choices=("speech", "music"), default="speech")
+  src.add_argument("--anygpt-data", action="append", default=[], help="AnyGPT pair/chat/interleaved JSONL")
+  out = p.add_argument_group("output")
+  out.add_argument("--output-dir", required=True)
+  out.add_argument("--corpus", required=True, help="corpus name in the shard file names")
+  out.add_argument("--split", default="train")
+  out.add_argument("--num-shards", type=int, default=1)
+  out.add_argument("--shard-index", type=int, action="append", help="only these shards (repeatable); default all")
+  models = p.add_argument_group("models (local paths in the published layouts)")
+  models.add_argument("--speech-model", help="SpeechTokenizer dir: config.json + SpeechTokenizer.pt")
+  models.add_argument("--music-model", help="Encodec 32 kHz dir (facebook/encodec_32khz layout)")
+  models.add_argument("--image-model", help="SEED dir (seed_quantizer.pt [+ eva_vit_g.pth]) or the .pt")
+  run = p.add_argument_group("execution")
+  run.add_argument("--engine", choices=("local", "ray"), default="local")
+  run.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+  run.add_argument("--batch-size", type=int, default=16)
+  run.add_argument("--window", type=int, default=256, help="records read, sorted by length and batched at a time")
+  run.add_argument("--workers", type=int, default=2, help="threads decoding and resampling media")
+  run.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default; 1 is faster on a busy machine)")
+  run.add_argument("--max-speech-seconds", type=float, default=60.0)
+  run.add_argument("--max-music-seconds", type=float, default=1800.0)
+  run.add_argument("--music-clip-seconds", type=float, default=5.0)
+  run.add_argument("--strict-formats", action="store_true",
+                   help="reject non-RGB images and non-mono audio instead of converting them")
+  run.add_argument("--ray-address", help="an existing Ray cluster; default: a local instance")
+  run.add_argument("--ray-num-cpus", type=int, default=2)
+  run.add_argument("--ray-actors", type=int, default=1)
+  run.add_argument("--ray-gpus-per-actor", type=float, default=0.0)
+  run.add_argument("--no-progress", action="store_true")
+  return p
+
+
+def _usage_errors(args) -> list[str]:
+  errors = []
+  if not (args.manifest or args.folder or args.anygpt_data):
+    errors.append("no inputs: give --manifest, --folder or --anygpt-data")
+  for path in args.manifest + args.anygpt_data:
+    if not os.path.isfile(path):
+      errors.append(f"input file not found: {path}")
+  for path in args.folder:
+    if not os.path.isdir(path):
+      errors.append(f"input folder not found: {path}")
+  for flag in ("speech_model", "music_model", "image_model"):
+    path = getattr(args, flag)
+    if path and not os.path.exists(path):
+      errors.append(f"--{flag.replace('_', '-')} not found: {path}")
+  if args.num_shards < 1:
+    errors.append("--num-shards must be >= 1")
+  for i in args.shard_index or ():
+    if not 0 <= i < args.num_shards:
+      errors.append(f"--shard-index {i} outside [0, {args.num_shards})")
+  if args.batch_size < 1 or args.window < 1:
+    errors.append("--batch-size and --window must be >= 1")
+  return errors
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  errors = _usage_errors(args)
+  if errors:
+    for e in errors:
+      print(f"anygpt-tokenize: error: {e}", file=sys.stderr)
+    return EXIT_USAGE
+  from anygpt_jax.tokenizers import inputs, job
+  cfg = job.JobConfig(
+      output_dir=args.output_dir, corpus=args.corpus, split=args.split, num_shards=args.num_shards,
+      shard_indices=tuple(args.shard_index) if args.shard_index else None, speech_model=args.speech_model,
+      music_model=args.music_model, image_model=args.image_model, device=args.device, batch_size=args.batch_size,
+      window=args.window, workers=args.workers, max_speech_seconds=args.max_speech_seconds,
+      max_music_seconds=args.max_music_seconds, music_clip_seconds=args.music_clip_seconds,
+      strict_formats=args.strict_formats, torch_threads=args.torch_threads)
+  make_records = lambda: inputs.read_inputs(args.manifest, args.folder, args.anygpt_data, args.folder_audio_kind)
+  progress = job.Progress(enabled=not args.no_progress)
+  start = time.time()
+  try:
+    if args.engine == "ray":
+      from anygpt_jax.tokenizers.ray_engine import run_ray
+      all_stats = run_ray(cfg, make_records, num_actors=args.ray_actors, num_cpus=args.ray_num_cpus,
+                          num_gpus_per_actor=args.ray_gpus_per_actor, address=args.ray_address, on_progress=progress)
+    else:
+      all_stats = job.run_local(cfg, make_records, on_progress=progress)
+  except Exception as e:  # anything reaching here is a bug or an unusable model, not bad input
+    progress.close()
+    print(f"anygpt-tokenize: failed: {type(e).__name__}: {e}", file=sys.stderr)
+    return EXIT_FAILURE
+  progress.close()
+  summary = job.summarize(all_stats, time.time() - start)
+  print(json.dumps(summary, sort_keys=True))
+  return EXIT_REJECTS if summary["rejected"] else EXIT_OK
+
+
+if __name__ == "__main__":
+  sys.exit(main())

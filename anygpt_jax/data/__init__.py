@@ -1,0 +1,10 @@
+"""Training data: the shard schema, AnyGPT's rendering, packing, mixing and the SeqIO pipeline.
+
+  shards.py         the pretokenized TFRecord schema (shared with the tokenizer workers)
+  rendering.py      templates, chats and interleaved documents -> ids and loss weights (tf.data)
+  preprocessors.py  SeqIO preprocessors: read shards with their file names, parse, render
+  packing.py        first-fit-decreasing packing of one corpus into LM-feature rows
+  mixing.py         token counts from the tokenization stats, rate functions
+  pipeline.py       register_corpora, get_dataset, iterator state, target_modality
+  synthetic.py      random corpora in the shard schema (tests, benchmark)
+"""

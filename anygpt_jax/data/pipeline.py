@@ -1,0 +1,407 @@
+"""The training data pipeline: SeqIO tasks and mixtures over pretokenized shards, packed batches.
+
+What the trainer calls:
+  * `register_corpora(data_dir, spm_path, corpora=...)` registers one SeqIO Task per corpus
+    (`CorpusSpec`: name, kind, shard pattern, X->text probability, mixture group) and the
+    mixtures `anygpt_pretrain` (paper Table 7 shares), `anygpt_continue` and `anygpt_sft`
+    over whichever of them have shards, plus `mixture_name` over all given corpora with
+    token-count rates (for custom corpora such as the demo's `demo_image`, `demo_speech`...).
+  * `get_dataset(name, sequence_length, batch_size, ...)` -> tf.data of dicts of int32
+    [batch_size, sequence_length]: SeqIO's LM feature names. Each row is packed from one
+    corpus; the mixture samples rows by rate (`anygpt_jax.data.packing`).
+  * `save_iterator_state` / `restore_iterator_state`: the iterator's position, so a resumed
+    run continues with exactly the next batch.
+  * `target_modality(ids, layout)`: modality index per target id for per-modality losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Mapping, Sequence
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from anygpt_jax.data import mixing, packing, preprocessors, rendering
+from anygpt_jax.data.shards import deserialize_sample
+from anygpt_jax.vocabulary.layout import MODALITY_NAMES, VocabularyError, VocabularyLayout
+from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
+
+SPLITS = ("train", "validation")
+DEFAULT_PATTERN = "{name}/{name}-{split}-*-of-*"
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+  """One corpus: a task kind, its shards, its X->text probability (pairs), its mixture group.
+
+  `pattern` is a glob with `{name}` and `{split}` placeholders, relative to the data directory
+  unless absolute. `corpus` names the shard files' corpus when a task renders another corpus's
+  shards (e.g. the continue phase's `journeydb_t2i` reads `journeydb`).
+  """
+
+  name: str
+  kind: str
+  pattern: str = DEFAULT_PATTERN
+  to_text_probability: float = 0.5
+  group: str = ""
+  corpus: str = ""
+
+  def __post_init__(self):
+    if self.kind not in rendering.TASK_KINDS:
+      raise ValueError(f"corpus {self.name!r}: kind {self.kind!r} not in {rendering.TASK_KINDS}")
+    if not 0.0 <= self.to_text_probability <= 1.0:
+      raise ValueError(f"corpus {self.name!r}: to_text_probability {self.to_text_probability} outside [0, 1]")
+
+  @property
+  def shard_corpus(self) -> str:
+    return self.corpus or self.name
+
+  def split_pattern(self, data_dir: str, split: str) -> str:
+    pattern = self.pattern.format(name=self.shard_corpus, split=split)
+    return pattern if os.path.isabs(pattern) else os.path.join(data_dir, pattern)
+
+
+def as_corpus_spec(c) -> CorpusSpec:
+  """A CorpusSpec from a spec, a dict, or a tuple (name, kind, pattern[, to_text_probability[, group]])."""
+  if isinstance(c, CorpusSpec):
+    return c
+  if isinstance(c, Mapping):
+    return CorpusSpec(**c)
+  return CorpusSpec(*c)
+
+
+DEFAULT_CORPORA = (
+    CorpusSpec("laion_coco", "image_text", group="image_text"),
+    CorpusSpec("journeydb", "image_text", group="image_text"),
+    CorpusSpec("mls", "speech_text", group="speech_mls"),
+    CorpusSpec("commonvoice", "speech_text", group="speech_cv_gs"),
+    CorpusSpec("gigaspeech", "speech_text", group="speech_cv_gs"),
+    CorpusSpec("music", "music_text", group="music"),
+    CorpusSpec("mmc4", "interleaved", group="interleaved"),
+    CorpusSpec("anyinstruct", "chat", group="chat"),
+)
+# Paper Table 7 sample rates by group (LAION-2B and LAION-Aesthetics fall in image_text too).
+PAPER_PRETRAIN_SHARES = {"interleaved": 0.05, "image_text": 0.3, "speech_mls": 0.13, "speech_cv_gs": 0.27,
+                         "music": 0.25}
+# The high-quality phase: text-to-image from JourneyDB, captions from LAION-COCO, music.
+CONTINUE_CORPORA = (
+    CorpusSpec("journeydb_t2i", "image_text", to_text_probability=0.0, group="continue", corpus="journeydb"),
+    CorpusSpec("laion_coco_caption", "image_text", to_text_probability=1.0, group="continue", corpus="laion_coco"),
+    CorpusSpec("music_continue", "music_text", group="continue", corpus="music"),
+)
+
+
+@dataclasses.dataclass
+class TaskInfo:
+  """What registration learned about one task (for rates, windows and the mixture report)."""
+
+  spec: CorpusSpec
+  files: dict                      # split -> shard files
+  stats: dict                      # split -> mixing.CorpusStats or None
+  chars_per_token: float = 0.0
+  template_tokens_per_record: float = 0.0
+  mean_tokens_per_record: float = 0.0
+
+  def tokens(self, split: str = "train") -> float:
+    """Estimated tokens of one epoch of `split` (0 when no stats file exists)."""
+    s = self.stats.get(split)
+    if s is None:
+      return 0.0
+    return s.total_tokens(self.chars_per_token, self.template_tokens_per_record)
+
+  def modality_tokens(self, split: str = "train") -> dict:
+    """Tokens per modality ('text' estimated, template included) of one epoch."""
+    s = self.stats.get(split)
+    if s is None:
+      return {}
+    out = dict(s.modality_tokens)
+    out["text"] = s.text_tokens(self.chars_per_token) + self.template_tokens_per_record * s.records
+    return out
+
+
+TASK_INFO: dict[str, TaskInfo] = {}
+
+
+# --- measuring a corpus --------------------------------------------------------------------
+def _sample_records(files: Sequence[str], limit: int):
+  samples = []
+  for path in files:
+    for record in tf.data.TFRecordDataset(path).take(limit - len(samples)):
+      samples.append(deserialize_sample(record.numpy()))
+    if len(samples) >= limit:
+      break
+  return samples
+
+
+def measure_corpus(info: TaskInfo, vocabulary: AnyGPTVocabulary, pools: Mapping[str, Sequence[str]],
+                   num_records: int = 64) -> None:
+  """Fills chars/token, template tokens and mean tokens per record from the first records.
+
+  Text tokens are estimated as text_chars / chars_per_token, where chars_per_token is measured
+  by encoding the sample records' text parts; the template overhead is the rendered length of
+  the sample records minus their codes and text tokens (direction mix weighted by the corpus's
+  X->text probability).
+  """
+  samples = _sample_records(info.files.get("train") or info.files.get("validation") or [], num_records)
+  if not samples:
+    return
+  layout, spec = vocabulary.layout, info.spec
+  texts = [p.text for s in samples for p in s.parts if p.kind == "text" and p.text]
+  info.chars_per_token = mixing.measure_chars_per_token(texts, vocabulary.encode_text) if texts else 4.0
+  rendered, content = [], []
+  for i, s in enumerate(samples):
+    try:
+      _ = [layout.code_to_id(p.kind, p.codes) for p in s.parts if p.kind != "text"]
+    except VocabularyError:
+      continue  # a bad record fails in the pipeline itself, naming its shard; not measured here
+    codes = sum(len(p.codes) for p in s.parts)
+    text_tokens = sum(len(vocabulary.encode_text(p.text)) for p in s.parts if p.kind == "text" and p.text)
+    if spec.kind in rendering.PAIR_KINDS:
+      m = rendering.PAIR_KINDS[spec.kind]
+      p = spec.to_text_probability
+      to_text = len(rendering.reference_ids(vocabulary, spec.kind, s.parts, pools[m, "to_text"][i % len(
+          pools[m, "to_text"])], True))
+      from_text = len(rendering.reference_ids(vocabulary, spec.kind, s.parts, pools[m, "from_text"][i % len(
+          pools[m, "from_text"])], False))
+      rendered.append(p * to_text + (1 - p) * from_text)
+    else:
+      rendered.append(len(rendering.reference_ids(vocabulary, spec.kind, s.parts)))
+    content.append(codes + text_tokens)
+  if not rendered:
+    return
+  info.mean_tokens_per_record = float(np.mean(rendered))
+  info.template_tokens_per_record = float(np.mean(rendered) - np.mean(content))
+
+
+# --- registration --------------------------------------------------------------------------
+def load_instruction_pools(directory=None) -> dict:
+  return {(m, d): rendering.load_instructions(m, d, directory) for m in MODALITY_NAMES for d in rendering.DIRECTIONS}
+
+
+def _register_task(spec: CorpusSpec, data_dir: str, vocabulary: AnyGPTVocabulary, pools, shuffle_buffer_size: int,
+                   measure_records: int) -> TaskInfo | None:
+  files = {split: mixing.shard_files(spec.split_pattern(data_dir, split)) for split in SPLITS}
+  files = {split: f for split, f in files.items() if f}
+  if not files:
+    return None
+  if spec.kind == "chat" and not vocabulary.layout.chat_tokens:
+    raise ValueError(f"chat corpus {spec.name!r} needs a vocabulary with chat tokens (<-Ins->, <-Res->): "
+                     "register_corpora(..., chat_tokens=True)")
+  renderer = rendering.GraphRenderer(vocabulary)
+  if spec.kind in rendering.PAIR_KINDS:
+    m = rendering.PAIR_KINDS[spec.kind]
+    render = seqio.utils.add_kwargs_to_transform(
+        preprocessors.render_pairs, renderer=renderer, kind=spec.kind,
+        to_text_probability=spec.to_text_probability,
+        to_text_instructions=pools[m, "to_text"], from_text_instructions=pools[m, "from_text"])
+  else:
+    render = seqio.utils.add_kwargs_to_transform(preprocessors.render_unprompted, renderer=renderer, kind=spec.kind)
+  source = seqio.FileDataSource(
+      read_file_fn=preprocessors.read_shard_file,
+      split_to_filepattern={split: list(f) for split, f in files.items()},
+      num_input_examples=None)
+  if spec.name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(spec.name)
+  seqio.TaskRegistry.add(
+      spec.name, source=source,
+      preprocessors=[seqio.CacheDatasetPlaceholder(), render],
+      output_features={"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)},
+      shuffle_buffer_size=shuffle_buffer_size)
+  stats = {split: mixing.read_corpus_stats(f) for split, f in files.items()}
+  info = TaskInfo(spec, files, stats)
+  measure_corpus(info, vocabulary, pools, measure_records)
+  TASK_INFO[spec.name] = info
+  return info
+
+
+def _register_mixture(name: str, rates: Mapping[str, float]) -> None:
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, [(task, rate) for task, rate in rates.items() if rate > 0])
+
+
+def token_rates(names: Sequence[str], temperature: float = 1.0, cap: float | None = None,
+                oversample: Mapping[str, float] | None = None) -> dict[str, float]:
+  """Rates over registered tasks from their estimated train tokens (equal when none has stats)."""
+  tokens = {n: TASK_INFO[n].tokens("train") for n in names}
+  if sum(tokens.values()) <= 0:
+    tokens = {n: 1.0 for n in names}
+  return mixing.temperature_rates(tokens, temperature, cap, {k: v for k, v in (oversample or {}).items() if k in tokens})
+
+
+@dataclasses.dataclass
+class Registration:
+  vocabulary: AnyGPTVocabulary
+  tasks: list
+  mixtures: dict  # name -> {task: rate}
+
+
+@gin.configurable
+def register_corpora(data_dir: str, spm_path: str, corpora: Sequence | None = None, *, chat_tokens: bool = False,
+                     legacy: bool = False, pad_multiple: int = 128, instructions_dir: str | None = None,
+                     default_mixtures: bool = True, pretrain_shares: Mapping[str, float] | None = None,
+                     mixture_name: str | None = None, temperature: float = 1.0, cap: float | None = None,
+                     oversample: Mapping[str, float] | None = None, shuffle_buffer_size: int = 1000,
+                     measure_records: int = 64) -> Registration:
+  """Registers a SeqIO Task per corpus with shards under `data_dir`, and the mixtures.
+
+  Args:
+    data_dir: root of the shard patterns (`{corpus}-{split}-00000-of-00008` files).
+    spm_path: the SentencePiece model; the vocabulary layout follows its size.
+    corpora: CorpusSpecs, dicts or tuples `(name, kind, pattern[, to_text_probability[, group]])`;
+      default `DEFAULT_CORPORA`. Corpora without shards are skipped.
+    chat_tokens: the layout has `<-Ins->`/`<-Res->` (needed by chat corpora).
+    legacy: SentencePiece dummy-prefix mode, see `anygpt_jax.vocabulary.seqio_vocabulary`.
+    default_mixtures: register `anygpt_pretrain` (paper shares by group, split inside a group by
+      tokens), `anygpt_continue` and `anygpt_sft` over the present default corpora.
+    pretrain_shares: group -> share for `anygpt_pretrain` (default: paper Table 7).
+    mixture_name: also register this mixture over all given corpora, rates from token counts.
+    temperature, cap, oversample: the token-count rate function (`mixing.temperature_rates`).
+  Returns:
+    a Registration: the vocabulary, the registered task names and the mixtures' rates.
+  """
+  vocabulary = AnyGPTVocabulary(spm_path, chat_tokens=chat_tokens, pad_multiple=pad_multiple, legacy=legacy)
+  pools = load_instruction_pools(instructions_dir)
+  specs = [as_corpus_spec(c) for c in (DEFAULT_CORPORA if corpora is None else corpora)]
+  if default_mixtures:
+    specs += [c for c in CONTINUE_CORPORA if c.shard_corpus in {s.name for s in specs}]
+  tasks = []
+  for spec in specs:
+    if spec.kind == "chat" and not chat_tokens and corpora is None:
+      logging.info("skipping chat corpus %s: chat_tokens=False", spec.name)
+      continue
+    if _register_task(spec, data_dir, vocabulary, pools, shuffle_buffer_size, measure_records):
+      tasks.append(spec.name)
+  mixtures = {}
+  by_name = {s.name: s for s in specs}
+  if default_mixtures:
+    shares = dict(pretrain_shares or PAPER_PRETRAIN_SHARES)
+    members = {}
+    for name in tasks:
+      members.setdefault(by_name[name].group, []).append(name)
+    if any(g in members for g in shares):
+      tokens = {n: TASK_INFO[n].tokens("train") for n in tasks}
+      mixtures["anygpt_pretrain"] = mixing.group_rates(shares, members, tokens, temperature, cap, oversample)
+    if members.get("continue"):
+      mixtures["anygpt_continue"] = token_rates(members["continue"], temperature, cap, oversample)
+    if members.get("chat"):
+      mixtures["anygpt_sft"] = token_rates(members["chat"], temperature, cap, oversample)
+  if mixture_name:
+    given = [n for n in tasks if by_name[n].group != "continue"]
+    if not given:
+      raise ValueError(f"mixture {mixture_name!r}: none of the corpora has shards under {data_dir}")
+    mixtures[mixture_name] = token_rates(given, temperature, cap, oversample)
+  for name, rates in mixtures.items():
+    _register_mixture(name, rates)
+  return Registration(vocabulary, tasks, mixtures)
+
+
+# --- datasets ------------------------------------------------------------------------------
+def _tasks_and_rates(name: str, split: str):
+  provider = seqio.get_mixture_or_task(name)
+  if isinstance(provider, seqio.Mixture):
+    pairs = [(t, provider.get_rate(t)) for t in provider.tasks]
+  else:
+    pairs = [(provider, 1.0)]
+  pairs = [(t, r) for t, r in pairs if split in t.splits and r > 0]
+  if not pairs:
+    raise ValueError(f"{name!r} has no task with a {split!r} split")
+  return pairs
+
+
+def _window(task_name: str, sequence_length: int, rows_per_window: int) -> int:
+  info = TASK_INFO.get(task_name)
+  mean = info.mean_tokens_per_record if info and info.mean_tokens_per_record else 256.0
+  return int(np.clip(np.ceil(rows_per_window * sequence_length / mean), 16, 65536))
+
+
+@gin.configurable
+def get_dataset(mixture_or_task_name: str, sequence_length: int, batch_size: int, split: str = "train",
+                seed: int = 0, shuffle: bool = True, shard_index: int = 0, num_shards: int = 1, pack: bool = True,
+                overlong: str = "drop", num_epochs: int | None = -1, rows_per_window: int = 64,
+                with_stats: bool = False, drop_remainder: bool = True) -> tf.data.Dataset:
+  """Batches of SeqIO LM features for a registered task or mixture.
+
+  Args:
+    mixture_or_task_name: a name registered by `register_corpora` (or any SeqIO task whose
+      preprocessors give `targets` and `loss_weights`).
+    sequence_length: row length L.
+    batch_size: rows per batch B (per host).
+    split: 'train' or 'validation' (tasks without that split are left out of a mixture).
+    seed: fixes file order, shuffles, directions, instructions and the mixture's draws.
+    shard_index, num_shards: this host's part of the input (by files when there are enough).
+    pack: pack whole samples of one corpus per row; else one sample per row.
+    overlong: 'drop' or 'trim' samples longer than L.
+    num_epochs: -1 (default) repeats forever for 'train' and reads once otherwise; None repeats.
+    rows_per_window: packing window in rows of one corpus (bounds memory and the latency of the
+      first batch; a window's short rows are carried into the next, see `packing`).
+    with_stats: keep `num_overlong` (per row: overlong samples dropped or trimmed).
+  Returns:
+    tf.data.Dataset of dicts: decoder_input_tokens, decoder_target_tokens, decoder_loss_weights,
+    decoder_segment_ids, decoder_positions, each int32 [B, L].
+  """
+  if num_epochs == -1:
+    num_epochs = None if split == "train" else 1
+  pairs = _tasks_and_rates(mixture_or_task_name, split)
+  shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
+  rows = []
+  for i, (task, _) in enumerate(pairs):
+    ds = task.get_dataset({"targets": sequence_length}, split=split, use_cached=False, shuffle=shuffle,
+                          seed=seed + 7919 * i, shard_info=shard_info, num_epochs=num_epochs,
+                          trim_output_features=False)
+    if pack:
+      ds = packing.pack_dataset(ds, sequence_length, _window(task.name, sequence_length, rows_per_window), overlong,
+                                name=task.name)
+    else:
+      ds = packing.pad_dataset(ds, sequence_length, overlong)
+    rows.append(ds)
+  if len(rows) == 1:
+    ds = rows[0]
+  else:
+    weights = np.array([r for _, r in pairs], np.float64)
+    ds = tf.data.Dataset.sample_from_datasets(rows, weights=list(weights / weights.sum()), seed=seed,
+                                              stop_on_empty_dataset=False)
+  keys = packing.LM_FEATURES + (("num_overlong",) if with_stats else ())
+
+  @tf.autograph.experimental.do_not_convert
+  def select(ex):
+    return {k: ex[k] for k in keys}
+
+  ds = ds.map(select)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(2)
+
+
+def save_iterator_state(iterator, path: str) -> str:
+  """Writes a tf.data iterator's position; returns the checkpoint prefix written."""
+  return tf.train.Checkpoint(iterator=iterator).write(path)
+
+
+def restore_iterator_state(iterator, path: str) -> None:
+  """Moves a fresh iterator of the same `get_dataset` call to the position saved at `path`."""
+  tf.train.Checkpoint(iterator=iterator).read(path).assert_consumed()
+
+
+# --- per-modality loss support -------------------------------------------------------------
+MODALITY_INDEX = {"text": 0, "image": 1, "speech": 2, "music": 3}
+
+
+def target_modality(ids, layout: VocabularyLayout):
+  """Modality index per id: 0 text (and roles, chat tokens, padding), 1 image, 2 speech, 3 music.
+
+  A modality's start/end tokens count as that modality. Pure arithmetic on the layout's
+  ranges, so it works on numpy and jax.numpy arrays alike (same shape as `ids`, int32).
+  """
+  out = 0 * ids
+  for name in MODALITY_NAMES:
+    r = layout.modality(name)
+    inside = (ids >= r.first_code_id) * (ids <= r.end_id)
+    out = out + MODALITY_INDEX[name] * inside
+  return out.astype("int32") if hasattr(out, "astype") else out

@@ -1,0 +1,348 @@
+"""AnyGPT's templates and chat format, rendered to ids inside a tf.data graph.
+
+A sample (parsed from a shard, see `anygpt_jax.data.shards`) is rendered in two steps:
+
+1. Its *string form* is built in TF, with every modality item written as its empty pair of
+   start/end tokens (`<soim><eoim>`): the codes never become strings.
+     - X->text pair:  `[Human]: {instruction} <soim><eoim><eoh> [MMGPT]: {text}<eos>`
+     - text->X pair:  `[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: <soim><eoim><eos>`
+     - interleaved:   the parts concatenated as they are (text keeps its own spaces).
+     - chat:          `{system}\n[Human]: {user parts}<eoh>\n[MMGPT]: {assistant parts}<eos>\n...`,
+                      consecutive parts of one role form one turn (an assistant speech reply is
+                      e.g. a text part `<-Ins-> {transcript} <-Res-> {reply}` then a speech part).
+2. The string is split at added tokens exactly as `AnyGPTVocabulary.encode` splits it; text
+   chunks go through SentencePiece (dummy prefix as that vocabulary's `legacy` mode says),
+   added tokens map to their ids, and right after the k-th start token the k-th modality
+   part's codes are inserted as global ids (`layout.modality(kind).first_code_id + code`).
+   `<s>` goes before and `</s>` after.
+
+So the ids equal `vocabulary.encode(reference string)` where the reference string writes the
+codes as `<👀12>`-style tokens (`render_reference_string`, used by the tests).
+
+Loss weights: pairs and interleaved documents train on every token but `<s>` (nothing
+predicts it). Chats train only on the assistant: every token after a `[MMGPT]` marker up to
+and including the `<eos>` that closes the turn, i.e. `: {assistant parts}<eos>`.
+
+Modality code strings (`<👀12>`) written inside text parts are not recognised by the graph
+renderer (shards carry codes as codes); role, chat and start/end token strings are.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Mapping, Sequence
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from anygpt_jax.data.shards import PART_KINDS, Part
+from anygpt_jax.vocabulary.layout import CHAT_TOKENS, MODALITIES, MODALITY_NAMES, ROLE_TOKENS
+from anygpt_jax.vocabulary.seqio_vocabulary import BOS_ID, EOS_ID, AnyGPTVocabulary
+
+PAIR_KINDS = {f"{m}_text": m for m in MODALITY_NAMES}  # image_text -> image, ...
+TASK_KINDS = tuple(PAIR_KINDS) + ("interleaved", "chat")
+DIRECTIONS = ("to_text", "from_text")  # X->text, text->X
+INSTRUCTIONS_DIR = pathlib.Path(__file__).resolve().parents[2] / "tasks" / "instructions"
+SYSTEM_TURN_SEPARATOR = "\n"
+
+
+class RenderError(ValueError):
+  """A sample that cannot be rendered (wrong parts for its task kind)."""
+
+
+# --- instruction pools ----------------------------------------------------------------------
+def instruction_file(modality: str, direction: str, directory=None) -> pathlib.Path:
+  return pathlib.Path(directory or INSTRUCTIONS_DIR) / f"{modality}_{direction}.txt"
+
+
+def load_instructions(modality: str, direction: str, directory=None) -> list[str]:
+  """One instruction per non-empty line of `tasks/instructions/{modality}_{direction}.txt`."""
+  path = instruction_file(modality, direction, directory)
+  lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines()]
+  lines = [l for l in lines if l and not l.startswith("#")]
+  if not lines:
+    raise RenderError(f"no instructions in {path}")
+  return lines
+
+
+# --- the reference (Python) string form -----------------------------------------------------
+def modality_string(layout, kind: str, codes: Sequence[int]) -> str:
+  m = layout.modality(kind).modality
+  return m.start_token + "".join(m.code_string(int(c)) for c in codes) + m.end_token
+
+
+def pair_string(instruction: str, modality_item: str, text: str, to_text: bool) -> str:
+  if to_text:
+    return f"[Human]: {instruction} {modality_item}<eoh> [MMGPT]: {text}<eos>"
+  return f"[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: {modality_item}<eos>"
+
+
+def part_string(layout, part: Part) -> str:
+  return part.text if part.kind == "text" else modality_string(layout, part.kind, part.codes)
+
+
+def chat_string(layout, parts: Sequence[Part]) -> str:
+  turns, role, body = [], None, []
+
+  def close():
+    if role is not None:
+      turns.append({"system": "{}", "user": "[Human]: {}<eoh>", "assistant": "[MMGPT]: {}<eos>"}[role]
+                   .format("".join(body)))
+
+  for part in parts:
+    if part.role != role:
+      close()
+      role, body = part.role, []
+    body.append(part_string(layout, part))
+  close()
+  return SYSTEM_TURN_SEPARATOR.join(turns)
+
+
+def render_reference_string(layout, kind: str, parts: Sequence[Part], instruction: str = "",
+                            to_text: bool = True) -> str:
+  """The AnyGPT string form of a sample with codes written as tokens (no `<s>`/`</s>`)."""
+  if kind in PAIR_KINDS:
+    return pair_string(instruction, part_string(layout, parts[0]), parts[1].text, to_text)
+  if kind == "interleaved":
+    return "".join(part_string(layout, p) for p in parts)
+  if kind == "chat":
+    return chat_string(layout, parts)
+  raise RenderError(f"unknown task kind {kind!r}; expected one of {TASK_KINDS}")
+
+
+def reference_ids(vocabulary: AnyGPTVocabulary, kind: str, parts: Sequence[Part], instruction: str = "",
+                   to_text: bool = True) -> list[int]:
+  """`<s>` + vocabulary.encode(reference string) + `</s>`: what the graph renderer must give."""
+  text = render_reference_string(vocabulary.layout, kind, parts, instruction, to_text)
+  return [BOS_ID] + list(vocabulary.encode(text)) + [EOS_ID]
+
+
+# --- the graph renderer ---------------------------------------------------------------------
+class GraphRenderer:
+  """Renders parsed shard records to `targets` and `loss_weights` (int32 [n]) in tf.data.
+
+  Built once per task from the vocabulary; its methods are pure TF functions of a batch of
+  examples (`render_batch`) or of one (`render`).
+  """
+
+  def __init__(self, vocabulary: AnyGPTVocabulary):
+    self.vocabulary = vocabulary
+    self.layout = layout = vocabulary.layout
+    self.tokenizer = vocabulary.tf_tokenizer()
+    special = list(ROLE_TOKENS) + (list(CHAT_TOKENS) if layout.chat_tokens else [])
+    for m in MODALITIES:
+      special += [m.start_token, m.end_token]
+    self.pattern = "|".join(re.escape(t) for t in special)
+    self.table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(special), tf.constant([layout.special_token_to_id(t) for t in special], tf.int32)),
+        default_value=-1)
+    ranges = [layout.modality(m) for m in MODALITY_NAMES]
+    # Per part kind (index in PART_KINDS): text first, then the modalities in layout order.
+    assert PART_KINDS[1:] == MODALITY_NAMES
+    self.first_code_id = tf.constant([0] + [r.first_code_id for r in ranges], tf.int64)
+    self.num_codes = tf.constant([0] + [r.modality.num_codes for r in ranges], tf.int64)
+    self.start_ids = tf.constant([r.start_id for r in ranges], tf.int32)
+    self.end_ids = tf.constant([r.end_id for r in ranges], tf.int32)
+    self.item_strings = tf.constant([""] + [r.modality.start_token + r.modality.end_token for r in ranges])
+    self.kind_names = tf.constant(list(PART_KINDS))
+
+  # -- parts ---------------------------------------------------------------------------------
+  # A batch holds B parsed examples: `part_*` ragged [B, None] (parts), `part_codes` ragged
+  # [B, None] (codes), `id` and `shard` [B]. Working on batches keeps the per-op overhead of TF
+  # off the per-sample cost.
+  def kind_index(self, kinds: tf.Tensor) -> tf.Tensor:
+    """Part kind strings [P] -> indices into PART_KINDS [P] int32 (-1 for unknown)."""
+    matches = tf.equal(kinds[:, None], self.kind_names[None, :])
+    return tf.where(tf.reduce_any(matches, 1), tf.argmax(tf.cast(matches, tf.int32), 1, output_type=tf.int32), -1)
+
+  @staticmethod
+  def _record(batch, row):
+    """Diagnostics naming one example: shard file and record id."""
+    return ["shard", tf.gather(batch["shard"], row), "record", tf.gather(batch["id"], row)]
+
+  def global_code_rows(self, batch, kinds: tf.Tensor) -> tf.RaggedTensor:
+    """The modality parts' codes as global ids, ragged [M, None] int32 (all examples, in order).
+
+    Fails (InvalidArgumentError) naming the shard file and record id on an unknown kind or a
+    code outside its modality's range.
+    """
+    lengths = batch["part_code_len"].flat_values
+    codes = batch["part_codes"].flat_values
+    code_kind = tf.repeat(kinds, tf.cast(lengths, tf.int32))
+    num = tf.gather(self.num_codes, tf.maximum(code_kind, 0))
+    bad = tf.logical_not(tf.logical_and(tf.logical_and(codes >= 0, codes < num), code_kind > 0))
+    # The first bad code (index == number of codes when none; padded copies keep it valid).
+    first_bad = tf.argmax(tf.cast(tf.concat([bad, [True]], 0), tf.int32), output_type=tf.int32)
+    row_of_code = tf.searchsorted(tf.cast(batch["part_codes"].row_splits[1:], tf.int32), [first_bad],
+                                  side="right")[0]
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        ["modality code out of range in"] + self._record(batch, tf.minimum(row_of_code, tf.size(batch["id"]) - 1)) +
+        ["code", tf.gather(tf.concat([codes, [0]], 0), first_bad),
+         "allowed [0, n) with n =", tf.gather(tf.concat([num, [0]], 0), first_bad)], summarize=8)
+    part_row = batch["part_kind"].value_rowids()
+    first_unknown = tf.argmax(tf.cast(tf.concat([kinds < 0, [True]], 0), tf.int32), output_type=tf.int32)
+    check_kinds = tf.debugging.Assert(
+        tf.reduce_all(kinds >= 0),
+        ["unknown part_kind in"] + self._record(batch, tf.gather(tf.concat([part_row, [0]], 0), first_unknown)),
+        summarize=8)
+    with tf.control_dependencies([check, check_kinds]):
+      ids = tf.cast(codes + tf.gather(self.first_code_id, tf.maximum(code_kind, 0)), tf.int32)
+    rows = tf.RaggedTensor.from_row_lengths(ids, lengths)
+    return tf.ragged.boolean_mask(rows, kinds > 0)
+
+  def item_strings_of(self, batch, kinds: tf.Tensor) -> tf.Tensor:
+    """Each part's string form without codes: its text, or `<soim><eoim>`-style pairs. [P] flat."""
+    items = tf.gather(self.item_strings, tf.maximum(kinds, 0))
+    return tf.where(kinds == 0, batch["part_text"].flat_values, items)
+
+  # -- string forms ----------------------------------------------------------------------------
+  def pair_strings(self, batch, kinds, modality: str, to_text: tf.Tensor, instruction: tf.Tensor) -> tf.Tensor:
+    """[B] string forms of pairs; `to_text` bool [B], `instruction` string [B]."""
+    signature = tf.strings.reduce_join(batch["part_kind"], axis=1, separator=",")
+    ok = tf.equal(signature, f"{modality},text")
+    first_bad = tf.argmax(tf.cast(tf.concat([tf.logical_not(ok), [True]], 0), tf.int32), output_type=tf.int32)
+    check = tf.debugging.Assert(
+        tf.reduce_all(ok),
+        [f"a {modality}_text pair needs parts [{modality}, text];"] +
+        self._record(batch, tf.minimum(first_bad, tf.size(ok) - 1)) +
+        ["has", tf.gather(tf.concat([signature, [""]], 0), first_bad)], summarize=8)
+    with tf.control_dependencies([check]):
+      starts = batch["part_kind"].row_starts()
+    items = self.item_strings_of(batch, kinds)
+    item = tf.gather(items, starts)
+    text = tf.gather(batch["part_text"].flat_values, starts + 1)
+    x_to_text = tf.strings.join(["[Human]: ", instruction, " ", item, "<eoh> [MMGPT]: ", text, "<eos>"])
+    text_to_x = tf.strings.join(["[Human]: ", instruction, " This is input: ", text, "<eoh> [MMGPT]: ", item,
+                                 "<eos>"])
+    return tf.where(to_text, x_to_text, text_to_x)
+
+  def interleaved_strings(self, batch, kinds) -> tf.Tensor:
+    parts = batch["part_kind"].with_flat_values(self.item_strings_of(batch, kinds))
+    return tf.strings.reduce_join(parts, axis=1)
+
+  def chat_strings(self, batch, kinds) -> tf.Tensor:
+    roles_rt = batch["part_role"]
+    roles = roles_rt.flat_values
+    known = tf.reduce_any(tf.equal(roles[:, None], tf.constant(["system", "user", "assistant"])), 1)
+    part_row = roles_rt.value_rowids()
+    bad_parts = tf.math.unsorted_segment_sum(tf.cast(tf.logical_not(known), tf.int32), part_row, roles_rt.nrows())
+    assistant = tf.math.unsorted_segment_sum(tf.cast(tf.equal(roles, "assistant"), tf.int32), part_row,
+                                             roles_rt.nrows())
+    ok = tf.logical_and(bad_parts == 0, assistant > 0)
+    first_bad = tf.argmax(tf.cast(tf.concat([tf.logical_not(ok), [True]], 0), tf.int32), output_type=tf.int32)
+    check = tf.debugging.Assert(
+        tf.reduce_all(ok),
+        ["a chat needs roles system/user/assistant on every part and an assistant turn;"] +
+        self._record(batch, tf.minimum(first_bad, tf.size(ok) - 1)), summarize=8)
+    with tf.control_dependencies([check]):
+      body = self.item_strings_of(batch, kinds)
+    n = tf.size(roles)
+    index = tf.range(n, dtype=part_row.dtype)
+    row_start = tf.equal(index, tf.gather(roles_rt.row_starts(), part_row))
+    row_end = tf.equal(index + 1, tf.gather(roles_rt.row_limits(), part_row))
+    previous = tf.concat([[""], roles[:-1]], 0)
+    following = tf.concat([roles[1:], [""]], 0)
+    opens = tf.logical_or(row_start, tf.not_equal(roles, previous))
+    closes = tf.logical_or(row_end, tf.not_equal(roles, following))
+    open_text = tf.where(tf.equal(roles, "user"), "[Human]: ", tf.where(tf.equal(roles, "assistant"), "[MMGPT]: ", ""))
+    close_text = tf.where(tf.equal(roles, "user"), "<eoh>", tf.where(tf.equal(roles, "assistant"), "<eos>", ""))
+    separator = tf.where(tf.logical_and(opens, tf.logical_not(row_start)), SYSTEM_TURN_SEPARATOR, "")
+    pieces = tf.strings.join([separator, tf.where(opens, open_text, ""), body, tf.where(closes, close_text, "")])
+    return tf.strings.reduce_join(roles_rt.with_flat_values(pieces), axis=1)
+
+  # -- ids -------------------------------------------------------------------------------------
+  def strings_to_ids(self, strings: tf.Tensor, code_rows: tf.RaggedTensor, kinds: tf.Tensor, batch) -> tf.RaggedTensor:
+    """String forms [B] + modality rows [M, None] -> `<s>` ids `</s>`, ragged [B, None] int32."""
+    split = tf_text.regex_split(strings, self.pattern, self.pattern)  # [B, Q]
+    pieces = split.flat_values
+    piece_row = split.value_rowids()
+    token = self.table.lookup(pieces)
+    is_text = token < 0
+    prefix = tf.logical_and(is_text, tf.strings.length(pieces) > 0)
+    if not self.vocabulary.legacy:  # only text at the very start of a sample gets the dummy prefix
+      prefix = tf.logical_and(prefix, tf.equal(tf.range(tf.size(pieces), dtype=piece_row.dtype),
+                                               tf.gather(split.row_starts(), piece_row)))
+    text = tf.where(prefix, tf.strings.join([" ", pieces]), tf.where(is_text, pieces, ""))
+    text_ids = tf.cast(self.tokenizer.tokenize(text), tf.int32)
+    token_ids = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(token, ~is_text), tf.cast(~is_text, tf.int64))
+    # The k-th start token of a sample must open its k-th modality part, of the same kind, and be
+    # closed by the next piece (a literal start token inside a text part breaks that).
+    is_start = tf.reduce_any(tf.equal(token[:, None], self.start_ids[None, :]), 1)
+    starts = tf.cast(tf.where(is_start)[:, 0], tf.int32)
+    nrows = split.nrows()
+    starts_per_row = tf.math.unsorted_segment_sum(tf.cast(is_start, tf.int32), piece_row, nrows)
+    modality_part = kinds > 0
+    items_per_row = tf.math.unsorted_segment_sum(tf.cast(modality_part, tf.int32),
+                                                 batch["part_kind"].value_rowids(), nrows)
+    kinds_in_string = tf.argmax(tf.cast(tf.equal(tf.gather(token, starts)[:, None], self.start_ids[None, :]),
+                                        tf.int32), 1, output_type=tf.int32) + 1
+    next_token = tf.gather(tf.concat([token, [-1]], 0), starts + 1)
+    same_row = tf.equal(tf.gather(tf.concat([piece_row, [-1]], 0), starts + 1), tf.gather(piece_row, starts))
+    closed = tf.logical_and(same_row, tf.equal(next_token, tf.gather(self.end_ids, kinds_in_string - 1)))
+    row_counts_match = tf.equal(starts_per_row, items_per_row)
+    aligned = tf.cond(
+        tf.reduce_all(row_counts_match),
+        lambda: tf.logical_and(tf.reduce_all(tf.equal(kinds_in_string, tf.boolean_mask(kinds, modality_part))),
+                               tf.reduce_all(closed)),
+        lambda: tf.constant(False))
+    first_bad = tf.argmax(tf.cast(tf.concat([tf.logical_not(row_counts_match), [True]], 0), tf.int32),
+                          output_type=tf.int32)
+    check = tf.debugging.Assert(
+        aligned, ["start/end tokens in the text do not match the modality parts;"] +
+        self._record(batch, tf.minimum(first_bad, tf.cast(nrows, tf.int32) - 1)), summarize=8)
+    with tf.control_dependencies([check]):
+      item_index = tf.cumsum(tf.cast(is_start, tf.int32)) - 1
+    num_items = code_rows.nrows(out_type=tf.int32)
+    item_lengths = tf.concat([tf.cast(code_rows.row_lengths(), tf.int32), [0]], 0)  # [0]: batches without items
+    lengths = tf.where(is_start, tf.gather(item_lengths, tf.clip_by_value(item_index, 0, num_items)), 0)
+    code_ids = tf.RaggedTensor.from_row_lengths(code_rows.flat_values, tf.cast(lengths, tf.int64))
+    piece_ids = tf.concat([text_ids, token_ids, code_ids], axis=1)  # [pieces, None]
+    ids = tf.RaggedTensor.from_row_splits(piece_ids, split.row_splits).merge_dims(1, 2)  # [B, None]
+    column = tf.ones([nrows, 1], tf.int32)
+    return tf.concat([column * BOS_ID, ids, column * EOS_ID], axis=1)
+
+  def loss_weights(self, ids: tf.RaggedTensor, assistant_only: bool) -> tf.RaggedTensor:
+    """int32 ragged [B, None]: 0 on `<s>`; for chats 1 only from after `[MMGPT]` through its `<eos>`."""
+    first = tf.equal(tf.range(tf.size(ids.flat_values), dtype=ids.row_splits.dtype),
+                     tf.gather(ids.row_starts(), ids.value_rowids()))
+    if not assistant_only:
+      return ids.with_flat_values(tf.cast(tf.logical_not(first), tf.int32))
+    flat = ids.flat_values
+    is_open = tf.cast(tf.equal(flat, self.layout.mmgpt_id), tf.int32)
+    is_close = tf.cast(tf.equal(flat, self.layout.eos_id), tf.int32)
+    # Counts within each sample: cumulative sums minus their value at the sample's start.
+    opened = tf.cumsum(is_open)
+    closed = tf.cumsum(is_close, exclusive=True)
+    rows = ids.value_rowids()
+    opened -= tf.gather(tf.concat([[0], opened], 0), tf.gather(ids.row_starts(), rows))
+    closed -= tf.gather(closed, tf.gather(ids.row_starts(), rows))
+    inside = tf.logical_and(opened > closed, is_open == 0)
+    return ids.with_flat_values(tf.cast(inside, tf.int32))
+
+  @tf.autograph.experimental.do_not_convert  # no tensor-dependent Python control flow: skip autograph
+  def render_batch(self, batch, kind: str, to_text=None, instruction=None) -> dict:
+    """B parsed examples (ragged-batched) -> {'targets', 'loss_weights': int32 ragged [B, None], 'id', 'shard'}."""
+    kinds = self.kind_index(batch["part_kind"].flat_values)
+    if kind in PAIR_KINDS:
+      strings = self.pair_strings(batch, kinds, PAIR_KINDS[kind], to_text, instruction)
+    elif kind == "interleaved":
+      strings = self.interleaved_strings(batch, kinds)
+    elif kind == "chat":
+      strings = self.chat_strings(batch, kinds)
+    else:
+      raise RenderError(f"unknown task kind {kind!r}; expected one of {TASK_KINDS}")
+    ids = self.strings_to_ids(strings, self.global_code_rows(batch, kinds), kinds, batch)
+    return {"targets": ids, "loss_weights": self.loss_weights(ids, kind == "chat"),
+            "id": batch["id"], "shard": batch["shard"]}
+
+  def render(self, ex, kind: str, to_text=None, instruction=None) -> dict:
+    """One parsed example -> {'targets': int32 [n], 'loss_weights': int32 [n], 'id', 'shard'}."""
+    batch = {}
+    for key, value in ex.items():
+      batch[key] = (tf.RaggedTensor.from_tensor(value[None]) if value.shape.rank == 1 else value[None])
+    out = self.render_batch(batch, kind, None if to_text is None else to_text[None],
+                            None if instruction is None else instruction[None])
+    return {"targets": out["targets"][0], "loss_weights": out["loss_weights"][0], "id": ex["id"], "shard": ex["shard"]}

@@ -1,0 +1,45 @@
+"""Export to a HuggingFace directory that transformers loads, with equal logits."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from anygpt_jax.export import save_hf_checkpoint
+from anygpt_jax.model import Transformer, get_config
+from anygpt_jax.vocabulary import VocabularyLayout
+from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
+
+TEXTS = [f"a photo of {w} number {i} on a sunny day, spoken slowly" for i in range(200)
+         for w in ("cat", "dog", "violin", "street")]
+
+
+def test_export_loads_in_transformers_with_equal_logits(tmp_path):
+  spm_path = train_llama_like_sentencepiece(TEXTS, str(tmp_path / "spm"), vocab_size=300)
+  layout = VocabularyLayout(text_vocab_size=300)
+  cfg = get_config("tiny").with_vocabulary(layout)
+  model = Transformer(cfg)
+  params = jax.tree.map(np.asarray, nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+  out = save_hf_checkpoint(params, cfg, layout, str(tmp_path / "hf"), spm_path=spm_path, max_shard_bytes=2**20)
+
+  index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
+  assert len(set(index["weight_map"].values())) > 1, "a small shard size must give several shards"
+  hf = transformers.LlamaForCausalLM.from_pretrained(out).eval()
+  assert hf.config.vocab_size == layout.vocab_size == 300 + 17418
+  tokens = np.random.default_rng(0).integers(3, layout.vocab_size, size=(2, 20))
+  with torch.no_grad():
+    theirs = hf(torch.from_numpy(tokens)).logits.numpy()
+  ours = np.asarray(model.apply({"params": params}, jnp.asarray(tokens, jnp.int32)))[..., :layout.vocab_size]
+  assert np.max(np.abs(ours - theirs)) <= 1e-4
+
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  for token in ("[Human]", "<soim>", "<👀8191>", "<🗣️7>", "<eomu>"):
+    assert tokenizer.convert_tokens_to_ids(token) == layout.special_token_to_id(token)
+  assert len(tokenizer) == layout.vocab_size
+  generation = json.load(open(os.path.join(out, "generation_config.json")))
+  assert generation["eos_token_id"] == [2, layout.eos_id]

@@ -1,0 +1,106 @@
+"""anygpt-mixture-report: what a mixture feeds a run, from the tokenization stats.
+
+  anygpt-mixture-report anygpt_pretrain --steps 81000 --batch 480 --length 4500 \
+      --data-dir /data/shards --spm tokenizer.model
+
+Per task: examples (records_out of the stats files), tokens of one epoch (modality codes from the
+stats, text estimated from text_chars with the chars/token measured on the corpus, plus the
+template's tokens per record), the rate, the expected share of tokens per batch, tokens the run
+consumes and how many epochs of the corpus that is; then totals per modality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from anygpt_jax.data import mixing, pipeline
+
+MODALITY_COLUMNS = ("text", "image", "speech", "music")
+
+
+def mixture_rows(name: str, steps: int, batch: int, length: int, packing_efficiency: float = 1.0) -> list[dict]:
+  """One dict per task of a registered mixture (or a single task)."""
+  import seqio
+  provider = seqio.get_mixture_or_task(name)
+  if isinstance(provider, seqio.Mixture):
+    rates = {t.name: provider.get_rate(t) for t in provider.tasks}
+  else:
+    rates = {provider.name: 1.0}
+  total_rate = sum(rates.values())
+  run_tokens = steps * batch * length * packing_efficiency
+  rows = []
+  for task, rate in rates.items():
+    info = pipeline.TASK_INFO.get(task)
+    if info is None:
+      raise SystemExit(f"task {task!r} was not registered by anygpt_jax.data.pipeline.register_corpora")
+    share = rate / total_rate
+    corpus_tokens = info.tokens("train")
+    stats = info.stats.get("train")
+    per_modality = info.modality_tokens("train")
+    consumed = share * run_tokens
+    epochs = mixing.epochs_consumed(share, steps, batch, length, corpus_tokens, packing_efficiency)
+    rows.append({
+        "task": task, "examples": stats.records if stats else 0, "tokens": corpus_tokens, "rate": rate,
+        "share": share, "consumed_tokens": consumed, "epochs": epochs,
+        "consumed_by_modality": {m: (per_modality.get(m, 0) / corpus_tokens * consumed if corpus_tokens else 0.0)
+                                 for m in MODALITY_COLUMNS},
+    })
+  return rows
+
+
+def format_report(name: str, rows: list[dict], steps: int, batch: int, length: int) -> str:
+  lines = [f"mixture {name}: {steps} steps x {batch} rows x {length} tokens = {steps * batch * length:,} tokens",
+           f"{'task':<24}{'examples':>12}{'tokens':>16}{'rate':>10}{'share':>9}{'consumed':>18}{'epochs':>10}"]
+  for r in rows:
+    lines.append(f"{r['task']:<24}{r['examples']:>12,}{r['tokens']:>16,.0f}{r['rate']:>10.4f}{r['share']:>9.2%}"
+                 f"{r['consumed_tokens']:>18,.0f}{r['epochs']:>10.3f}")
+  lines.append("per modality (tokens consumed, share of the run):")
+  total = sum(r["consumed_tokens"] for r in rows) or 1.0
+  for m in MODALITY_COLUMNS:
+    n = sum(r["consumed_by_modality"][m] for r in rows)
+    lines.append(f"  {m:<8}{n:>18,.0f}{n / total:>9.2%}")
+  return "\n".join(lines)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(prog="anygpt-mixture-report", description=__doc__.splitlines()[0])
+  parser.add_argument("mixture")
+  parser.add_argument("--steps", type=int, required=True)
+  parser.add_argument("--batch", type=int, required=True)
+  parser.add_argument("--length", type=int, required=True)
+  parser.add_argument("--data-dir", default=os.environ.get("ANYGPT_DATA_DIR"),
+                      help="root of the shards (as for register_corpora); default $ANYGPT_DATA_DIR")
+  parser.add_argument("--spm", default=os.environ.get("ANYGPT_SPM_PATH"),
+                      help="the SentencePiece model; default $ANYGPT_SPM_PATH")
+  parser.add_argument("--corpus", action="append", default=None,
+                      help="NAME:KIND:PATTERN[:P_TO_TEXT] (repeatable); default: the default corpora")
+  parser.add_argument("--chat-tokens", action="store_true")
+  parser.add_argument("--temperature", type=float, default=1.0)
+  parser.add_argument("--packing-efficiency", type=float, default=1.0,
+                      help="non-padding fraction of rows (tools/bench_pipeline.py measures it)")
+  args = parser.parse_args(argv)
+  if not args.data_dir or not args.spm:
+    parser.error("--data-dir and --spm (or $ANYGPT_DATA_DIR and $ANYGPT_SPM_PATH) are required")
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  corpora = None
+  if args.corpus:
+    corpora = []
+    for c in args.corpus:
+      fields = c.split(":")
+      corpora.append(pipeline.CorpusSpec(fields[0], fields[1], fields[2],
+                                         float(fields[3]) if len(fields) > 3 else 0.5))
+  pipeline.register_corpora(args.data_dir, args.spm, corpora, chat_tokens=args.chat_tokens,
+                            temperature=args.temperature, mixture_name="custom_mixture" if corpora else None)
+  rows = mixture_rows(args.mixture, args.steps, args.batch, args.length, args.packing_efficiency)
+  print(format_report(args.mixture, rows, args.steps, args.batch, args.length))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -126,11 +126,12 @@ def logical_to_sharding(boxed_tree: Any, mesh: Mesh, rules: LogicalRules | None 
   rules = tuple(rules if rules is not None else logical_axis_rules())
   specs = nn.get_partition_spec(boxed_tree)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-  _check_divisible(_strip_boxes(boxed_tree), shardings)
+  _check_divisible(strip_boxes(boxed_tree), shardings)
   return shardings
 
 
-def _strip_boxes(tree: Any) -> Any:
+def strip_boxes(tree: Any) -> Any:
+  """The values of a tree of nn.Partitioned boxes (abstract or concrete), without constraints."""
   # nn.unbox would also apply sharding constraints, which abstract leaves cannot take.
   is_box = lambda x: isinstance(x, nn.Partitioned)
   return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 import transformers
 
@@ -43,3 +44,34 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path):
   assert len(tokenizer) == layout.vocab_size
   generation = json.load(open(os.path.join(out, "generation_config.json")))
   assert generation["eos_token_id"] == [2, layout.eos_id]
+
+
+@pytest.mark.slow
+def test_export_command_on_a_trained_run(tmp_path):
+  """anygpt-train a few steps, anygpt-export the run, load it in transformers: same logits."""
+  import gin
+
+  from tests.test_train_cli import run_gin_text, write_run_inputs
+  from tools import export_hf
+  from tools import train as train_cli
+  from tools.export_hf import load_run
+
+  inputs = write_run_inputs(tmp_path)
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=2))
+  model_dir = tmp_path / "run"
+  gin.clear_config()
+  assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR='{model_dir}'"]) == 0
+  gin.clear_config()
+  out = tmp_path / "hf"
+  assert export_hf.main([f"--model_dir={model_dir}", f"--output_dir={out}", "--dtype=float32"]) == 0
+
+  config, params, layout, _ = load_run(str(model_dir))
+  hf = transformers.LlamaForCausalLM.from_pretrained(str(out)).eval()
+  tokens = np.random.default_rng(0).integers(3, layout.vocab_size, size=(1, 16))
+  with torch.no_grad():
+    theirs = hf(torch.from_numpy(tokens)).logits.numpy()
+  ours = np.asarray(Transformer(config).apply({"params": params}, jnp.asarray(tokens, jnp.int32)))
+  assert np.max(np.abs(ours[..., :layout.vocab_size] - theirs)) <= 1e-4
+  assert transformers.AutoTokenizer.from_pretrained(str(out)).convert_tokens_to_ids("<soim>") == \
+      layout.modality("image").start_id

@@ -51,7 +51,7 @@ def test_export_command_on_a_trained_run(tmp_path):
   """anygpt-train a few steps, anygpt-export the run, load it in transformers: same logits."""
   import gin
 
-  from tests.test_train_cli import run_gin_text, write_run_inputs
+  from test_train_cli import run_gin_text, write_run_inputs
   from tools import export_hf
   from tools import train as train_cli
   from tools.export_hf import load_run

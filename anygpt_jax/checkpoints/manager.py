@@ -1,0 +1,197 @@
+"""A run's orbax `CheckpointManager`: what each step holds and how a run resumes.
+
+Each saved step `{model_dir}/checkpoints/{step}/` holds four items:
+  state/   the `TrainState` (params, optimizer state, counters), sharded arrays via orbax;
+  data/    the data iterators' states, one file set per input shard (`shard_00000...`),
+           written by the process that reads that shard;
+  config/  the operative gin config of the run (JSON: {"operative_gin": text});
+  layout/  the vocabulary layout (`VocabularyLayout.to_json_dict()`).
+
+Orbax writes a step into a temporary directory and renames it only once every item of every
+process is complete, so a process killed during a save leaves the previous step as the latest
+usable one (the partial directory is ignored and cleaned up on the next start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Protocol
+
+import gin
+import orbax.checkpoint as ocp
+from etils import epath
+
+from anygpt_jax.vocabulary.layout import VocabularyLayout
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+class StatefulIterator(Protocol):
+  """A data iterator whose position can be written to and read from a path prefix."""
+
+  def save_state(self, path: str) -> None: ...
+
+  def restore_state(self, path: str) -> None: ...
+
+
+def shard_state_path(directory: epath.Path, shard_index: int) -> str:
+  return os.fspath(directory / f"shard_{shard_index:05d}")
+
+
+class IteratorCheckpointHandler(ocp.CheckpointHandler):
+  """Saves/restores this process's data iterators, keyed by global input-shard index.
+
+  Saving is synchronous (it runs before the asynchronous part of a save starts): the
+  iterator's position must be captured at the step being saved.
+  """
+
+  def save(self, directory: epath.Path, args: "IteratorSave") -> None:
+    for shard_index, iterator in args.iterators.items():
+      iterator.save_state(shard_state_path(directory, shard_index))
+
+  def restore(self, directory: epath.Path, args: "IteratorRestore") -> Mapping[int, StatefulIterator]:
+    for shard_index, iterator in args.iterators.items():
+      path = shard_state_path(directory, shard_index)
+      if not epath.Path(path + ".index").exists():
+        saved = sorted(p.name for p in directory.iterdir())
+        raise FileNotFoundError(
+            f"no data iterator state for input shard {shard_index} in {directory} (found {saved}); "
+            "a run resumes only with the number of input shards it was saved with")
+      iterator.restore_state(path)
+    return args.iterators
+
+  def metadata(self, directory: epath.Path) -> None:
+    return None
+
+
+@ocp.args.register_with_handler(IteratorCheckpointHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorSave(ocp.args.CheckpointArgs):
+  iterators: Mapping[int, StatefulIterator]
+
+
+@ocp.args.register_with_handler(IteratorCheckpointHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorRestore(ocp.args.CheckpointArgs):
+  iterators: Mapping[int, StatefulIterator]
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """When and how a run saves.
+
+  Attributes:
+    save_every_steps: save every N steps (and at the last step).
+    keep_last: keep the latest K steps...
+    keep_every: ...and, in addition, every step that is a multiple of M (None: none).
+    async_save: write in a background thread while training goes on.
+  """
+
+  save_every_steps: int = 1000
+  keep_last: int = 3
+  keep_every: int | None = None
+  async_save: bool = True
+
+
+def _pytree_restore(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+  """Restore args placing every array by its target's sharding (which may be another mesh's)."""
+  return ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                partial_restore=partial)
+
+
+@dataclasses.dataclass
+class RestoredCheckpoint:
+  step: int
+  state: Any
+  operative_gin: str | None
+  layout: VocabularyLayout | None
+
+
+class Checkpoints:
+  """The checkpoints of one run directory (`{model_dir}/checkpoints`)."""
+
+  def __init__(self, model_dir: str, config: CheckpointConfig = CheckpointConfig()):
+    self.directory = epath.Path(model_dir) / CHECKPOINT_SUBDIR
+    self.config = config
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=config.save_every_steps,
+        max_to_keep=config.keep_last,
+        keep_period=config.keep_every,
+        enable_async_checkpointing=config.async_save,
+        create=True,
+        cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "config", "layout"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    """Every `save_every_steps` steps (orbax alone would also save the first step of a run)."""
+    return step % self.config.save_every_steps == 0 and step not in self.manager.all_steps()
+
+  def save(self, step: int, state: Any, iterators: Mapping[int, StatefulIterator] | None,
+           operative_gin: str, layout: VocabularyLayout, force: bool = False) -> bool:
+    """Starts saving `step` (asynchronously when configured) if it is due or `force`; returns
+    whether a save started."""
+    if not (force or self.should_save(step)):
+      return False
+    items = {
+        "state": ocp.args.PyTreeSave(state),
+        "config": ocp.args.JsonSave({"operative_gin": operative_gin}),
+        "layout": ocp.args.JsonSave(layout.to_json_dict()),
+    }
+    if iterators is not None:
+      items["data"] = IteratorSave(iterators)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, abstract_state: Any, iterators: Mapping[int, StatefulIterator] | None = None,
+              step: int | None = None) -> RestoredCheckpoint:
+    """Restores `step` (default: the latest) onto `abstract_state`'s shardings (any mesh).
+
+    Args:
+      abstract_state: a pytree of `jax.ShapeDtypeStruct` with `sharding` set: the target
+        layout, which may differ from the one the checkpoint was saved from.
+      iterators: this process's data iterators by input-shard index; restored in place.
+      step: which step; None for the latest.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    items = {
+        "state": _pytree_restore(abstract_state),
+        "config": ocp.args.JsonRestore(),
+        "layout": ocp.args.JsonRestore(),
+    }
+    if iterators is not None:
+      items["data"] = IteratorRestore(iterators)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    layout = restored["layout"]
+    return RestoredCheckpoint(
+        step=step, state=restored["state"],
+        operative_gin=(restored["config"] or {}).get("operative_gin"),
+        layout=VocabularyLayout.from_json_dict(layout) if layout else None)
+
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
+    """Only the parameters of a step (warm start, evaluation), onto `abstract_params`' shardings.
+
+    Args:
+      abstract_params: `jax.ShapeDtypeStruct`s with `sharding`, shaped like the saved params.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=_pytree_restore({"params": abstract_params}, partial=True)))
+    return restored["state"]["params"]
+
+  def wait_until_finished(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

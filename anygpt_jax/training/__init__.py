@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, loss, train state, the train step and loop, metrics, evaluation."""

@@ -1,0 +1,142 @@
+"""`anygpt-train`: t5x-style gin flags, errors naming the bad binding, a short run on real data."""
+
+import json
+import pathlib
+
+import gin
+import numpy as np
+import pytest
+
+from tools import train as train_cli
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def write_run_inputs(directory: pathlib.Path, records: int = 96) -> dict[str, str]:
+  """Real pretokenized shards (DESIGN schema) of an image-text corpus and a SentencePiece model."""
+  from anygpt_jax.data import synthetic
+  from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
+
+  data_dir = directory / "shards"
+  synthetic.write_corpus(str(data_dir), "pairs", "image_text", records, split="train", seed=1)
+  synthetic.write_corpus(str(data_dir), "pairs", "image_text", 8, split="validation", seed=2)
+  rng = np.random.default_rng(0)
+  texts = [synthetic.random_text(rng, 5, 30) for _ in range(300)]
+  spm = train_llama_like_sentencepiece(texts, str(directory / "spm" / "test"), vocab_size=400)
+  return {"data_dir": str(data_dir), "spm": spm}
+
+
+def run_gin_text(inputs: dict[str, str], steps: int, extra: str = "") -> str:
+  """A small run configuration on the tiny model, written the way users write run files."""
+  return f"""
+include 'gin/runs/base.gin'
+include 'gin/models/tiny.gin'
+include 'gin/mesh/cpu_single.gin'
+MIXTURE_OR_TASK_NAME = 'pairs'
+TASK_FEATURE_LENGTHS = {{'targets': 128}}
+BATCH_SIZE = 8
+TRAIN_STEPS = {steps}
+SENTENCEPIECE_MODEL = '{inputs["spm"]}'
+train.data_registration = @register_corpora
+register_corpora.data_dir = '{inputs["data_dir"]}'
+register_corpora.spm_path = %SENTENCEPIECE_MODEL
+register_corpora.corpora = [('pairs', 'image_text')]
+register_corpora.default_mixtures = False
+register_corpora.shuffle_buffer_size = 64
+learning_rate_schedule.peak_learning_rate = 3e-3
+train.log_every_steps = 1
+CheckpointConfig.save_every_steps = 2
+{extra}
+"""
+
+
+@pytest.fixture
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_gin_flags_become_bindings():
+  bindings, rest = train_cli.split_gin_flags(
+      ["--gin_file=a.gin", "--gin.MODEL_DIR=/tmp/run x", "--gin.BATCH_SIZE=8", "--gin.train.z_loss=1e-4",
+       "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.MODEL_DIR2='/q'", "--gin.train.model=@model_config()"])
+  assert rest == ["--gin_file=a.gin"]
+  assert bindings == ["MODEL_DIR = '/tmp/run x'", "BATCH_SIZE = 8", "train.z_loss = 1e-4",
+                      "TASK_FEATURE_LENGTHS = {'targets': 64}", "MODEL_DIR2 = '/q'", "train.model = @model_config()"]
+  with pytest.raises(train_cli.GinConfigError, match="--gin.NAME=VALUE"):
+    train_cli.split_gin_flags(["--gin.MODEL_DIR"])
+
+
+@pytest.mark.parametrize("flag, named", [
+    ("--gin.train.no_such_parameter=1", "train.no_such_parameter"),
+    ("--gin.no_such_configurable.x=1", "no_such_configurable.x"),
+    ("--gin.learning_rate_schedule.peak_learning_rate=(1,", "learning_rate_schedule.peak_learning_rate"),
+])
+def test_bad_binding_is_named(flag, named, capsys, clean_gin):
+  code = train_cli.main(["--gin_file=gin/runs/demo.gin", flag])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert named in err and "gin binding" in err
+
+
+def test_bad_gin_file_is_named(tmp_path, capsys, clean_gin):
+  bad = tmp_path / "bad.gin"
+  bad.write_text("include 'gin/runs/base.gin'\ntrain.modle_dir = 'x'\n")
+  assert train_cli.main([f"--gin_file={bad}"]) == 2
+  err = capsys.readouterr().err
+  assert str(bad) in err and "modle_dir" in err
+
+
+def test_run_files_parse(clean_gin):
+  """Every shipped run file, with each mesh file, parses against the real configurables."""
+  train_cli.import_configurables()
+  required = ["MODEL_DIR = '/r'", "SENTENCEPIECE_MODEL = '/t.model'", "DATA_DIR = '/d'", "LLAMA2_HF_DIR = '/h'",
+              "PRETRAIN_DIR = '/p'", "BASE_DIR = '/b'"]
+  for run in sorted(p for p in (REPO / "gin" / "runs").glob("*.gin") if p.name != "base.gin"):
+    for mesh in [None, *sorted((REPO / "gin" / "mesh").glob("*.gin"))]:
+      gin.clear_config()
+      text = run.read_text()
+      train_cli.parse_gin([str(run)] + ([str(mesh)] if mesh else []),
+                          [b for b in required if b.split(" ")[0] in text or b.startswith(("MODEL_DIR", "SENT"))])
+  gin.clear_config()
+  with pytest.raises(train_cli.GinConfigError, match="LLAMA2_HF_DIR"):
+    train_cli.parse_gin([str(REPO / "gin/runs/pretrain_llama2_7b.gin")], required[:2])
+  gin.clear_config()
+  train_cli.parse_gin([str(REPO / "gin/runs/pretrain_llama2_7b.gin")], required[:4])
+  assert gin.query_parameter("%BATCH_SIZE") == 480
+  assert gin.query_parameter("%TRAIN_STEPS") == 81000
+  assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"targets": 4500}
+  assert gin.query_parameter("learning_rate_schedule.peak_learning_rate") == 6e-5
+  assert gin.query_parameter("learning_rate_schedule.warmup_fraction") == 0.03
+  assert gin.query_parameter("make_optimizer.clip_global_norm") == 1.0
+  gin.clear_config()
+  train_cli.parse_gin([str(REPO / "gin/runs/sft_anyinstruct.gin")], required[:2] + ["BASE_DIR = '/b'"])
+  assert gin.query_parameter("%BATCH_SIZE") == 64 and gin.query_parameter("%TRAIN_STEPS") == 5000
+  assert gin.query_parameter("learning_rate_schedule.peak_learning_rate") == 2e-5
+
+
+def test_short_run_writes_config_checkpoints_and_logs(tmp_path, capsys, clean_gin):
+  inputs = write_run_inputs(tmp_path)
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=4))
+  model_dir = tmp_path / "run"
+  assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={model_dir}", "--gin.train.z_loss=1e-4"]) == 0
+  out = capsys.readouterr().out
+  assert "step 4 | loss" in out and "image" in out
+
+  operative = (model_dir / "config.gin").read_text()
+  assert f"MODEL_DIR = '{model_dir}'" in operative
+  assert "train.z_loss = 0.0001" in operative
+  assert "TrainInput.batch_size = %BATCH_SIZE" in operative
+  layout = json.loads((model_dir / "vocabulary_layout.json").read_text())
+  assert layout["text_vocab_size"] <= 400  # the test's small SentencePiece model, not LLaMA's
+
+  assert sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+  assert list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
+  metrics = [json.loads(l) for l in (model_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+  for m in metrics:
+    assert np.isfinite(m["train/loss"]) and m["train/image/tokens"] > 0 and m["train/text/tokens"] > 0
+  assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]
+  assert metrics[0]["train/z_loss"] > 0

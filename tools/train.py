@@ -1,0 +1,141 @@
+"""`anygpt-train`: the gin-configured trainer, t5x-style flags.
+
+  anygpt-train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=100
+
+Flags:
+  --gin_file=PATH          a gin file (repeatable); relative paths are also looked up from the
+                           repository root, so `include 'gin/models/demo.gin'` works anywhere.
+  --gin.NAME=VALUE         a binding or macro (`--gin.BATCH_SIZE=8`, `--gin.train.z_loss=1e-4`).
+                           A VALUE that is not a Python/gin literal is taken as a string, so
+                           `--gin.MODEL_DIR=/tmp/run` works without inner quotes.
+  --gin_search_path=DIR    more directories to resolve gin files and includes from.
+  --coordinator_address, --num_processes, --process_id, --heartbeat_timeout_s,
+  --multiprocess_auto      multi-host set-up (see anygpt_jax/distributed.py); the environment
+                           variables ANYGPT_COORDINATOR_ADDRESS/ANYGPT_NUM_PROCESSES/ANYGPT_PROCESS_ID
+                           work too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import pathlib
+import re
+import sys
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+class GinConfigError(ValueError):
+  """A gin file or binding that does not parse or names no configurable/parameter."""
+
+
+def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Separates `--gin.NAME=VALUE` flags (as gin bindings `NAME = VALUE`) from the other flags."""
+  bindings, rest = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      name, sep, value = arg[len("--gin."):].partition("=")
+      if not sep or not name:
+        raise GinConfigError(f"{arg!r}: expected --gin.NAME=VALUE")
+      bindings.append(f"{name} = {_gin_value(value)}")
+    else:
+      rest.append(arg)
+  return bindings, rest
+
+
+# A bare path or word (no quotes, brackets or operators): taken as a string.
+_BARE_STRING = re.compile(r"^[\w./~:+\-][\w./~:+\- ]*$")
+
+
+def _gin_value(value: str) -> str:
+  """VALUE as gin text: literals, references and expressions as they are (so gin reports their
+  syntax errors); a bare path or word that is not a literal (`/tmp/run`) as a quoted string."""
+  stripped = value.strip()
+  if stripped.startswith(("@", "%")) or stripped in ("True", "False", "None"):
+    return stripped
+  try:
+    ast.literal_eval(stripped)
+    return stripped
+  except (ValueError, SyntaxError):
+    return repr(stripped) if _BARE_STRING.match(stripped) else stripped
+
+
+def import_configurables() -> None:
+  """Imports every module that registers gin configurables, SeqIO tasks and mixtures."""
+  import anygpt_jax.training.loop  # noqa: F401  (train, model_config, optimizer, checkpoints ...)
+  import anygpt_jax.partitioning  # noqa: F401
+  try:
+    import anygpt_jax.data.pipeline  # noqa: F401  (task and mixture registration)
+  except ImportError as e:  # the data package is required for training; say why it is missing
+    raise ImportError(f"anygpt-train needs the data pipeline (anygpt_jax.data.pipeline): {e}") from e
+
+
+def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
+  """Parses files then bindings; an error names the file or the binding at fault."""
+  import gin
+
+  for path in [*search_paths, str(REPO_ROOT), os.getcwd()]:
+    gin.add_config_file_search_path(path)
+  # Gin raises many exception types (ValueError, KeyError, tokenize.TokenError, ...) for a bad
+  # file or binding; each is reported with the file or the binding that caused it.
+  for gin_file in gin_files:
+    try:
+      gin.parse_config_file(gin_file)
+    except Exception as e:  # noqa: BLE001
+      raise GinConfigError(f"gin file {gin_file!r}: {type(e).__name__}: {e}") from e
+  for binding in bindings:
+    try:
+      gin.parse_config(binding)
+    except Exception as e:  # noqa: BLE001
+      raise GinConfigError(f"gin binding {binding!r}: {type(e).__name__}: {e}") from e
+  try:
+    gin.finalize()
+  except ValueError as e:
+    raise GinConfigError(f"gin: {e} (set it with --gin.NAME=value)") from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="anygpt-train", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+  parser.add_argument("--gin_search_path", action="append", default=[])
+  parser.add_argument("--coordinator_address", default=None)
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  parser.add_argument("--heartbeat_timeout_s", type=int, default=60)
+  parser.add_argument("--multiprocess_auto", action="store_true",
+                      help="let JAX detect the cluster (TPU pod, SLURM, Open MPI)")
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    bindings, rest = split_gin_flags(argv)
+  except GinConfigError as e:
+    print(f"anygpt-train: {e}", file=sys.stderr)
+    return 2
+  args = build_parser().parse_args(rest)
+  if not args.gin_file:
+    print("anygpt-train: at least one --gin_file is required (e.g. gin/runs/demo.gin)", file=sys.stderr)
+    return 2
+
+  from anygpt_jax import distributed
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         heartbeat_timeout_s=args.heartbeat_timeout_s, auto_detect=args.multiprocess_auto)
+  import_configurables()
+  try:
+    parse_gin(args.gin_file, bindings, args.gin_search_path)
+  except GinConfigError as e:
+    print(f"anygpt-train: {e}", file=sys.stderr)
+    return 2
+
+  from anygpt_jax.training.loop import train
+  train()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

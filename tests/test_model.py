@@ -53,9 +53,9 @@ def test_state_dict_round_trip_loads_into_transformers():
                                 params["layers"]["self_attn"]["q_proj"]["kernel"])
 
 
-@pytest.mark.parametrize("attention", ["xla", "dot_product"])
-def test_packed_segments_equal_samples_run_alone(attention):
-  cfg = dataclasses.replace(TINY, attention=attention)
+@pytest.mark.parametrize("attention, chunk", [("xla", 0), ("xla", 4), ("dot_product", 0)])
+def test_packed_segments_equal_samples_run_alone(attention, chunk):
+  cfg = dataclasses.replace(TINY, attention=attention, attention_chunk=chunk)
   model = Transformer(cfg)
   params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
   a, b = _tokens((5,), cfg.real_vocab_size, 1), _tokens((7,), cfg.real_vocab_size, 2)
@@ -119,6 +119,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     (dict(num_heads=8, num_kv_heads=3), "num_kv_heads=3 does not divide num_heads=8"),
     (dict(real_vocab_size=1000), "real_vocab_size=1000"),
     (dict(attention="flash"), "attention='flash'"),
+    (dict(attention_chunk=-1), "attention_chunk=-1"),
     (dict(remat_policy="some"), "remat_policy='some'"),
 ])
 def test_inconsistent_config_is_a_clear_error(changes, message):

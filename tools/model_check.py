@@ -114,9 +114,10 @@ def main(argv=None) -> int:
   cfg = get_config(args.config)
   results = []
   results.append(("logits vs transformers LlamaForCausalLM (fp32)", check_hf_parity(cfg), 1e-4))
-  for attention in ("xla", "dot_product"):
-    results.append((f"packed segments == samples alone [{attention}]",
-                    check_packing(cfg.replace(attention=attention)), 1e-5))
+  for attention, chunk in (("xla", 0), ("xla", 4), ("dot_product", 0)):
+    name = attention + (f", query blocks of {chunk}" if chunk else "")
+    results.append((f"packed segments == samples alone [{name}]",
+                    check_packing(cfg.replace(attention=attention, attention_chunk=chunk)), 1e-5))
   if jax.device_count() >= 8:
     loss_diff, grad_diff = check_sharded(cfg, {"data": 2, "fsdp": 2, "tensor": 2})
     results.append(("mesh data2 x fsdp2 x tensor2: loss vs 1 device", loss_diff, 1e-5))
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
   for name, value, tolerance in results:
     ok = value <= tolerance
     failed |= not ok
-    print(f"  {'ok  ' if ok else 'FAIL'} {name:55s} max |diff| {value:.2e} (tolerance {tolerance:.0e})")
+    print(f"  {'ok  ' if ok else 'FAIL'} {name:62s} max |diff| {value:.2e} (tolerance {tolerance:.0e})")
   return 1 if failed else 0
 
 

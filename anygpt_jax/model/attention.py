@@ -46,6 +46,23 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
   return out.reshape(b, t, num_heads, head_dim)
 
 
+def blockwise_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                               chunk: int) -> jax.Array:
+  """`xla_attention` over query blocks of `chunk`, each against the keys up to its end.
+
+  Causality masks every key after a block's last query, so skipping those keys is exact and
+  saves almost half the score work and memory at long lengths. Same shapes as xla_attention.
+  """
+  length = q.shape[1]
+  if chunk <= 0 or length <= chunk or length % chunk:
+    return xla_attention(q, k, v, mask)
+  blocks = []
+  for start in range(0, length, chunk):
+    end = start + chunk
+    blocks.append(xla_attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, :, start:end, :end]))
+  return jnp.concatenate(blocks, axis=1)
+
+
 def fused_attention(q, k, v, mask, implementation: str | None) -> jax.Array:
   """jax.nn.dot_product_attention with the same mask (cuDNN flash when implementation='cudnn')."""
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
@@ -78,7 +95,7 @@ class Attention(nn.Module):
 
     mask = attention_mask(segment_ids)
     if cfg.attention == "xla":
-      out = xla_attention(q, k, v, mask)
+      out = blockwise_causal_attention(q, k, v, mask, cfg.attention_chunk)
     else:
       out = fused_attention(q, k, v, mask, "cudnn" if cfg.attention == "cudnn" else None)
     out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))

@@ -32,6 +32,8 @@ class ModelConfig:
     dtype: compute dtype of matmuls and activations; parameters stay `param_dtype`.
     attention: 'xla' (explicit masked softmax), 'dot_product' (jax.nn.dot_product_attention,
       XLA on CPU/TPU) or 'cudnn' (the same function forced onto cuDNN flash attention; GPU only).
+    attention_chunk: the 'xla' implementation computes scores in query blocks of this many
+      tokens, each against the keys up to its end (causality makes that exact); 0 disables.
     remat_policy: what the backward pass keeps per layer: 'none' keeps everything, 'full'
       recomputes the layer, 'dots'/'dots_with_no_batch_dims' keep matmul outputs,
       'qkv_proj' keeps the attention projections only.
@@ -54,6 +56,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention: str = "xla"
+  attention_chunk: int = 128
   remat_policy: str = "none"
   scan_layers: bool = True
   initializer_range: float = 0.02
@@ -74,6 +77,8 @@ class ModelConfig:
       errors.append(f"real_vocab_size={self.real_vocab_size} must be in (0, vocab_size={self.vocab_size}]")
     if self.attention not in ATTENTION_IMPLEMENTATIONS:
       errors.append(f"attention={self.attention!r} not in {ATTENTION_IMPLEMENTATIONS}")
+    if self.attention_chunk < 0:
+      errors.append(f"attention_chunk={self.attention_chunk} must be >= 0")
     if self.remat_policy not in REMAT_POLICIES:
       errors.append(f"remat_policy={self.remat_policy!r} not in {REMAT_POLICIES}")
     for name in ("dtype", "param_dtype"):

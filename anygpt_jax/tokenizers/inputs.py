@@ -42,28 +42,34 @@ class InputRecord:
     return cls(**d)
 
 
-def read_manifest(path: str) -> Iterator[InputRecord]:
-  """`{"id", "kind", "path", "text"}` per line; relative paths are relative to the manifest."""
-  base = pathlib.Path(path).resolve().parent
+def _jsonl_objects(path: str) -> Iterator[tuple[str, dict | None]]:
+  """(fallback id `file:line`, parsed object or None when the line is not JSON) per non-blank line."""
   name = pathlib.Path(path).name
   with open(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
-      fallback_id = f"{name}:{line_no}"
       try:
-        d = json.loads(line)
+        yield f"{name}:{line_no}", json.loads(line)
       except json.JSONDecodeError:
-        yield InputRecord(fallback_id, "", source=str(path), reject="malformed_manifest_line")
-        continue
-      if not (isinstance(d, dict) and d.get("kind") in MEDIA_KINDS and isinstance(d.get("path"), str)
-              and d.get("path") and isinstance(d.get("id", ""), (str, int))
-              and isinstance(d.get("text", ""), str)):
-        rid = str(d.get("id", fallback_id)) if isinstance(d, dict) else fallback_id
-        yield InputRecord(rid, "", source=str(path), reject="malformed_manifest_line")
-        continue
-      media = d["path"] if os.path.isabs(d["path"]) else str(base / d["path"])
-      yield InputRecord(str(d.get("id", fallback_id)), d["kind"], media, d.get("text", ""), source=media)
+        yield f"{name}:{line_no}", None
+
+
+def _malformed(record_id: str, path: str) -> InputRecord:
+  return InputRecord(record_id, "", source=str(path), reject="malformed_manifest_line")
+
+
+def read_manifest(path: str) -> Iterator[InputRecord]:
+  """`{"id", "kind", "path", "text"}` per line; relative paths are relative to the manifest."""
+  base = pathlib.Path(path).resolve().parent
+  for fallback_id, d in _jsonl_objects(path):
+    if not (isinstance(d, dict) and d.get("kind") in MEDIA_KINDS and isinstance(d.get("path"), str)
+            and d.get("path") and isinstance(d.get("id", ""), (str, int))
+            and isinstance(d.get("text", ""), str)):
+      yield _malformed(str(d.get("id", fallback_id)) if isinstance(d, dict) else fallback_id, path)
+      continue
+    media = d["path"] if os.path.isabs(d["path"]) else str(base / d["path"])
+    yield InputRecord(str(d.get("id", fallback_id)), d["kind"], media, d.get("text", ""), source=media)
 
 
 def read_folder(folder: str, audio_kind: str = "speech") -> Iterator[InputRecord]:
@@ -87,21 +93,11 @@ def read_folder(folder: str, audio_kind: str = "speech") -> Iterator[InputRecord
 
 def read_anygpt(path: str) -> Iterator[InputRecord]:
   """AnyGPT pair / chat / interleaved JSONL (see `anygpt_data`); the data file is the source."""
-  name = pathlib.Path(path).name
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fallback_id = f"{name}:{line_no}"
-      try:
-        d = json.loads(line)
-      except json.JSONDecodeError:
-        yield InputRecord(fallback_id, "", source=str(path), reject="malformed_manifest_line")
-        continue
-      if not isinstance(d, dict):
-        yield InputRecord(fallback_id, "", source=str(path), reject="malformed_manifest_line")
-        continue
-      yield InputRecord(str(d.get("id", fallback_id)), "anygpt", source=str(path), data=d)
+  for fallback_id, d in _jsonl_objects(path):
+    if not isinstance(d, dict):
+      yield _malformed(fallback_id, path)
+      continue
+    yield InputRecord(str(d.get("id", fallback_id)), "anygpt", source=str(path), data=d)
 
 
 def read_inputs(manifests=(), folders=(), anygpt_files=(), audio_kind: str = "speech") -> Iterator[InputRecord]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,9 +48,7 @@ def matmul_peak_flops(dtype: jnp.dtype, size: int, steps: int) -> float:
 
 def jax_train_step_seconds(cfg, batch: int, seq_len: int, steps: int) -> float:
   model = Transformer(cfg)
-  params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8), jnp.int32))["params"])(jax.random.key(0))
-  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
-                        is_leaf=lambda x: hasattr(x, "unbox"))
+  params = jax.jit(lambda k: nn.unbox(model.init(k, jnp.zeros((1, 8), jnp.int32))["params"]))(jax.random.key(0))
   optimizer = optax.adamw(1e-4)
   opt_state = optimizer.init(params)
   tokens = jnp.asarray(np.random.default_rng(0).integers(3, cfg.predictable_vocab_size, (batch, seq_len + 1)),

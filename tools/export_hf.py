@@ -44,11 +44,9 @@ def load_run(model_dir: str, spm_path: str | None = None, step: int | None = Non
     raise FileNotFoundError(f"{config_path} not found: is {model_dir} a run directory of anygpt-train?")
   import_configurables()
   gin.clear_config()
-  if spm_path:
-    gin.bind_parameter("vocabulary_layout.sentencepiece_model", spm_path)
   with open(config_path) as f:
     gin.parse_config(f.read(), skip_unknown=True)
-  if spm_path:  # the run's own binding was parsed after ours: override it again
+  if spm_path:  # overrides the path the run used
     gin.bind_parameter("vocabulary_layout.sentencepiece_model", spm_path)
   layout = loop.vocabulary_layout()
   spm_path = gin.query_parameter("vocabulary_layout.sentencepiece_model")

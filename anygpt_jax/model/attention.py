@@ -72,8 +72,8 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """x: [B, L, hidden]; positions, segment_ids: int32 [B, L] -> [B, L, hidden]."""
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    """x: [B, L, hidden]; positions: int32 [B, L]; mask: bool [B, 1, L, L] (`attention_mask`)."""
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     head_dim = cfg.resolved_head_dim
@@ -93,7 +93,6 @@ class Attention(nn.Module):
     k = checkpoint_name(rotary_embedding(k, positions, cfg.rope_theta), "key_proj")
     v = checkpoint_name(v, "value_proj")
 
-    mask = attention_mask(segment_ids)
     if cfg.attention == "xla":
       out = blockwise_causal_attention(q, k, v, mask, cfg.attention_chunk)
     else:

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from anygpt_jax.model.attention import Attention
+from anygpt_jax.model.attention import Attention, attention_mask
 from anygpt_jax.model.config import ModelConfig
 from anygpt_jax.model.embeddings import Embed
 from anygpt_jax.model.linear import DenseGeneral
@@ -29,12 +29,12 @@ class DecoderLayer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids):
-    """x: [B, L, hidden] -> ([B, L, hidden], None); the None makes it an nn.scan body."""
+  def __call__(self, x, positions, mask):
+    """x: [B, L, hidden]; mask: bool [B, 1, L, L] -> ([B, L, hidden], None), an nn.scan body."""
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), name=name)
     x = nn.with_logical_constraint(x, _RESIDUAL_AXES)
-    h = x + Attention(cfg, name="self_attn")(norm("input_layernorm")(x), positions, segment_ids)
+    h = x + Attention(cfg, name="self_attn")(norm("input_layernorm")(x), positions, mask)
     h = nn.with_logical_constraint(h, _RESIDUAL_AXES)
     out = h + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(h))
     return nn.with_logical_constraint(out, _RESIDUAL_AXES), None
@@ -75,6 +75,7 @@ class Transformer(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
+    mask = attention_mask(segment_ids)  # built once, shared by every layer
 
     x = Embed(cfg.vocab_size, cfg.hidden_size, dtype, jnp.dtype(cfg.param_dtype),
               nn.initializers.normal(cfg.initializer_range), name="embed_tokens")(tokens)
@@ -83,10 +84,10 @@ class Transformer(nn.Module):
       layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                        metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = layers(cfg, name="layers")(x, positions, segment_ids)
+      x, _ = layers(cfg, name="layers")(x, positions, mask)
     else:
       for i in range(cfg.num_layers):
-        x, _ = layer(cfg, name=f"layers_{i}")(x, positions, segment_ids)
+        x, _ = layer(cfg, name=f"layers_{i}")(x, positions, mask)
 
     x = RMSNorm(cfg.rms_norm_eps, dtype, jnp.dtype(cfg.param_dtype), name="norm")(x)
     logits = DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),

@@ -27,7 +27,8 @@ def _peak_rss_mb() -> float:
 
 
 def _measure_single(manifest: str, model_dir: str, threads: int, repeats: int) -> dict:
-  """AnyGPT's loop: read, resample, encode one file, format its token string. Best of `repeats`."""
+  """AnyGPT's `encode_speech`, file by file: read, resample, `SpeechTokenizer.encode` (all levels),
+  keep level 1, format the token string. Best of `repeats`."""
   import torch
   from anygpt_jax.tokenizers import audio_io, inputs
   from anygpt_jax.tokenizers.speech import SpeechTokenizerWorker
@@ -41,11 +42,65 @@ def _measure_single(manifest: str, model_dir: str, threads: int, repeats: int) -
       wave = audio_io.load_audio(r.path, worker.sample_rate)
       audio += len(wave) / worker.sample_rate
       with torch.no_grad():
-        codes = worker.model.encode(torch.from_numpy(wave)[None, None], n_q=1)[0, 0]
+        codes = worker.model.encode(torch.from_numpy(wave)[None, None])[0, 0]
       tokens = "".join(f"<🗣️{c}>" for c in codes.tolist())
       lines.append(json.dumps({"text": r.text, "speech": f"<sosp>{tokens}<eosp>"}))
     best = min(best, time.time() - start)
-  return {"seconds": best, "files": len(records), "audio_s": audio, "peak_rss_mb": _peak_rss_mb()}
+  return {"seconds": best, "files": len(records), "audio_s": audio, "peak_rss_mb": _peak_rss_mb(),
+          **_matmul_bound(worker, threads)}
+
+
+def _matmul_bound(worker, threads: int) -> dict:
+  """The encoder's float32 FLOPs per second of audio, and this machine's float32 matmul rate.
+
+  Convolution FLOPs are counted by torch on a 1 s clip; the LSTM's (which the counter skips)
+  are 2 * 4h * (input + h) per frame, layer and direction.
+  """
+  import torch
+  from torch.utils.flop_counter import FlopCounterMode
+  torch.set_num_threads(threads)
+  with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    worker.model.encoder(torch.zeros(1, 1, worker.sample_rate))
+  lstm = next(m for m in worker.model.encoder.modules() if isinstance(m, torch.nn.LSTM))
+  directions = 2 if lstm.bidirectional else 1
+  per_frame = 0
+  for layer in range(lstm.num_layers):
+    inputs = lstm.input_size if layer == 0 else lstm.hidden_size * directions
+    per_frame += directions * 2 * 4 * lstm.hidden_size * (inputs + lstm.hidden_size)
+  flops = counter.get_total_flops() + per_frame * worker.frame_rate
+  a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+  a @ b
+  best = float("inf")
+  for _ in range(5):
+    start = time.time()
+    a @ b
+    best = min(best, time.time() - start)
+  return {"encoder_flops_per_audio_s": flops, "matmul_flops_per_s": 2 * 2048**3 / best}
+
+
+def _measure_bfloat16(manifest: str, model_dir: str, threads: int, batch_size: int) -> dict:
+  """The batch encoder in bfloat16 against float32 on the same clips: speed and equal codes."""
+  import numpy as np
+  import torch
+  from anygpt_jax.tokenizers import audio_io, inputs
+  from anygpt_jax.tokenizers.speech import SpeechTokenizerWorker
+  from anygpt_jax.tokenizers.speech_encoder import BatchEncoder
+  torch.set_num_threads(threads)
+  worker = SpeechTokenizerWorker(model_dir)
+  waves = sorted((torch.from_numpy(audio_io.load_audio(r.path, worker.sample_rate))
+                  for r in inputs.read_manifest(manifest)), key=len)
+  batches = [waves[i:i + batch_size] for i in range(0, len(waves), batch_size)]
+  result = {}
+  for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    encoder = BatchEncoder(worker.model.encoder, dtype)
+    encoder(batches[0])
+    start = time.time()
+    feats = [f for batch in batches for f in encoder(batch)]
+    seconds = time.time() - start
+    codes = np.concatenate([worker.model.quantizer.encode(f[None], n_q=1)[0, 0].numpy() for f in feats])
+    result[name] = {"seconds": seconds, "codes": codes}
+  return {"speed_ratio": result["float32"]["seconds"] / result["bfloat16"]["seconds"],
+          "equal_codes": float(np.mean(result["float32"]["codes"] == result["bfloat16"]["codes"]))}
 
 
 def _measure_batched(manifest: str, model_dir: str, threads: int, batch_size: int, workers: int, out: str,
@@ -89,13 +144,16 @@ def main(argv=None) -> int:
   p.add_argument("--scale", type=int, default=3, help="corpus multiple for the streaming (memory) check")
   p.add_argument("--repeats", type=int, default=2, help="best of this many timings (shared machines are noisy)")
   p.add_argument("--workdir", help="default: a temporary directory")
-  p.add_argument("--child", choices=("single", "batched"), help=argparse.SUPPRESS)
+  p.add_argument("--child", choices=("single", "batched", "bfloat16"), help=argparse.SUPPRESS)
   p.add_argument("--manifest", help=argparse.SUPPRESS)
   p.add_argument("--model-dir", help=argparse.SUPPRESS)
   p.add_argument("--out", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.child == "single":
     print(json.dumps(_measure_single(args.manifest, args.model_dir, args.threads, args.repeats)))
+    return 0
+  if args.child == "bfloat16":
+    print(json.dumps(_measure_bfloat16(args.manifest, args.model_dir, args.threads, args.batch_size)))
     return 0
   if args.child == "batched":
     print(json.dumps(_measure_batched(args.manifest, args.model_dir, args.threads, args.batch_size, args.workers,
@@ -127,6 +185,14 @@ def main(argv=None) -> int:
     print(f"{name:34s}{r['files'] / r['seconds']:10.2f}{rate(r):12.1f}{r['peak_rss_mb']:14.0f}")
   print(f"speed-up batched / one at a time: {rate(batched) / rate(single):.2f}x")
   print(f"peak RSS corpus x{args.scale} / x1: {batched_big['peak_rss_mb'] / batched['peak_rss_mb']:.2f}")
+  bound = single["matmul_flops_per_s"] / single["encoder_flops_per_audio_s"]
+  print(f"bound: the encoder needs {single['encoder_flops_per_audio_s'] / 1e9:.1f} GFLOP per audio second; at this "
+        f"machine's float32 matmul rate ({single['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s) that is at most "
+        f"{bound:.1f} audio s/s, {bound / rate(single):.2f}x the one-at-a-time rate; the batched job reaches "
+        f"{rate(batched) * single['encoder_flops_per_audio_s'] / single['matmul_flops_per_s']:.0%} of it")
+  bf16 = _run_child(["--child", "bfloat16", "--manifest", str(manifest), "--batch-size", str(args.batch_size)] + common)
+  print(f"not used by the job: the batch encoder in bfloat16 runs {bf16['speed_ratio']:.2f}x its float32 rate, "
+        f"and {bf16['equal_codes']:.1%} of its level-1 codes equal the float32 ones")
   return 0
 
 

@@ -16,10 +16,10 @@ import types
 
 import numpy as np
 import torch
-from torch import nn
 
 from anygpt_jax.tokenizers import audio_io
 from anygpt_jax.tokenizers.soundstorm import SoundStorm
+from anygpt_jax.tokenizers.speech_encoder import BatchEncoder
 
 CHECKPOINT_NAME = "SpeechTokenizer.pt"
 
@@ -73,6 +73,7 @@ class SpeechTokenizerWorker:
     state = torch.load(str(_find_checkpoint(directory)), map_location="cpu", weights_only=True)
     self.model.load_state_dict(state, strict=True)
     self.model.eval().to(device)
+    self.batch_encoder = BatchEncoder(self.model.encoder).to(device)
     self.device = device
     self.sample_rate = int(self.config["sample_rate"])
     self.hop = int(np.prod(self.config["strides"]))
@@ -91,12 +92,9 @@ class SpeechTokenizerWorker:
   def encode_batch(self, waves: list[np.ndarray], num_quantizers: int = 1) -> list[np.ndarray]:
     """Codes of a batch of clips; no code ever depends on another clip or on padding.
 
-    The SEANet encoder is convolutions, a bidirectional LSTM at the 50 Hz frame rate, then
-    one more convolution. The convolutions run per clip at its own length (batching them
-    only adds padding work: they are bound by memory bandwidth on CPU), the LSTM, which is
-    the costly part for one clip at a time (a sequential matrix-vector product per frame),
-    runs once over the whole batch on packed sequences, so each clip's backward pass starts
-    at its own last frame.
+    The encoder runs as `speech_encoder.BatchEncoder` (convolutions per clip in channels-last
+    layout, the LSTM once over the batch on packed sequences), then the quantizer takes all
+    clips' frames laid end to end (it works frame by frame).
 
     Args:
       waves: float32 (samples,) arrays at `sample_rate`.
@@ -104,32 +102,15 @@ class SpeechTokenizerWorker:
 
     Returns:
       One int64 array per clip, shape (num_quantizers, ceil(samples / hop)), values in
-      [0, codebook_size): the same codes as encoding the clip alone.
+      [0, codebook_size): the codes of the clip encoded alone, up to float rounding at
+      near-ties of the nearest codebook entry.
     """
-    front, lstm, back = self._encoder_stages()
-    feats = [_run(front, torch.from_numpy(np.ascontiguousarray(w))[None, None].to(self.device)) for w in waves]
+    feats = self.batch_encoder([torch.from_numpy(np.ascontiguousarray(w)).to(self.device) for w in waves])
     frames = [f.shape[-1] for f in feats]
-    if lstm is not None:
-      padded = torch.zeros((len(feats), feats[0].shape[1], max(frames)), dtype=feats[0].dtype, device=self.device)
-      for i, f in enumerate(feats):
-        padded[i, :, :f.shape[-1]] = f[0]
-      mixed = _packed_slstm(lstm, padded, frames)
-      feats = [mixed[i:i + 1, :, :n] for i, n in enumerate(frames)]
-    feats = [_run(back, f) for f in feats]
-    # The quantizer works frame by frame: one call over all clips' frames laid end to end.
-    codes = self.model.quantizer.encode(torch.cat(feats, dim=-1), n_q=num_quantizers)[:, 0]  # (q, total)
+    codes = self.model.quantizer.encode(torch.cat(feats, dim=-1)[None], n_q=num_quantizers)[:, 0]  # (q, total)
     codes = codes.cpu().numpy().astype(np.int64)
     bounds = np.cumsum([0] + frames)
     return [codes[:, bounds[i]:bounds[i + 1]] for i in range(len(frames))]
-
-  def _encoder_stages(self):
-    """(layers before the LSTM, the SLSTM or None, layers after it) of the SEANet encoder."""
-    from speechtokenizer.modules.lstm import SLSTM
-    layers = list(self.model.encoder.model)
-    for k, layer in enumerate(layers):
-      if isinstance(layer, SLSTM):
-        return layers[:k], layer, layers[k + 1:]
-    return layers, None, []
 
   def encode_semantic(self, waves: list[np.ndarray]) -> list[np.ndarray]:
     """RVQ-1 codes only: one int64 (frames,) array per clip (what goes into the shards)."""
@@ -140,25 +121,6 @@ class SpeechTokenizerWorker:
     """int (num_quantizers, frames) codes -> float32 (frames * hop,) audio at `sample_rate`."""
     tensor = torch.as_tensor(np.asarray(codes), dtype=torch.long)[:, None, :].to(self.device)
     return self.model.decode(tensor)[0, 0].cpu().numpy()
-
-
-def _run(layers, x: torch.Tensor) -> torch.Tensor:
-  for layer in layers:
-    x = layer(x)
-  return x
-
-
-def _packed_slstm(layer, x: torch.Tensor, frames: list[int]) -> torch.Tensor:
-  """SLSTM.forward on (b, c, t) with per-item lengths: y = lstm(x) (+ skip), zeros past each end."""
-  seq = x.permute(2, 0, 1)  # (t, b, c)
-  packed = nn.utils.rnn.pack_padded_sequence(seq, torch.tensor(frames), enforce_sorted=False)
-  y, _ = layer.lstm(packed)
-  y, _ = nn.utils.rnn.pad_packed_sequence(y, total_length=seq.shape[0])
-  if layer.bidirectional:
-    seq = seq.repeat(1, 1, 2)
-  if layer.skip:
-    y = y + seq
-  return y.permute(1, 2, 0)
 
 
 class SpeechDetokenizer:

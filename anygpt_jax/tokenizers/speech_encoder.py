@@ -21,7 +21,6 @@ reads the same modules once and runs them differently:
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -70,17 +69,18 @@ class ChannelsLastConv(nn.Module):
     self.register_buffer("weight", weight.contiguous(memory_format=torch.channels_last))
     self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().to(dtype))
 
-  def _padding(self, length: int) -> tuple[int, int]:
-    # SConv1d: symmetric padding for the receptive field, plus what makes the last window full.
+  def _padding(self, x: torch.Tensor) -> tuple[int, int]:
+    """SConv1d's (left, right) padding of time-major `x`: the receptive field's, split
+    symmetrically, plus what makes the last window full."""
+    from speechtokenizer.modules.conv import get_extra_padding_for_conv1d
     total = (self.kernel - 1) * self.dilation - (self.stride - 1)
-    frames = (length - self.kernel + total) / self.stride + 1
-    extra = (math.ceil(frames) - 1) * self.stride + (self.kernel - total) - length
+    extra = get_extra_padding_for_conv1d(x.transpose(1, 2), self.kernel, self.stride, total)
     right = total // 2
     return total - right, right + extra
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     """float (batch, time, in) -> (batch, ceil(time / stride), out)."""
-    x = _reflect_pad_time(x, *self._padding(x.shape[1]))
+    x = _reflect_pad_time(x, *self._padding(x))
     image = x.permute(0, 2, 1).unsqueeze(2)  # (batch, in, 1, time): a channels-last view, no copy
     y = F.conv2d(image, self.weight, self.bias, stride=(1, self.stride), dilation=(1, self.dilation))
     return y.squeeze(2).permute(0, 2, 1)
@@ -95,7 +95,7 @@ class ChannelsLastConv(nn.Module):
     """
     if self.stride != 1 or len(clips) == 1:
       return [self(c) for c in clips]
-    padded = [_reflect_pad_time(c, *self._padding(c.shape[1])) for c in clips]
+    padded = [_reflect_pad_time(c, *self._padding(c)) for c in clips]
     image = torch.cat(padded, dim=1).permute(0, 2, 1).unsqueeze(2)
     y = F.conv2d(image, self.weight, self.bias, dilation=(1, self.dilation)).squeeze(2).permute(0, 2, 1)
     starts = [0]
@@ -135,7 +135,8 @@ class BatchEncoder(nn.Module):
   """The SEANet encoder of a loaded SpeechTokenizer, for batches of clips of any lengths.
 
   Args:
-    encoder: `SpeechTokenizer.encoder` (a SEANetEncoder; its weights are copied, not shared).
+    encoder: `SpeechTokenizer.encoder` (a SEANetEncoder). Convolution weights are copied in
+      the new layout; the LSTM is shared in float32 and copied in other dtypes.
     dtype: torch.float32 (codes as the library computes them, up to float rounding) or
       torch.bfloat16.
   """

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import logging
 import os
 import pathlib
 import re
@@ -72,6 +74,25 @@ def import_configurables() -> None:
     raise ImportError(f"anygpt-train needs the data pipeline (anygpt_jax.data.pipeline): {e}") from e
 
 
+class _DropGinLookupErrors(logging.Filter):
+  """Gin looks for each included file first as a resource of a Python package (`gin/runs/x.gin`
+  as package `gin.runs`, which does not exist) and logs `ERROR:root:Path not found` for every
+  such miss before its search paths find the file. A file found nowhere is still an error."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.module == "resource_reader" and record.msg == "Path not found: %s")
+
+
+@contextlib.contextmanager
+def _quiet_gin_lookups():
+  root, quiet = logging.getLogger(), _DropGinLookupErrors()
+  root.addFilter(quiet)
+  try:
+    yield
+  finally:
+    root.removeFilter(quiet)
+
+
 def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
   """Parses files then bindings; an error names the file or the binding at fault."""
   import gin
@@ -82,7 +103,8 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
   # file or binding; each is reported with the file or the binding that caused it.
   for gin_file in gin_files:
     try:
-      gin.parse_config_file(gin_file)
+      with _quiet_gin_lookups():
+        gin.parse_config_file(gin_file)
     except Exception as e:  # noqa: BLE001
       raise GinConfigError(f"gin file {gin_file!r}: {type(e).__name__}: {e}") from e
   for binding in bindings:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from typing import Any, Mapping, Protocol
 
 import gin
 import orbax.checkpoint as ocp
 from etils import epath
 
+from anygpt_jax import filesystem
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -35,8 +37,8 @@ class StatefulIterator(Protocol):
   def restore_state(self, path: str) -> None: ...
 
 
-def shard_state_path(directory: epath.Path, shard_index: int) -> str:
-  return os.fspath(directory / f"shard_{shard_index:05d}")
+def shard_state_name(shard_index: int) -> str:
+  return f"shard_{shard_index:05d}"
 
 
 class IteratorCheckpointHandler(ocp.CheckpointHandler):
@@ -47,18 +49,32 @@ class IteratorCheckpointHandler(ocp.CheckpointHandler):
   """
 
   def save(self, directory: epath.Path, args: "IteratorSave") -> None:
-    for shard_index, iterator in args.iterators.items():
-      iterator.save_state(shard_state_path(directory, shard_index))
+    # tf.train.Checkpoint writes local files only as far as this project is concerned (its own
+    # gs:// client cannot be pointed at anything but Google's servers, so it is not what runs
+    # in tests): stage locally, copy through epath.
+    with filesystem.LocalStaging(directory, prefix="anygpt-iterator-") as staging:
+      for shard_index, iterator in args.iterators.items():
+        iterator.save_state(os.path.join(staging.local, shard_state_name(shard_index)))
 
   def restore(self, directory: epath.Path, args: "IteratorRestore") -> Mapping[int, StatefulIterator]:
-    for shard_index, iterator in args.iterators.items():
-      path = shard_state_path(directory, shard_index)
-      if not epath.Path(path + ".index").exists():
+    for shard_index in args.iterators:
+      if not (directory / (shard_state_name(shard_index) + ".index")).exists():
         saved = sorted(p.name for p in directory.iterdir())
         raise FileNotFoundError(
             f"no data iterator state for input shard {shard_index} in {directory} (found {saved}); "
             "a run resumes only with the number of input shards it was saved with")
-      iterator.restore_state(path)
+    if filesystem.is_local(directory):
+      local, tmp = os.fspath(directory), None
+    else:
+      tmp = tempfile.TemporaryDirectory(prefix="anygpt-iterator-")
+      local = tmp.name
+      filesystem.download_tree(directory, local)
+    try:
+      for shard_index, iterator in args.iterators.items():
+        iterator.restore_state(os.path.join(local, shard_state_name(shard_index)))
+    finally:
+      if tmp is not None:
+        tmp.cleanup()
     return args.iterators
 
   def metadata(self, directory: epath.Path) -> None:
@@ -112,8 +128,10 @@ class RestoredCheckpoint:
 class Checkpoints:
   """The checkpoints of one run directory (`{model_dir}/checkpoints`)."""
 
-  def __init__(self, model_dir: str, config: CheckpointConfig = CheckpointConfig()):
-    self.directory = epath.Path(model_dir) / CHECKPOINT_SUBDIR
+  def __init__(self, model_dir: str | os.PathLike, config: CheckpointConfig | None = None):
+    """`model_dir`: the run directory, a local path (relative ones are made absolute) or a URL."""
+    config = CheckpointConfig() if config is None else config
+    self.directory = filesystem.resolve(model_dir) / CHECKPOINT_SUBDIR
     self.config = config
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=config.save_every_steps,

@@ -1,17 +1,22 @@
 """The gin-configured training loop: set-up, automatic resume, steps, metrics, evaluation, saves.
 
-`train()` is what `anygpt-train` runs; every argument is bound in gin (see `gin/runs/*.gin`).
-A run directory (`model_dir`) holds `config.gin` (the operative config), `checkpoints/`,
-`tensorboard/` (event files and `metrics.jsonl`). Starting a run whose directory already has a
+`train()` is what `anygpt-train` runs; every argument is bound in gin (see `gin/runs/*.gin`). It
+builds the run (`build_run`), its first state (`initial_state`) and steps (`run_loop`).
+A run directory (`model_dir`, local or a URL) holds `config.gin` (the operative config),
+`checkpoints/`, `tensorboard/` (event files and `metrics.jsonl`), `compilation_cache/` and, when
+asked for, `profile/`. Starting a run whose directory already has a
 checkpoint resumes from the latest one, data iterator included, so an interrupted run and an
 uninterrupted one see the same batches and reach the same losses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -19,8 +24,10 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
+from etils import epath
 
 from anygpt_jax import distributed
+from anygpt_jax import filesystem
 from anygpt_jax import partitioning
 from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
 from anygpt_jax.model import ModelConfig, Transformer, get_config
@@ -112,73 +119,42 @@ def _put_params(params: Any, shardings: Any, abstract: Any) -> Any:
   return jax.tree.map(put, params, shardings, abstract)
 
 
-def _write_text(path: str, text: str) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      f.write(text)
-
-
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
   return {f"train/{k}": float(v) for k, v in jax.device_get(dict(metrics)).items()}
 
 
-@gin.configurable
-def train(
-    model_dir: str = gin.REQUIRED,
-    train_steps: int = gin.REQUIRED,
-    model: ModelConfig = gin.REQUIRED,
-    layout: VocabularyLayout | None = None,
-    data_registration: Callable[[], Any] | None = None,
-    train_input: Callable[[], TrainInput] = TrainInput,
-    mesh_axes: Mapping[str, int] | None = None,
-    num_microbatches: int = 1,
-    z_loss: float = 0.0,
-    seed: int = 0,
-    checkpoint: CheckpointConfig = CheckpointConfig(),
-    log_every_steps: int = 10,
-    evaluator: Callable[[], Evaluator] | None = None,
-    eval_every_steps: int | None = None,
-    max_nonfinite_streak: int = 10,
-    warm_start: Callable[..., Any] | None = None,
-    step_timeout_s: float | None = None,
-    stop_after_steps: int | None = None,
-    operative_config: str | None = None,
-) -> dict[str, float]:
-  """Trains to `train_steps`, resuming from `model_dir` when it holds a checkpoint.
+def _console(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, flush=True)
 
-  Args:
-    model_dir: the run directory.
-    train_steps: the total step count (the schedule's length).
-    model: the model configuration (its vocabulary is replaced by `layout`'s).
-    layout: the vocabulary layout of the data; None takes the registered vocabulary's.
-    data_registration: registers the SeqIO tasks and mixtures before the data is read
-      (`anygpt_jax.data.pipeline.register_corpora`, bound in gin); its result's vocabulary
-      must have the same layout as `layout`.
-    train_input: builds this process's `TrainInput`.
-    mesh_axes: mesh sizes {'data': -1, 'fsdp': .., 'tensor': ..}; None uses `create_mesh`'s gin
-      binding or all devices on 'data'.
-    num_microbatches: gradient accumulation steps per batch.
-    z_loss: z-loss coefficient.
-    seed: parameter initialisation seed.
-    checkpoint: when to save and what to keep.
-    log_every_steps: TensorBoard/console period.
-    evaluator: builds the held-out evaluator (None: no evaluation).
-    eval_every_steps: evaluation period.
-    max_nonfinite_streak: this many skipped steps in a row stop the run (NonFiniteError).
-    warm_start: returns initial parameters (numpy or placed jax arrays) given `config=`,
-      `layout=` and `abstract_params=` (e.g. `warm_start_params`); used only when the run
-      directory has no checkpoint yet.
-    step_timeout_s: the watchdog: no step completed within this time ends the process.
-    stop_after_steps: stop (after saving) once the step reaches this, before train_steps;
-      the schedule still spans train_steps (for staged or time-sliced runs).
-    operative_config: the gin text to store; default `gin.operative_config_str()`.
 
-  Returns:
-    The last logged scalars.
-  """
-  process_index = jax.process_index()
-  started = time.perf_counter()
+@dataclasses.dataclass
+class Run:
+  """Everything a run is built from, before any state exists (`build_run`)."""
+
+  model_dir: epath.Path
+  train_steps: int
+  layout: VocabularyLayout
+  config: ModelConfig
+  transformer: Transformer
+  mesh: jax.sharding.Mesh
+  rules: Any
+  batch_sharding: jax.sharding.Sharding
+  optimizer: Any
+  trainer: Trainer
+  data: TrainInput
+  params_abstract: Any
+  param_shardings: Any
+  state_shardings: Any
+  checkpoints: Checkpoints
+
+
+def build_run(model_dir: str, train_steps: int, model: ModelConfig, layout: VocabularyLayout | None,
+              data_registration: Callable[[], Any] | None, train_input: Callable[[], TrainInput],
+              mesh_axes: Mapping[str, int] | None, num_microbatches: int, z_loss: float,
+              checkpoint: CheckpointConfig) -> Run:
+  """Registers the data, builds the mesh, model, optimizer, input and checkpoint manager."""
+  model_dir = filesystem.resolve(model_dir)
   registration = data_registration() if data_registration is not None else None
   registered_vocabulary = getattr(registration, "vocabulary", None)
   if registered_vocabulary is not None:
@@ -201,95 +177,306 @@ def train(
                     lambda: partitioning.use_mesh(mesh, rules), num_microbatches=num_microbatches, z_loss=z_loss)
 
   data = train_input()
-  sequence_length = data.sequence_length
   batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if data.batch_size % (batch_ways * num_microbatches):
     raise ValueError(f"batch size {data.batch_size} must be a multiple of the mesh's data x fsdp = {batch_ways} "
                      f"devices times num_microbatches={num_microbatches}; change BATCH_SIZE or the mesh "
                      f"({dict(mesh.shape)})")
   with partitioning.use_mesh(mesh, rules):
-    boxed = partitioning.abstract_params(transformer, (1, min(sequence_length, 8)))
+    boxed = partitioning.abstract_params(transformer, (1, min(data.sequence_length, 8)))
     param_shardings = partitioning.logical_to_sharding(boxed, mesh, rules)
   params_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(boxed))
   state_shardings = train_state_shardings(optimizer, params_abstract, param_shardings, mesh)
+  return Run(model_dir=model_dir, train_steps=train_steps, layout=layout, config=config, transformer=transformer,
+             mesh=mesh, rules=rules, batch_sharding=batch_sharding, optimizer=optimizer, trainer=trainer, data=data,
+             params_abstract=params_abstract, param_shardings=param_shardings, state_shardings=state_shardings,
+             checkpoints=Checkpoints(model_dir, checkpoint))
 
-  checkpoints = Checkpoints(model_dir, checkpoint)
-  watchdog = distributed.StepWatchdog(step_timeout_s)
+
+def initial_state(run: Run, seed: int, warm_start: Callable[..., Any] | None) -> TrainState:
+  """The latest checkpoint of the run directory (data iterators included), else a fresh state:
+  warm-started parameters or a random initialisation from `seed`."""
   t0 = time.perf_counter()
-  if checkpoints.latest_step() is not None:
-    restored = checkpoints.restore(abstract_train_state(optimizer, params_abstract, state_shardings),
-                                   iterators=data.iterators)
-    if restored.layout is not None and restored.layout.vocab_size != layout.vocab_size:
-      raise ValueError(f"{model_dir} was trained with a vocabulary of {restored.layout.vocab_size} rows, this "
-                       f"configuration has {layout.vocab_size}")
-    state = restored.state
-    logging.info("resumed %s from step %d in %.1f s", model_dir, restored.step, time.perf_counter() - t0)
-    print(f"[anygpt-train] resumed from step {restored.step} of {model_dir}", flush=True)
+  if run.checkpoints.latest_step() is not None:
+    restored = run.checkpoints.restore(abstract_train_state(run.optimizer, run.params_abstract, run.state_shardings),
+                                       iterators=run.data.iterators)
+    if restored.layout is not None and restored.layout.vocab_size != run.layout.vocab_size:
+      raise ValueError(f"{run.model_dir} was trained with a vocabulary of {restored.layout.vocab_size} rows, this "
+                       f"configuration has {run.layout.vocab_size}")
+    logging.info("resumed %s from step %d in %.1f s", run.model_dir, restored.step, time.perf_counter() - t0)
+    _console(f"[anygpt-train] resumed from step {restored.step} of {run.model_dir}")
+    return restored.state
+  if warm_start is not None:
+    abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                            run.params_abstract, run.param_shardings)
+    params = _put_params(warm_start(config=run.config, layout=run.layout, abstract_params=abstract),
+                         run.param_shardings, run.params_abstract)
   else:
-    if warm_start is not None:
-      params = _put_params(warm_start(config=config, layout=layout, abstract_params=jax.tree.map(
-          lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), params_abstract, param_shardings)),
-                           param_shardings, params_abstract)
-    else:
-      params, _ = partitioning.init_params(transformer, jax.random.key(seed), mesh, rules,
-                                           (1, min(sequence_length, 8)))
-    opt_state = jax.jit(optimizer.init, out_shardings=state_shardings.opt_state)(params)
-    state = TrainState.create(params, opt_state)
-    state = jax.device_put(state, state_shardings)
+    params, _ = partitioning.init_params(run.transformer, jax.random.key(seed), run.mesh, run.rules,
+                                         (1, min(run.data.sequence_length, 8)))
+  opt_state = jax.jit(run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params)
+  return jax.device_put(TrainState.create(params, opt_state), run.state_shardings)
 
-  step_fn = trainer.jit_train_step(state_shardings)
-  eval_fn = trainer.jit_eval_sums(param_shardings) if evaluator is not None else None
-  the_evaluator = evaluator() if evaluator is not None else None
-  # Every configurable of the run has been called by now, so the operative config is complete.
-  operative = operative_config if operative_config is not None else gin.operative_config_str()
-  _write_text(os.path.join(model_dir, "config.gin"), operative)
-  _write_text(os.path.join(model_dir, "vocabulary_layout.json"), json.dumps(layout.to_json_dict(), indent=1))
-  writer = metrics_lib.MetricsWriter(os.path.join(model_dir, "tensorboard"))
-  throughput = metrics_lib.Throughput(config.flops_per_token(sequence_length), metrics_lib.peak_flops())
 
+class Preemption:
+  """SIGTERM (a preempted or rescheduled VM) as a stop request the loop checks between steps.
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: JAX's preemption
+  service (installed by `jax.distributed.initialize`, which catches SIGTERM itself) agrees on
+  one step at which every process stops, so all of them save the same step.
+  """
+
+  def __init__(self, enabled: bool = True):
+    self.multi_process = jax.process_count() > 1
+    self._received = threading.Event()
+    self._previous = None
+    if enabled and not self.multi_process and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self._received.set()
+
+  def request_stop(self) -> None:
+    """What SIGTERM does (single process); for tests and embedding code."""
+    self._received.set()
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to stop after `step`; every process must call this at every step."""
+    if self.multi_process:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._received.is_set()
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def _enable_compilation_cache(path: epath.Path) -> None:
+  """JAX's persistent compilation cache at `path` (local or URL): a restart reuses compiled steps."""
+  from jax.experimental.compilation_cache import compilation_cache
+  jax.config.update("jax_compilation_cache_dir", os.fspath(path))
+  compilation_cache.reset_cache()  # re-read the setting even if this process compiled before
+
+
+class Profile:
+  """A `jax.profiler` trace of steps [first, last] into `{model_dir}/profile` (TensorBoard's
+  profile plugin reads it); staged locally and copied when the directory is a URL."""
+
+  def __init__(self, directory: epath.Path, steps: tuple[int, int] | None):
+    if steps is not None and (len(steps) != 2 or steps[0] > steps[1] or steps[0] < 1):
+      raise ValueError(f"train.profile_steps={steps}: expected (first, last) with 1 <= first <= last")
+    self.directory = directory
+    self.steps = steps
+    self._staging = None
+
+  def before_step(self, step: int) -> None:
+    """Call before dispatching `step`."""
+    if self.steps is not None and step == self.steps[0] and self._staging is None:
+      self._staging = filesystem.LocalStaging(self.directory, prefix="anygpt-profile-")
+      jax.profiler.start_trace(self._staging.local)
+
+  def after_step(self, step: int, outputs: Any) -> None:
+    """Call after dispatching `step` with its outputs; ends the trace once they are ready."""
+    if self._staging is not None and step >= self.steps[1]:
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self) -> None:
+    if self._staging is not None:
+      jax.profiler.stop_trace()
+      self._staging.close()
+      self._staging = None
+      _console(f"[anygpt-train] profile of steps {self.steps[0]}-{self.steps[1]} written to {self.directory}")
+
+
+@dataclasses.dataclass
+class _Pending:
+  """A dispatched step whose metrics have not been read yet."""
+  step: int
+  metrics: Any
+
+
+def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, operative: str,
+             evaluator: Evaluator | None, eval_every_steps: int | None, log_every_steps: int,
+             max_nonfinite_streak: int, watchdog: distributed.StepWatchdog, preemption: Preemption,
+             profile: Profile, writer: metrics_lib.MetricsWriter) -> dict[str, float]:
+  """Steps from the state's step to `last_step`; returns the last step's scalars.
+
+  The host never waits for a step before dispatching the next: step N's metrics are read
+  after step N+1 is dispatched, so logging, the non-finite check and the decision to save are
+  one step late. A step is saved when the step before it was finite (a skipped step leaves the
+  parameters unchanged, so the saved state is still a good one); the last step is saved when it
+  is itself finite. The data iterator is not advanced between a step and its save, so a saved
+  step resumes exactly.
+  """
+  data, checkpoints = run.data, run.checkpoints
+  step_fn = run.trainer.jit_train_step(run.state_shardings)
+  eval_fn = run.trainer.jit_eval_sums(run.param_shardings) if evaluator is not None else None
+  throughput = metrics_lib.Throughput(run.config.flops_per_token(data.sequence_length), metrics_lib.peak_flops())
+  eta = metrics_lib.Eta(last_step)
   step = first_step = int(jax.device_get(state.step))
-  last_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
+
+  def report(pending: _Pending) -> dict[str, float]:
+    """Reads a finished step's metrics: logs, console, non-finite streak check."""
+    scalars = _scalars(pending.metrics)  # waits for that step (the next one is already queued)
+    watchdog.kick()
+    scalars.update({f"perf/{k}": v for k, v in throughput.update(scalars["train/target_tokens"]).items()})
+    remaining = eta.update(pending.step)
+    if remaining is not None:
+      scalars["perf/eta_s"] = remaining
+    streak = int(scalars["train/nonfinite_streak"])
+    # Skipped steps are always logged: they are rare and one wants to see each.
+    if (pending.step % log_every_steps == 0 or pending.step == last_step or pending.step == 1 or streak > 0):
+      writer.write(pending.step, scalars)
+      writer.flush()
+      _console(metrics_lib.console_line(pending.step, scalars))
+    if streak >= max_nonfinite_streak:
+      checkpoints.wait_until_finished()
+      raise NonFiniteError(
+          f"step {pending.step}: {streak} steps in a row had a non-finite loss or gradient (limit "
+          f"max_nonfinite_streak={max_nonfinite_streak}); stopping. The last good checkpoint is step "
+          f"{checkpoints.latest_step()} in {checkpoints.directory}. Lower the learning rate or inspect the data "
+          "near this step.")
+    return scalars
+
+  pending: _Pending | None = None
   last_scalars: dict[str, float] = {}
-  try:
-    while step < last_step:
-      batch = to_global_batch(data.next_local_batch(), batch_sharding)
-      state, step_metrics = step_fn(state, batch)
-      step += 1
-      scalars = _scalars(step_metrics)  # waits for the step: keeps timing and the streak check exact
-      watchdog.kick()
-      if process_index == 0 and step == first_step + 1:
-        print(f"[anygpt-train] step {step} done {time.perf_counter() - started:.1f} s after start "
-              f"(set-up, {'restore, ' if first_step else ''}compilation and the step)", flush=True)
-      scalars.update({f"perf/{k}": v for k, v in throughput.update(scalars["train/target_tokens"]).items()})
-      streak = int(scalars["train/nonfinite_streak"])
-      # Skipped steps are always logged: they are rare and one wants to see each.
-      if step % log_every_steps == 0 or step == last_step or step == 1 or streak > 0:
-        writer.write(step, scalars)
-        if process_index == 0:
-          print(metrics_lib.console_line(step, scalars), flush=True)
-      if streak >= max_nonfinite_streak:
-        checkpoints.wait_until_finished()
-        good = checkpoints.latest_step()
-        raise NonFiniteError(
-            f"step {step}: {streak} steps in a row had a non-finite loss or gradient (limit "
-            f"max_nonfinite_streak={max_nonfinite_streak}); stopping. The last good checkpoint is step "
-            f"{good} in {checkpoints.directory}. Lower the learning rate or inspect the data near this step.")
-      if (the_evaluator is not None and eval_every_steps and
-          (step % eval_every_steps == 0 or step == last_step)):
-        watchdog.pause()
-        eval_scalars = the_evaluator.evaluate(eval_fn, state.params, batch_sharding)
-        writer.write(step, eval_scalars)
-        scalars.update(eval_scalars)
-        watchdog.resume()
-      # Never save inside a streak of skipped steps: the last checkpoint stays a good one.
-      if streak == 0 and (checkpoints.should_save(step) or step == last_step):
-        checkpoints.save(step, state, data.iterators, operative, layout, force=step == last_step)
-      last_scalars = scalars
-    watchdog.pause()
-    checkpoints.wait_until_finished()
-  finally:
-    watchdog.close()
-    writer.flush()
-    writer.close()
-    checkpoints.close()
+  stopped_by_signal = False
+  while step < last_step:
+    profile.before_step(step + 1)
+    batch = to_global_batch(data.next_local_batch(), run.batch_sharding)
+    state, step_metrics = step_fn(state, batch)
+    step += 1
+    if step == first_step + 1:
+      jax.block_until_ready(step_metrics)  # once: the time to the first step is worth knowing
+      _console(f"[anygpt-train] step {step} done {time.perf_counter() - started:.1f} s after start "
+               f"(set-up, {'restore, ' if first_step else ''}compilation and the step)")
+    profile.after_step(step, step_metrics)
+    previous_finite = True  # the state a run starts or resumes from is a good one
+    if pending is not None:
+      last_scalars = report(pending)
+      previous_finite = last_scalars["train/nonfinite_streak"] == 0
+    pending = _Pending(step, step_metrics)
+    if evaluator is not None and eval_every_steps and (step % eval_every_steps == 0 or step == last_step):
+      watchdog.pause()
+      eval_scalars = evaluator.evaluate(eval_fn, state.params, run.batch_sharding)
+      writer.write(step, eval_scalars)
+      for line in metrics_lib.eval_console_lines(step, eval_scalars):
+        _console(line)
+      watchdog.resume()
+    if preemption.should_stop(step) and step < last_step:
+      stopped_by_signal = True
+      break
+    # Never save inside a streak of skipped steps: the last checkpoint stays a good one.
+    if step < last_step and previous_finite and checkpoints.should_save(step):
+      checkpoints.save(step, state, data.iterators, operative, run.layout)
+  if pending is not None:
+    last_scalars = report(pending)
+    if last_scalars["train/nonfinite_streak"] == 0 and pending.step not in checkpoints.all_steps():
+      checkpoints.save(pending.step, state, data.iterators, operative, run.layout, force=True)
+  profile.stop()
+  watchdog.pause()
+  checkpoints.wait_until_finished()
+  if stopped_by_signal:
+    _console(f"[anygpt-train] stopped at step {step} on SIGTERM after saving it; run the same command to resume")
   return last_scalars
+
+
+@gin.configurable
+def train(
+    model_dir: str = gin.REQUIRED,
+    train_steps: int = gin.REQUIRED,
+    model: ModelConfig = gin.REQUIRED,
+    layout: VocabularyLayout | None = None,
+    data_registration: Callable[[], Any] | None = None,
+    train_input: Callable[[], TrainInput] = TrainInput,
+    mesh_axes: Mapping[str, int] | None = None,
+    num_microbatches: int = 1,
+    z_loss: float = 0.0,
+    seed: int = 0,
+    checkpoint: CheckpointConfig | None = None,
+    log_every_steps: int = 10,
+    evaluator: Callable[[], Evaluator] | None = None,
+    eval_every_steps: int | None = None,
+    max_nonfinite_streak: int = 10,
+    warm_start: Callable[..., Any] | None = None,
+    step_timeout_s: float | None = None,
+    stop_after_steps: int | None = None,
+    operative_config: str | None = None,
+    profile_steps: tuple[int, int] | None = None,
+    compilation_cache: bool = True,
+    compilation_cache_dir: str | None = None,
+    stop_on_sigterm: bool = True,
+) -> dict[str, float]:
+  """Trains to `train_steps`, resuming from `model_dir` when it holds a checkpoint.
+
+  Args:
+    model_dir: the run directory: a local path (relative to the working directory) or a URL
+      such as `gs://bucket/run`.
+    train_steps: the total step count (the schedule's length).
+    model: the model configuration (its vocabulary is replaced by `layout`'s).
+    layout: the vocabulary layout of the data; None takes the registered vocabulary's.
+    data_registration: registers the SeqIO tasks and mixtures before the data is read
+      (`anygpt_jax.data.pipeline.register_corpora`, bound in gin); its result's vocabulary
+      must have the same layout as `layout`.
+    train_input: builds this process's `TrainInput`.
+    mesh_axes: mesh sizes {'data': -1, 'fsdp': .., 'tensor': ..}; None uses `create_mesh`'s gin
+      binding or all devices on 'data'.
+    num_microbatches: gradient accumulation steps per batch.
+    z_loss: z-loss coefficient.
+    seed: parameter initialisation seed.
+    checkpoint: when to save and what to keep; None: `CheckpointConfig()` with its gin bindings.
+    log_every_steps: TensorBoard/console period.
+    evaluator: builds the held-out evaluator (None: no evaluation).
+    eval_every_steps: evaluation period (and the last step).
+    max_nonfinite_streak: this many skipped steps in a row stop the run (NonFiniteError).
+    warm_start: returns initial parameters (numpy or placed jax arrays) given `config=`,
+      `layout=` and `abstract_params=` (e.g. `warm_start_params`); used only when the run
+      directory has no checkpoint yet.
+    step_timeout_s: the watchdog: no step completed within this time ends the process.
+    stop_after_steps: stop (after saving) once the step reaches this, before train_steps;
+      the schedule still spans train_steps (for staged or time-sliced runs).
+    operative_config: the gin text to store; default `gin.operative_config_str()`.
+    profile_steps: (first, last): a `jax.profiler` trace of these steps into `{model_dir}/profile`.
+    compilation_cache: use JAX's persistent compilation cache, so a restart does not recompile.
+    compilation_cache_dir: where; None: `{model_dir}/compilation_cache`.
+    stop_on_sigterm: on SIGTERM, save the current step and return (the same command resumes).
+
+  Returns:
+    The last logged scalars.
+  """
+  started = time.perf_counter()
+  model_dir = filesystem.resolve(model_dir)
+  if compilation_cache:
+    _enable_compilation_cache(filesystem.resolve(compilation_cache_dir) if compilation_cache_dir
+                              else model_dir / "compilation_cache")
+  run = build_run(model_dir, train_steps, model, layout, data_registration, train_input, mesh_axes,
+                  num_microbatches, z_loss, CheckpointConfig() if checkpoint is None else checkpoint)
+  watchdog = distributed.StepWatchdog(step_timeout_s)
+  preemption = Preemption(stop_on_sigterm)
+  writer = None
+  try:
+    state = initial_state(run, seed, warm_start)
+    the_evaluator = evaluator() if evaluator is not None else None
+    # Every configurable of the run has been called by now, so the operative config is complete.
+    operative = operative_config if operative_config is not None else gin.operative_config_str()
+    if jax.process_index() == 0:
+      filesystem.write_text(model_dir / "config.gin", operative)
+      filesystem.write_text(model_dir / "vocabulary_layout.json", json.dumps(run.layout.to_json_dict(), indent=1))
+    writer = metrics_lib.MetricsWriter(model_dir / "tensorboard")
+    last_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
+    return run_loop(run, state, last_step=last_step, started=started, operative=operative,
+                    evaluator=the_evaluator, eval_every_steps=eval_every_steps, log_every_steps=log_every_steps,
+                    max_nonfinite_streak=max_nonfinite_streak, watchdog=watchdog, preemption=preemption,
+                    profile=Profile(model_dir / "profile", tuple(profile_steps) if profile_steps else None),
+                    writer=writer)
+  finally:
+    preemption.close()
+    watchdog.close()
+    if writer is not None:
+      writer.flush(sync=True)
+      writer.close()
+    run.checkpoints.close()

@@ -11,6 +11,8 @@ from typing import Mapping
 import gin
 import jax
 
+from anygpt_jax import filesystem
+
 # Dense peak FLOP/s of one device in the usual training precision (bf16 on accelerators).
 # CPU figures are per *process* (all forced host devices share the same cores): the
 # fp32 matmul peak measured with jax on a 2-core machine of this project's kind.
@@ -69,19 +71,32 @@ class Throughput:
 
 
 class MetricsWriter:
-  """Writes scalars to TensorBoard (`{log_dir}`) and a JSON line per step; only process 0 writes."""
+  """Writes scalars to TensorBoard (`{log_dir}`) and a JSON line per step; only process 0 writes.
 
-  def __init__(self, log_dir: str):
-    self.log_dir = log_dir
+  `log_dir` may be a URL (`gs://...`): TensorBoard events and `metrics.jsonl` are then written
+  in a local staging directory and copied there through epath (object stores have no append)
+  at most every `sync_every_s` seconds and on `close()`. A resumed run appends to the
+  `metrics.jsonl` already there.
+  """
+
+  def __init__(self, log_dir: str | os.PathLike, sync_every_s: float = 30.0):
+    self.log_dir = filesystem.resolve(log_dir)
     self.active = jax.process_index() == 0
+    self.sync_every_s = sync_every_s
     self._writer = None
     self._jsonl = None
+    self._staging = None
+    self._last_sync = time.monotonic()
     if self.active:
       import tensorflow as tf  # imported here: the summary writer is the only TF use of training.
-      os.makedirs(log_dir, exist_ok=True)
+      self._staging = filesystem.LocalStaging(self.log_dir, prefix="anygpt-metrics-")
+      jsonl = os.path.join(self._staging.local, "metrics.jsonl")
+      if self._staging.remote and (self.log_dir / "metrics.jsonl").exists():
+        with open(jsonl, "wb") as f:  # a resumed run goes on appending to the same file
+          f.write((self.log_dir / "metrics.jsonl").read_bytes())
       self._tf = tf
-      self._writer = tf.summary.create_file_writer(log_dir)
-      self._jsonl = open(os.path.join(log_dir, "metrics.jsonl"), "a")
+      self._writer = tf.summary.create_file_writer(self._staging.local)
+      self._jsonl = open(jsonl, "a")
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.active:
@@ -94,16 +109,49 @@ class MetricsWriter:
              for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
 
-  def flush(self) -> None:
-    if self.active:
-      self._writer.flush()
-      self._jsonl.flush()
+  def flush(self, sync: bool = False) -> None:
+    """Flushes the files; copies them to a remote `log_dir` when `sync` or it is time to."""
+    if not self.active:
+      return
+    self._writer.flush()
+    self._jsonl.flush()
+    if self._staging.remote and (sync or time.monotonic() - self._last_sync >= self.sync_every_s):
+      self._staging.sync()
+      self._last_sync = time.monotonic()
 
   def close(self) -> None:
     if self.active:
       self._writer.close()
       self._jsonl.close()
+      self._staging.close()
       self.active = False
+
+
+class Eta:
+  """Estimated time to the last step from the mean step time of the last `window` steps."""
+
+  def __init__(self, last_step: int, window: int = 20):
+    self.last_step = last_step
+    self.window = window
+    self._times: list[float] = []
+
+  def update(self, step: int) -> float | None:
+    """Call once per completed step; returns seconds left (None until two steps were seen)."""
+    self._times = (self._times + [time.perf_counter()])[-(self.window + 1):]
+    if len(self._times) < 2:
+      return None
+    per_step = (self._times[-1] - self._times[0]) / (len(self._times) - 1)
+    return max(self.last_step - step, 0) * per_step
+
+
+def format_duration(seconds: float) -> str:
+  """'1d 02:03:04', '02:03:04' or '03:04' (minutes:seconds)."""
+  seconds = int(round(seconds))
+  days, rest = divmod(seconds, 86400)
+  hours, rest = divmod(rest, 3600)
+  minutes, secs = divmod(rest, 60)
+  clock = f"{hours:02d}:{minutes:02d}:{secs:02d}" if hours or days else f"{minutes:02d}:{secs:02d}"
+  return f"{days}d {clock}" if days else clock
 
 
 def console_line(step: int, scalars: Mapping[str, float], modalities=("text", "image", "speech", "music")) -> str:
@@ -121,4 +169,32 @@ def console_line(step: int, scalars: Mapping[str, float], modalities=("text", "i
             fmt("tok/s", "perf/tokens_per_second", ".0f"), fmt("mfu", "perf/mfu", ".2%")]
   if scalars.get("train/skipped_steps"):
     parts.append(f"skipped {int(scalars['train/skipped_steps'])}")
+  eta = scalars.get("perf/eta_s")
+  if eta is not None and math.isfinite(eta):
+    parts.append(f"eta {format_duration(eta)}")
   return " | ".join(p for p in parts if p)
+
+
+def eval_console_lines(step: int, scalars: Mapping[str, float],
+                       modalities=("text", "image", "speech", "music")) -> list[str]:
+  """One line per evaluated task (corpus or mixture): loss, perplexity, accuracy, per-modality loss.
+
+  `scalars` holds `eval/{task}/loss`, `eval/{task}/perplexity`, ... (what `Evaluator.evaluate`
+  returns); tasks appear in the order of their first key.
+  """
+  names = [k[len("eval/"):-len("/loss")] for k in scalars if k.startswith("eval/") and k.endswith("/loss")]
+  # 'eval/{task}/{modality}/loss' is a modality's loss, not a task named '{task}/{modality}'.
+  tasks = list(dict.fromkeys(n for n in names if n.rpartition("/")[2] not in modalities or "/" not in n))
+  lines = []
+  for task in tasks:
+    def get(name):
+      value = scalars.get(f"eval/{task}/{name}")
+      return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+    parts = [f"eval step {step}", task, f"loss {get('loss'):.4f}"]
+    if get("perplexity") is not None:
+      parts.append(f"ppl {get('perplexity'):.3g}")
+    if get("accuracy") is not None:
+      parts.append(f"acc {get('accuracy'):.3f}")
+    parts += [f"{m} {get(f'{m}/loss'):.3f}" for m in modalities if get(f"{m}/loss") is not None]
+    lines.append(" | ".join(parts))
+  return lines

@@ -1,0 +1,127 @@
+"""The project's one filesystem layer: `etils.epath`, as orbax and JAX's compilation cache use it.
+
+Every path a run writes (the run directory, checkpoints, metrics, profiles, caches) goes through
+here, so a relative path and a `gs://bucket/...` URL both work everywhere:
+
+- `resolve(path)` turns a local path into an absolute one once, at the edge (orbax refuses
+  relative checkpoint paths, and a process that changes directory must not move its run), and
+  leaves a URL (`gs://`, `s3://`, ...) as it is. A URL is never passed to `os` or `open`, which
+  would create a local folder literally named `gs:`.
+- `is_local(path)` tells the two apart.
+- `LocalStaging` gives a local directory for libraries that can only write local files (TF's
+  iterator checkpoints, TensorBoard event files, the profiler) and copies it to the real place
+  through epath.
+
+On a machine with TensorFlow installed epath reaches `gs://` through `tf.io.gfile`; with
+`EPATH_USE_TF=false` through fsspec (`gcsfs`), which honours `STORAGE_EMULATOR_HOST` (the tests
+run a local GCS emulator that way).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from typing import Union
+
+from etils import epath
+
+PathLike = Union[str, os.PathLike]
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+
+def is_local(path: PathLike) -> bool:
+  """Whether `path` is a local filesystem path (no `scheme://` prefix)."""
+  return not _URL.match(os.fspath(path))
+
+
+def resolve(path: PathLike) -> epath.Path:
+  """An absolute local path (`~` expanded) or the URL unchanged, as an `epath.Path`."""
+  text = os.fspath(path)
+  if not text:
+    raise ValueError("an empty path was given where a directory or file is expected")
+  if is_local(text):
+    return epath.Path(os.path.abspath(os.path.expanduser(text)))
+  return epath.Path(text)
+
+
+def write_text(path: PathLike, text: str) -> None:
+  """Writes `text` to `path` (local or URL), creating its parent directory."""
+  path = resolve(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+
+
+def upload_tree(local_dir: PathLike, destination: PathLike) -> list[str]:
+  """Copies every file under `local_dir` to the same relative place under `destination`.
+
+  Returns the relative paths copied. Files are written whole (object stores have no append).
+  """
+  local_dir, destination = os.fspath(local_dir), resolve(destination)
+  copied = []
+  for root, _, files in os.walk(local_dir):
+    for name in files:
+      source = os.path.join(root, name)
+      relative = os.path.relpath(source, local_dir)
+      target = destination / relative
+      target.parent.mkdir(parents=True, exist_ok=True)
+      with open(source, "rb") as f:
+        target.write_bytes(f.read())
+      copied.append(relative)
+  return copied
+
+
+def download_tree(source: PathLike, local_dir: PathLike) -> list[str]:
+  """Copies every file under `source` (local or URL) into `local_dir`; returns relative paths."""
+  source, local_dir = resolve(source), os.fspath(local_dir)
+  copied = []
+  if not source.exists():
+    return copied
+  for root, _, files in source.walk():
+    for name in files:
+      item = root / name
+      relative = os.path.relpath(os.fspath(item), os.fspath(source))
+      target = os.path.join(local_dir, relative)
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      with open(target, "wb") as f:
+        f.write(item.read_bytes())
+      copied.append(relative)
+  return copied
+
+
+class LocalStaging:
+  """A local directory standing for `destination`: the directory itself when it is local, else
+  a temporary one whose files `sync()` copies to `destination` through epath.
+
+  For writers that only know local files. Use as a context manager or call `close()`.
+  """
+
+  def __init__(self, destination: PathLike, prefix: str = "anygpt-staging-"):
+    self.destination = resolve(destination)
+    self.remote = not is_local(self.destination)
+    if self.remote:
+      self._tmp = tempfile.mkdtemp(prefix=prefix)
+      self.local = self._tmp
+    else:
+      self._tmp = None
+      self.local = os.fspath(self.destination)
+      os.makedirs(self.local, exist_ok=True)
+
+  def sync(self) -> None:
+    """Copies the staged files to `destination` (nothing to do when it is local)."""
+    if self.remote:
+      upload_tree(self.local, self.destination)
+
+  def close(self) -> None:
+    self.sync()
+    if self._tmp is not None:
+      shutil.rmtree(self._tmp, ignore_errors=True)
+      self._tmp = None
+
+  def __enter__(self) -> "LocalStaging":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -123,7 +123,9 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_usable(inputs, ref
       return False
 
   process = _start(inputs, model_dir)
-  assert _wait_for(lambda: _logged_steps(model_dir) >= 5, process)
+  # Step 4's save finished (logging runs a step behind the device, and a loaded machine may
+  # take longer than a step to write a save), then the next save in progress.
+  assert _wait_for(lambda: _logged_steps(model_dir) >= 5 and (checkpoints / "4").exists(), process)
   caught = _wait_for(saving, process)  # the save of step 8 or 12, whichever the poll sees first
   process.send_signal(signal.SIGKILL)
   process.wait()
@@ -157,3 +159,26 @@ def test_non_finite_streak_stops_with_a_clear_error_and_keeps_the_good_checkpoin
   result = _run(_command(inputs, model_dir, "--gin.train.stop_after_steps=6"))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "resumed from step 4" in result.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_exits_cleanly_and_the_same_command_resumes(inputs, reference):
+  model_dir = inputs["dir"] / "terminated"
+  log = inputs["dir"] / "terminated.out"
+  with open(log, "w") as out:
+    process = subprocess.Popen(_command(inputs, model_dir), cwd=REPO, env=_env(), stdout=out,
+                               stderr=subprocess.STDOUT)
+    assert _wait_for(lambda: _logged_steps(model_dir) >= 5, process), "the run ended before SIGTERM"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+  output = log.read_text()
+  assert "on SIGTERM after saving it" in output, output[-3000:]
+  stopped = int(output.split("stopped at step ")[1].split()[0])
+  assert 5 <= stopped < STEPS
+  assert stopped in [int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert _logged_steps(model_dir) == stopped  # every step run was logged, none after the save
+  result = _run(_command(inputs, model_dir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"resumed from step {stopped}" in result.stdout
+  _assert_same_losses(model_dir, reference)
+  assert all(len(v) == 1 for v in _losses(model_dir).values())  # nothing ran twice: no work lost

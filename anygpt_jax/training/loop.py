@@ -261,6 +261,23 @@ def _enable_compilation_cache(path: epath.Path) -> None:
   compilation_cache.reset_cache()  # re-read the setting even if this process compiled before
 
 
+# Where a run with a URL model_dir keeps compiled programs unless told otherwise. JAX reads and
+# writes its cache through epath; through epath's fsspec backend (gcsfs) a gs:// cache
+# deadlocked here when orbax compiled a slicing op inside its own event loop, so a URL cache
+# directory is used only when asked for (train.compilation_cache_dir).
+LOCAL_COMPILATION_CACHE = "~/.cache/anygpt_jax/compilation_cache"
+
+
+def _compilation_cache_path(configured: str | None, model_dir: epath.Path) -> epath.Path:
+  """The configured directory; else `{model_dir}/compilation_cache` for a local run directory and
+  `LOCAL_COMPILATION_CACHE` for a URL one."""
+  if configured:
+    return filesystem.resolve(configured)
+  if filesystem.is_local(model_dir):
+    return model_dir / "compilation_cache"
+  return filesystem.resolve(LOCAL_COMPILATION_CACHE)
+
+
 class Profile:
   """A `jax.profiler` trace of steps [first, last] into `{model_dir}/profile` (TensorBoard's
   profile plugin reads it); staged locally and copied when the directory is a URL."""
@@ -442,7 +459,8 @@ def train(
     operative_config: the gin text to store; default `gin.operative_config_str()`.
     profile_steps: (first, last): a `jax.profiler` trace of these steps into `{model_dir}/profile`.
     compilation_cache: use JAX's persistent compilation cache, so a restart does not recompile.
-    compilation_cache_dir: where; None: `{model_dir}/compilation_cache`.
+    compilation_cache_dir: where (local or URL); None: `{model_dir}/compilation_cache` for a
+      local run directory, `LOCAL_COMPILATION_CACHE` for a URL one.
     stop_on_sigterm: on SIGTERM, save the current step and return (the same command resumes).
 
   Returns:
@@ -451,8 +469,7 @@ def train(
   started = time.perf_counter()
   model_dir = filesystem.resolve(model_dir)
   if compilation_cache:
-    _enable_compilation_cache(filesystem.resolve(compilation_cache_dir) if compilation_cache_dir
-                              else model_dir / "compilation_cache")
+    _enable_compilation_cache(_compilation_cache_path(compilation_cache_dir, model_dir))
   run = build_run(model_dir, train_steps, model, layout, data_registration, train_input, mesh_axes,
                   num_microbatches, z_loss, CheckpointConfig() if checkpoint is None else checkpoint)
   watchdog = distributed.StepWatchdog(step_timeout_s)

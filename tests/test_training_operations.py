@@ -1,0 +1,57 @@
+"""Pod operations of the trainer, in-process: SIGTERM as a stop request, profile steps, the console's
+evaluation lines and ETA. (A subprocess stopped by SIGTERM and resumed: test_training_resume.py.)"""
+
+import os
+import signal
+
+import pytest
+
+from anygpt_jax.training import loop, metrics
+
+
+def test_sigterm_becomes_a_stop_request_and_the_old_handler_comes_back():
+  previous = signal.getsignal(signal.SIGTERM)
+  preemption = loop.Preemption(enabled=True)
+  try:
+    assert not preemption.should_stop(1)
+    os.kill(os.getpid(), signal.SIGTERM)  # the process survives: the handler only sets a flag
+    assert preemption.should_stop(2)
+  finally:
+    preemption.close()
+  assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_disabled_preemption_leaves_sigterm_alone():
+  previous = signal.getsignal(signal.SIGTERM)
+  preemption = loop.Preemption(enabled=False)
+  assert signal.getsignal(signal.SIGTERM) is previous
+  preemption.request_stop()
+  assert preemption.should_stop(1)
+  preemption.close()
+
+
+@pytest.mark.parametrize("steps", [(0, 2), (3, 2), (1, 2, 3)])
+def test_bad_profile_steps_are_named(tmp_path, steps):
+  with pytest.raises(ValueError, match="profile_steps"):
+    loop.Profile(tmp_path, steps)
+
+
+def test_eval_lines_one_per_task_with_modalities():
+  scalars = {"eval/pairs/loss": 2.5, "eval/pairs/perplexity": 12.18, "eval/pairs/accuracy": 0.25,
+             "eval/pairs/text/loss": 3.0, "eval/pairs/image/loss": 2.0,
+             "eval/text/loss": 1.5, "eval/text/perplexity": 4.48, "eval/text/accuracy": 0.5}
+  lines = metrics.eval_console_lines(7, scalars)
+  assert lines == ["eval step 7 | pairs | loss 2.5000 | ppl 12.2 | acc 0.250 | text 3.000 | image 2.000",
+                   "eval step 7 | text | loss 1.5000 | ppl 4.48 | acc 0.500"]
+
+
+def test_eta_in_the_console_line():
+  assert metrics.format_duration(59.6) == "01:00"
+  assert metrics.format_duration(3 * 3600 + 62) == "03:01:02"
+  assert metrics.format_duration(2 * 86400 + 5) == "2d 00:00:05"
+  eta = metrics.Eta(last_step=10)
+  assert eta.update(1) is None
+  left = eta.update(2)
+  assert left is not None and left >= 0
+  line = metrics.console_line(2, {"train/loss": 1.0, "perf/eta_s": 3725.0})
+  assert line.endswith("eta 01:02:05")

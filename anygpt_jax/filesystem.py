@@ -77,17 +77,22 @@ def download_tree(source: PathLike, local_dir: PathLike) -> list[str]:
   """Copies every file under `source` (local or URL) into `local_dir`; returns relative paths."""
   source, local_dir = resolve(source), os.fspath(local_dir)
   copied = []
-  if not source.exists():
-    return copied
-  for root, _, files in source.walk():
-    for name in files:
-      item = root / name
-      relative = os.path.relpath(os.fspath(item), os.fspath(source))
-      target = os.path.join(local_dir, relative)
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      with open(target, "wb") as f:
-        f.write(item.read_bytes())
-      copied.append(relative)
+
+  def copy(directory: epath.Path, relative: str) -> None:
+    # iterdir, not walk: epath's fsspec backend gives walk's roots without their `gs://` scheme.
+    for item in directory.iterdir():
+      name = os.path.join(relative, item.name) if relative else item.name
+      if item.is_dir():
+        copy(item, name)
+      else:
+        target = os.path.join(local_dir, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+          f.write(item.read_bytes())
+        copied.append(name)
+
+  if source.exists():
+    copy(source, "")
   return copied
 
 

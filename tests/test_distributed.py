@@ -149,3 +149,29 @@ def test_a_dead_process_stops_the_other_in_bounded_time(inputs):
   assert survivor.returncode != 0
   assert stopped_after < 120, stopped_after
   assert ("another task died" in err or "another process has probably died" in err), err[-2000:]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(inputs):
+  """A preempted VM: JAX's preemption service tells every process, and all save the same step."""
+  model_dir = inputs["dir"] / "preempted"
+  processes = _start_two(inputs, model_dir, "--gin.TRAIN_STEPS=100000")
+  log = model_dir / "tensorboard" / "metrics.jsonl"
+  deadline = time.monotonic() + 300
+  while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+    assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "the run did not start"
+    time.sleep(0.5)
+  processes[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for p, (out, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  # Process 0 prints; both processes reached the same step (one checkpoint, both data shards).
+  stopped = int(outputs[0][0].split("stopped at step ")[1].split()[0])
+  assert stopped in [int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()]
+  data_dir = model_dir / "checkpoints" / str(stopped) / "data"
+  assert (data_dir / "shard_00000.index").exists() and (data_dir / "shard_00001.index").exists()
+  processes = _start_two(inputs, model_dir, "--gin.TRAIN_STEPS=100000", f"--gin.train.stop_after_steps={stopped + 1}")
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (out, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert f"resumed from step {stopped}" in outputs[0][0]

@@ -124,6 +124,28 @@ def gcs():
     server.stop()
 
 
+def test_trees_go_to_the_bucket_and_back(gcs, tmp_path):
+  """Staged files (iterator states, events, traces) up to gs:// and back, nested directories too."""
+  bucket, env = gcs
+  code = f"""
+import os, sys
+from anygpt_jax import filesystem
+up, down = sys.argv[1], sys.argv[2]
+os.makedirs(os.path.join(up, "x", "y"))
+open(os.path.join(up, "a.txt"), "w").write("A")
+open(os.path.join(up, "x", "y", "b.bin"), "wb").write(bytes(range(256)))
+print(sorted(filesystem.upload_tree(up, "gs://{bucket.name}/tree")))
+print(sorted(filesystem.download_tree("gs://{bucket.name}/tree", down)))
+"""
+  up, down = tmp_path / "up", tmp_path / "down"
+  result = subprocess.run([sys.executable, "-c", code, str(up), str(down)], cwd=tmp_path, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(REPO), **env), timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines() == ["['a.txt', 'x/y/b.bin']"] * 2
+  assert sorted(n for n in bucket.names() if n.startswith("tree/")) == ["tree/a.txt", "tree/x/y/b.bin"]
+  assert (down / "x" / "y" / "b.bin").read_bytes() == bytes(range(256))
+
+
 def test_gs_model_dir_writes_everything_to_the_bucket_and_resumes_exactly(inputs, local_run, gcs):
   bucket, env = gcs
   cwd = inputs["dir"] / "gs_work"

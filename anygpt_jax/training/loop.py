@@ -11,6 +11,7 @@ uninterrupted one see the same batches and reach the same losses.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -254,11 +255,22 @@ class Preemption:
       self._previous = None
 
 
-def _enable_compilation_cache(path: epath.Path) -> None:
-  """JAX's persistent compilation cache at `path` (local or URL): a restart reuses compiled steps."""
+@contextlib.contextmanager
+def _compilation_cache_at(path: epath.Path | None):
+  """JAX's persistent compilation cache at `path` (local or URL) while the run lasts, so a restart
+  reuses compiled programs; the process's previous setting comes back afterwards. None: as is."""
+  if path is None:
+    yield
+    return
   from jax.experimental.compilation_cache import compilation_cache
+  previous = jax.config.jax_compilation_cache_dir
   jax.config.update("jax_compilation_cache_dir", os.fspath(path))
   compilation_cache.reset_cache()  # re-read the setting even if this process compiled before
+  try:
+    yield
+  finally:
+    jax.config.update("jax_compilation_cache_dir", previous)
+    compilation_cache.reset_cache()
 
 
 # Where a run with a URL model_dir keeps compiled programs unless told otherwise. JAX reads and
@@ -468,14 +480,15 @@ def train(
   """
   started = time.perf_counter()
   model_dir = filesystem.resolve(model_dir)
-  if compilation_cache:
-    _enable_compilation_cache(_compilation_cache_path(compilation_cache_dir, model_dir))
-  run = build_run(model_dir, train_steps, model, layout, data_registration, train_input, mesh_axes,
-                  num_microbatches, z_loss, CheckpointConfig() if checkpoint is None else checkpoint)
-  watchdog = distributed.StepWatchdog(step_timeout_s)
-  preemption = Preemption(stop_on_sigterm)
-  writer = None
-  try:
+  cache = _compilation_cache_path(compilation_cache_dir, model_dir) if compilation_cache else None
+  with _compilation_cache_at(cache), contextlib.ExitStack() as closing:
+    run = build_run(model_dir, train_steps, model, layout, data_registration, train_input, mesh_axes,
+                    num_microbatches, z_loss, CheckpointConfig() if checkpoint is None else checkpoint)
+    closing.callback(run.checkpoints.close)
+    watchdog = distributed.StepWatchdog(step_timeout_s)
+    closing.callback(watchdog.close)
+    preemption = Preemption(stop_on_sigterm)
+    closing.callback(preemption.close)
     state = initial_state(run, seed, warm_start)
     the_evaluator = evaluator() if evaluator is not None else None
     # Every configurable of the run has been called by now, so the operative config is complete.
@@ -484,16 +497,12 @@ def train(
       filesystem.write_text(model_dir / "config.gin", operative)
       filesystem.write_text(model_dir / "vocabulary_layout.json", json.dumps(run.layout.to_json_dict(), indent=1))
     writer = metrics_lib.MetricsWriter(model_dir / "tensorboard")
+    closing.callback(writer.close)  # after flushing: callbacks run last-in first-out
+    closing.callback(writer.flush, sync=True)
+    profile = Profile(model_dir / "profile", tuple(profile_steps) if profile_steps else None)
+    closing.callback(profile.stop)  # a trace cut short by an error is still written
     last_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
     return run_loop(run, state, last_step=last_step, started=started, operative=operative,
                     evaluator=the_evaluator, eval_every_steps=eval_every_steps, log_every_steps=log_every_steps,
                     max_nonfinite_streak=max_nonfinite_streak, watchdog=watchdog, preemption=preemption,
-                    profile=Profile(model_dir / "profile", tuple(profile_steps) if profile_steps else None),
-                    writer=writer)
-  finally:
-    preemption.close()
-    watchdog.close()
-    if writer is not None:
-      writer.flush(sync=True)
-      writer.close()
-    run.checkpoints.close()
+                    profile=profile, writer=writer)

@@ -77,7 +77,8 @@ class Transformer(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
-    mask = attention_mask(segment_ids)  # built once, shared by every layer
+    # Built once, shared by every layer; 'splash' masks blockwise from the segment ids instead.
+    mask = segment_ids if cfg.attention == "splash" else attention_mask(segment_ids)
 
     x = Embed(cfg.vocab_size, cfg.hidden_size, dtype, jnp.dtype(cfg.param_dtype),
               nn.initializers.normal(cfg.initializer_range), name="embed_tokens")(tokens)

@@ -38,6 +38,7 @@ def parse_gin_for_compile(gin_files: list[str], bindings: list[str], search_path
   """
   import gin
 
+  import_configurables()
   unset: list[str] = []
   while True:
     try:
@@ -134,7 +135,7 @@ def compile_run(spec, topology: str, output_dir: str, estimate_cost: bool = True
 
   _, devices = aot.topology_devices(topology)
   step = aot.compile_train_step(spec, devices)
-  cost = aot.estimate_step_cost(spec, devices) if estimate_cost else None
+  cost = aot.estimate_step_cost(spec, devices, aot.peak_flops_per_device(topology, devices)) if estimate_cost else None
   report = aot.report(topology, devices, step, cost)
   out = epath.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
   if not args.gin_file:
     print("anygpt-compile: at least one --gin_file is required", file=sys.stderr)
     return 2
-  import_configurables()
   try:
     unset = parse_gin_for_compile(args.gin_file, bindings, args.gin_search_path)
     spec = spec_from_gin(args.text_vocab_size)

@@ -42,13 +42,19 @@ def _target_platform() -> str:
   return jax.default_backend()
 
 
-def _block(length: int) -> int:
+def padded_length(length: int) -> int:
+  """The row length the kernel runs on: `length` rounded up to a multiple of 128."""
+  return -(-length // _BLOCK_ALIGN) * _BLOCK_ALIGN
+
+
+def block_size(length: int) -> int:
+  """The kernel's query and key block for a padded length: 512, 256 or 128, whichever divides."""
   return next(b for b in (_MAX_BLOCK, 256, _BLOCK_ALIGN) if length % b == 0)
 
 
 def _kernel(num_heads: int, length: int, is_mqa: bool, interpret: bool):
   """A splash kernel for one example: causal mask, blocks of up to 512."""
-  block = _block(length)
+  block = block_size(length)
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                             block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
   mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((length, length)) for _ in range(num_heads)])
@@ -95,7 +101,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     [B, L, num_heads, head_dim] in q's dtype.
   """
   length = q.shape[1]
-  padded = -(-length // _BLOCK_ALIGN) * _BLOCK_ALIGN
+  padded = padded_length(length)
   if padded != length:
     pad = ((0, 0), (0, padded - length), (0, 0), (0, 0))
     q, k, v = jnp.pad(q, pad), jnp.pad(k, pad), jnp.pad(v, pad)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -32,6 +33,7 @@ import optax
 from anygpt_jax import hardware
 from anygpt_jax import partitioning
 from anygpt_jax.model import ModelConfig, Transformer
+from anygpt_jax.model import splash_attention as splash_lib
 from anygpt_jax.training.train_state import TrainState, abstract_train_state, train_state_shardings
 from anygpt_jax.training.trainer import BATCH_FEATURES, Trainer
 from anygpt_jax.vocabulary.layout import VocabularyLayout
@@ -98,6 +100,15 @@ def _chips(topology: str, devices: list[Any]) -> int:
   """Chips of the topology: the product of its dimensions (v4 shows two devices per chip)."""
   dims = topology.split(":", 1)[1] if ":" in topology else ""
   return math.prod(int(d) for d in dims.split("x")) if dims else len(devices)
+
+
+def _devices_per_chip(topology: str, devices: list[Any]) -> int:
+  return max(1, len(devices) // _chips(topology, devices))
+
+
+def peak_flops_per_device(topology: str, devices: list[Any]) -> float:
+  """The chip's bf16 peak divided among the devices JAX shows per chip."""
+  return hardware.tpu_chip(topology).peak_flops / _devices_per_chip(topology, devices)
 
 
 @dataclasses.dataclass
@@ -175,13 +186,51 @@ def raw_cost(step: CompiledStep) -> dict[str, float]:
   return {k: float(cost.get(k, math.nan)) for k in COST_KEYS}
 
 
-def estimate_step_cost(spec: StepSpec, devices: list[Any]) -> dict[str, Any]:
-  """The whole step's cost, loops counted: from 1- and 2-layer unrolled compiles (module doc)."""
+_SPLASH_CALL = re.compile(r"^\s*%?splash_\w*?_(fwd|dq|dkv)_\S* = .*custom_call_target=\"tpu_custom_call\"", re.M)
+# Matmuls of one splash kernel call, in units of one [L, L] x [L, d] product: forward QK^T and PV;
+# the dq kernel recomputes QK^T and does dO V^T and dS K; the dkv kernel QK^T, dO V^T, P^T dO, dS^T Q.
+_SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+
+
+def splash_kernel_flops(step: CompiledStep, peak_flops: float) -> dict[str, float]:
+  """FLOPs and roofline seconds per device of the splash kernels in `step` (Pallas custom calls).
+
+  XLA's cost model sees a Pallas kernel as an opaque custom call (no FLOPs, no time), so the
+  kernels' matmuls are counted from the kernel calls in the optimised HLO, with the blocks the
+  causal mask skips left out, and timed at the chip's peak: the same optimistic roofline XLA's
+  model applies to its own matmuls.
+  """
+  calls = _SPLASH_CALL.findall(step.compiled.as_text())
+  if not calls:
+    return {"flops": 0.0, "optimal_seconds": 0.0, "calls": {}}
+  config, mesh = step.spec.config, step.mesh
+  rows = step.spec.batch_size // step.spec.num_microbatches // (mesh.shape["data"] * mesh.shape["fsdp"])
+  heads = config.num_heads // mesh.shape["tensor"] if config.num_heads % mesh.shape["tensor"] == 0 else config.num_heads
+  length = splash_lib.padded_length(step.spec.sequence_length)
+  blocks = length // splash_lib.block_size(length)
+  causal_fraction = (blocks + 1) / (2 * blocks)
+  unit = 2.0 * length * length * config.resolved_head_dim * rows * heads * causal_fraction
+  counts = {kind: calls.count(kind) for kind in _SPLASH_MATMULS}
+  flops = unit * sum(_SPLASH_MATMULS[kind] * n for kind, n in counts.items())
+  return {"flops": flops, "optimal_seconds": flops / peak_flops, "calls": counts}
+
+
+def estimate_step_cost(spec: StepSpec, devices: list[Any], peak_flops: float) -> dict[str, Any]:
+  """The whole step's cost, loops counted: from 1- and 2-layer unrolled compiles (module doc).
+
+  Splash attention kernels, which XLA's cost model does not see, are added by
+  `splash_kernel_flops` (per-device `peak_flops` for their time).
+  """
   micro = spec.replace(batch_size=spec.batch_size // spec.num_microbatches, num_microbatches=1)
   costs = []
   for layers in (1, 2):
     small = micro.replace(model=micro.model.replace(num_layers=layers, scan_layers=False))
-    costs.append(raw_cost(compile_train_step(small, devices)))
+    step = compile_train_step(small, devices)
+    cost = raw_cost(step)
+    kernels = splash_kernel_flops(step, peak_flops)
+    cost["flops"] += kernels["flops"]
+    cost["optimal_seconds"] += kernels["optimal_seconds"]
+    costs.append(cost)
   c1, c2 = costs
   layers, m = spec.model.num_layers, spec.num_microbatches
   total = {k: m * (c1[k] + (layers - 1) * (c2[k] - c1[k])) for k in COST_KEYS}
@@ -206,9 +255,8 @@ def report(topology: str, devices: list[Any], step: CompiledStep, cost: dict[str
   """The JSON report: per-device memory against HBM, estimated step time and MFU."""
   chip = hardware.tpu_chip(topology)
   chips = _chips(topology, devices)
-  devices_per_chip = max(1, len(devices) // chips)
-  hbm = chip.hbm_bytes // devices_per_chip
-  peak = chip.peak_flops / devices_per_chip
+  hbm = chip.hbm_bytes // _devices_per_chip(topology, devices)
+  peak = peak_flops_per_device(topology, devices)
   memory = memory_report(step)
   spec = step.spec
   config = spec.config

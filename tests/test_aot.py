@@ -96,3 +96,23 @@ def test_the_7b_pretraining_command_needs_no_paths():
 def test_unknown_topology_is_named():
   with pytest.raises(ValueError, match="unknown TPU generation 'v9'"):
     aot.topology_devices("v9:2x2")
+
+
+@pytest.mark.parametrize("files, topology, chips", [
+    (["gin/runs/pretrain_llama2_7b.gin", "gin/mesh/tpu_v5p_pod.gin"], "v5p:4x4x2", 32),
+    (["gin/runs/continue.gin", "gin/mesh/tpu_v5p_pod.gin"], "v5p:4x4x2", 32),
+    (["gin/runs/sft_anyinstruct.gin", "gin/mesh/tpu_v5p_pod.gin"], "v5p:4x4x2", 32),
+    (["gin/runs/pretrain_llama2_7b.gin", "gin/mesh/tpu_v5p_128_llama2_13b.gin"], "v5p:4x4x4", 64),
+    (["gin/runs/pretrain_llama2_7b.gin", "gin/mesh/tpu_v5p_256_llama2_70b.gin"], "v5p:4x4x8", 128),
+])
+def test_every_shipped_run_divides_over_its_mesh(files, topology, chips):
+  """Shapes only (the memory of each is in README "Pod scale"): mesh = slice, rows divide, splash on TPU."""
+  from anygpt_jax import partitioning
+  compile_cli.parse_gin_for_compile(files, [])
+  spec = compile_cli.spec_from_gin()
+  _, devices = aot.topology_devices(topology)
+  assert len(devices) == chips
+  sizes = partitioning.resolve_mesh_shape(spec.mesh_axes, chips)
+  assert spec.batch_size % (sizes["data"] * sizes["fsdp"] * spec.num_microbatches) == 0
+  assert spec.config.attention == "splash" and spec.loss_chunk_length > 0
+  assert spec.config.num_heads % sizes["tensor"] == 0 and spec.config.num_kv_heads % sizes["tensor"] == 0

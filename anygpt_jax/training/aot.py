@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from typing import Any, Mapping
 
@@ -84,6 +85,10 @@ def topology_devices(topology: str) -> tuple[hardware.TpuChip, list[Any]]:
   Raises TopologyError saying how to install libtpu when JAX cannot describe TPUs.
   """
   chip = hardware.tpu_chip(topology)
+  # libtpu takes a machine-wide lock file (/tmp/libtpu_lockfile) for the TPU it expects to own;
+  # compiling for abstract devices owns none, so several processes (tests, helpers, CI jobs) may
+  # compile at once. It is read when libtpu loads, on the first TPU request of the process.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
   try:
     devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices

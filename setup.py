@@ -7,8 +7,8 @@ import setuptools
 HERE = pathlib.Path(__file__).parent
 
 
-def _requirements():
-  lines = (HERE / "requirements.in").read_text().splitlines()
+def _requirements(name="requirements.in"):
+  lines = (HERE / name).read_text().splitlines()
   return [l.strip() for l in lines if l.strip() and not l.startswith("#") and l.strip() != "pytest"]
 
 
@@ -22,7 +22,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["anygpt_jax", "anygpt_jax.*", "tasks", "tasks.*", "tools", "tools.*"]),
     package_data={"tasks": ["instructions/*.txt"]},
     install_requires=_requirements(),
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"], "tpu": _requirements("requirements-tpu.in")},
     entry_points={
         "console_scripts": [
             "anygpt-vocab=tools.vocab:main",
@@ -32,6 +32,7 @@ setuptools.setup(
             "anygpt-train=tools.train:main",
             "anygpt-export=tools.export_hf:main",
             "anygpt-demo=tools.demo:main",
+            "anygpt-compile=tools.compile:main",
         ]
     },
 )

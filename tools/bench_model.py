@@ -22,10 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from anygpt_jax.hardware import GPU_PEAK_FLOPS
 from anygpt_jax.model import Transformer, get_config
 
-# Dense bf16 peaks (FLOP/s) of the cards this project measures on.
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def time_repeated(fn, steps: int) -> float:

@@ -14,6 +14,7 @@ from jax.ad_checkpoint import checkpoint_name
 from anygpt_jax.model.config import ModelConfig
 from anygpt_jax.model.embeddings import rotary_embedding
 from anygpt_jax.model.linear import DenseGeneral
+from anygpt_jax.model.splash_attention import splash_attention
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -73,7 +74,8 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
-    """x: [B, L, hidden]; positions: int32 [B, L]; mask: bool [B, 1, L, L] (`attention_mask`)."""
+    """x: [B, L, hidden]; positions: int32 [B, L]; mask: bool [B, 1, L, L] (`attention_mask`),
+    or for attention='splash' the int32 [B, L] segment ids (the kernel masks blockwise)."""
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     head_dim = cfg.resolved_head_dim
@@ -95,6 +97,8 @@ class Attention(nn.Module):
 
     if cfg.attention == "xla":
       out = blockwise_causal_attention(q, k, v, mask, cfg.attention_chunk)
+    elif cfg.attention == "splash":
+      out = splash_attention(q, k, v, mask)
     else:
       out = fused_attention(q, k, v, mask, "cudnn" if cfg.attention == "cudnn" else None)
     out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))

@@ -6,7 +6,7 @@ import dataclasses
 
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "qkv_proj")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -31,7 +31,9 @@ class ModelConfig:
     max_position_embeddings: the longest position the model is meant for (recorded for export).
     dtype: compute dtype of matmuls and activations; parameters stay `param_dtype`.
     attention: 'xla' (explicit masked softmax), 'dot_product' (jax.nn.dot_product_attention,
-      XLA on CPU/TPU) or 'cudnn' (the same function forced onto cuDNN flash attention; GPU only).
+      XLA on CPU/TPU), 'cudnn' (the same function forced onto cuDNN flash attention; GPU only) or
+      'splash' (the Pallas TPU splash attention kernel, `model/splash_attention.py`: no [L, L]
+      scores; Pallas interpret mode when traced for a platform other than TPU).
     attention_chunk: the 'xla' implementation computes scores in query blocks of this many
       tokens, each against the keys up to its end (causality makes that exact); 0 disables.
     remat_policy: what the backward pass keeps per layer: 'none' keeps everything, 'full'

@@ -59,13 +59,15 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+               segment_ids: jax.Array | None = None, return_hidden: bool = False) -> jax.Array:
     """Next-token logits.
 
     Args:
       tokens: int32 [B, L].
       positions: int32 [B, L], restarting at 0 per packed segment; default 0..L-1.
       segment_ids: int32 [B, L]; tokens attend only within their segment. Default: one segment.
+      return_hidden: return the final norm's output [B, L, hidden] (compute dtype) instead, for a
+        loss that applies the output head (`params['lm_head']['kernel']`) in chunks.
     Returns:
       float32 [B, L, vocab_size]; rows at or above real_vocab_size hold a large negative value.
     """
@@ -75,7 +77,8 @@ class Transformer(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
-    mask = attention_mask(segment_ids)  # built once, shared by every layer
+    # Built once, shared by every layer; 'splash' masks blockwise from the segment ids instead.
+    mask = segment_ids if cfg.attention == "splash" else attention_mask(segment_ids)
 
     x = Embed(cfg.vocab_size, cfg.hidden_size, dtype, jnp.dtype(cfg.param_dtype),
               nn.initializers.normal(cfg.initializer_range), name="embed_tokens")(tokens)
@@ -90,6 +93,8 @@ class Transformer(nn.Module):
         x, _ = layer(cfg, name=f"layers_{i}")(x, positions, mask)
 
     x = RMSNorm(cfg.rms_norm_eps, dtype, jnp.dtype(cfg.param_dtype), name="norm")(x)
+    if return_hidden and not self.is_initializing():
+      return x
     logits = DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
                           kernel_init=nn.initializers.normal(cfg.initializer_range), name="lm_head")(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32),

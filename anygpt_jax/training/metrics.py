@@ -12,21 +12,7 @@ import gin
 import jax
 
 from anygpt_jax import filesystem
-
-# Dense peak FLOP/s of one device in the usual training precision (bf16 on accelerators).
-# CPU figures are per *process* (all forced host devices share the same cores): the
-# fp32 matmul peak measured with jax on a 2-core machine of this project's kind.
-PEAK_FLOPS_BY_DEVICE_KIND = {
-    "tpu v4": 275e12,
-    "tpu v5 lite": 197e12,
-    "tpu v5e": 197e12,
-    "tpu v5p": 459e12,
-    "tpu v6 lite": 918e12,
-    "nvidia a100": 312e12,
-    "nvidia h100": 989e12,
-    "nvidia h200": 989e12,
-    "cpu": 1.7e11,
-}
+from anygpt_jax.hardware import PEAK_FLOPS_BY_DEVICE_KIND  # the one peak-FLOP/s table
 
 
 @gin.configurable

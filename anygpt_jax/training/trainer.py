@@ -40,12 +40,16 @@ class Trainer:
       logical axis rules while tracing (the partitioning module's `use_mesh`).
     num_microbatches: gradient accumulation steps per batch (1 = none).
     z_loss: z-loss coefficient (0 = off).
+    loss_chunk_length: apply the output head and the loss this many positions at a time
+      (`loss.chunked_loss_sums`: no full [B, L, V] logits); 0 = full logits; None takes the gin
+      binding `loss_tiling.chunk_length`.
   """
 
   def __init__(self, model: nn.Module, optimizer: optax.GradientTransformation,
                learning_rate: optax.Schedule | float, layout: VocabularyLayout,
                mesh: jax.sharding.Mesh, batch_sharding: NamedSharding,
-               mesh_context: Callable[[], Any], num_microbatches: int = 1, z_loss: float = 0.0):
+               mesh_context: Callable[[], Any], num_microbatches: int = 1, z_loss: float = 0.0,
+               loss_chunk_length: int | None = None):
     if num_microbatches < 1:
       raise ValueError(f"num_microbatches={num_microbatches} must be at least 1")
     self.model = model
@@ -57,10 +61,20 @@ class Trainer:
     self.mesh_context = mesh_context
     self.num_microbatches = num_microbatches
     self.z_loss = z_loss
+    self.loss_chunk_length = loss_lib.loss_tiling() if loss_chunk_length is None else loss_chunk_length
 
   # --- pure functions ----------------------------------------------------------------------
   def loss_sums(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
     """Summed losses of one (micro)batch: see `loss.loss_sums`."""
+    if self.loss_chunk_length:
+      hidden = self.model.apply({"params": params}, batch["decoder_input_tokens"],
+                                positions=batch["decoder_positions"], segment_ids=batch["decoder_segment_ids"],
+                                return_hidden=True)
+      config = self.model.config
+      return loss_lib.chunked_loss_sums(hidden, params["lm_head"]["kernel"], batch["decoder_target_tokens"],
+                                        batch["decoder_loss_weights"], self.layout, self.z_loss,
+                                        self.loss_chunk_length, config.predictable_vocab_size,
+                                        jnp.dtype(config.dtype))
     logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
                               positions=batch["decoder_positions"],
                               segment_ids=batch["decoder_segment_ids"])

@@ -25,6 +25,7 @@ from anygpt_jax.model.hf_convert import params_from_hf_state_dict
 from anygpt_jax.model.vocab_expansion import EXPANSION_INITS, expand_vocabulary, source_row_counts
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 from anygpt_jax.weights.checks import SourceConfigError, check_source_config
+from anygpt_jax.weights.run_directory import absolute
 from anygpt_jax.weights.sources import open_source
 
 SOURCES = ("hf", "run")
@@ -74,7 +75,7 @@ def _source_run_layout(path: str) -> VocabularyLayout | None:
   import orbax.checkpoint as ocp
 
   from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
-  checkpoints = Checkpoints(path, CheckpointConfig(async_save=False))
+  checkpoints = Checkpoints(absolute(path), CheckpointConfig(async_save=False))
   try:
     step = checkpoints.latest_step()
     if step is None:
@@ -120,7 +121,7 @@ def run_params(path: str, layout: VocabularyLayout, abstract_params: Any, new_ro
   from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
 
   source_layout = _source_run_layout(path)
-  checkpoints = Checkpoints(path, CheckpointConfig(async_save=False))
+  checkpoints = Checkpoints(absolute(path), CheckpointConfig(async_save=False))
   try:
     params = checkpoints.restore_params(abstract_params)
   finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 
 
@@ -26,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
   parser.add_argument("--spm", default=None, help="SentencePiece model (default: the run's SENTENCEPIECE_MODEL)")
   parser.add_argument("--max_shard_gb", type=float, default=5.0)
+  parser.add_argument("--resolve_only", action="store_true", help=argparse.SUPPRESS)
   return parser
+
+
+_RESOLVED = "ANYGPT_EXPORT_RUN "
 
 
 def _query(name: str, default=None):
@@ -68,6 +73,41 @@ def load_run_config(model_dir: str, spm_path: str | None = None) -> dict:
           "trained_length": max(lengths.values()) if lengths else None}
 
 
+def resolve_run(model_dir: str, spm_path: str | None = None) -> dict:
+  """`load_run_config` in a child process, as plain values.
+
+  Parsing a run's gin config imports every configurable the run names (the data pipeline, and
+  with it TensorFlow: about 0.8 GB resident). A child does it and exits, so the streaming
+  export itself holds only the weights it is converting.
+  """
+  import json
+  import subprocess
+
+  argv = [sys.executable, "-m", "tools.export_hf", "--model_dir", model_dir, "--output_dir", "-",
+          "--resolve_only"] + (["--spm", spm_path] if spm_path else [])
+  # Same working directory (relative paths), and this file's package importable from it.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+  out = subprocess.run(argv, capture_output=True, text=True, env=env)
+  lines = [line for line in out.stdout.splitlines() if line.startswith(_RESOLVED)]
+  if out.returncode or not lines:
+    raise RuntimeError(f"anygpt-export: reading {model_dir}/config.gin failed:\n{out.stderr[-4000:]}")
+  return json.loads(lines[-1][len(_RESOLVED):])
+
+
+def _print_resolved(model_dir: str, spm_path: str | None) -> None:
+  import dataclasses
+  import json
+
+  from anygpt_jax.export.hf import token_ids
+  run = load_run_config(model_dir, spm_path)
+  ids = token_ids(run["layout"])
+  print(_RESOLVED + json.dumps({
+      "config": dataclasses.asdict(run["config"]), "layout": run["layout"].to_json_dict(),
+      "spm_path": run["spm_path"], "legacy": run["legacy"], "trained_length": run["trained_length"],
+      "ids": {"bos": ids.bos, "eos": list(ids.eos), "pad": ids.pad}}))
+
+
 def load_run(model_dir: str, spm_path: str | None = None, step: int | None = None):
   """(ModelConfig, params as numpy, VocabularyLayout, spm path) of a run's checkpoint, the whole
   model in host memory (for tests and small models; the export itself streams)."""
@@ -90,9 +130,16 @@ def main(argv: list[str] | None = None) -> int:
 
   from etils import epath
 
-  from anygpt_jax.export import export_checkpoint
+  if args.resolve_only:
+    _print_resolved(args.model_dir, args.spm)
+    return 0
+  from anygpt_jax.export.hf import TokenIds, export_checkpoint
+  from anygpt_jax.model.config import ModelConfig
+  from anygpt_jax.vocabulary.layout import VocabularyLayout
 
-  run = load_run_config(args.model_dir, args.spm)
+  run = resolve_run(args.model_dir, args.spm)
+  config, layout = ModelConfig(**run["config"]), VocabularyLayout.from_json_dict(run["layout"])
+  ids = TokenIds(bos=run["ids"]["bos"], eos=tuple(run["ids"]["eos"]), pad=run["ids"]["pad"])
   spm_path = run["spm_path"]
   if spm_path and not epath.Path(spm_path).exists():
     print(f"anygpt-export: the run's SentencePiece model {spm_path} does not exist here; pass --spm",
@@ -102,10 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     print("anygpt-export: the run names no SentencePiece model: no tokenizer files written (pass --spm)",
           file=sys.stderr)
   started = time.perf_counter()
-  step = export_checkpoint(args.model_dir, args.output_dir, run["config"], run["layout"], step=args.step,
+  step = export_checkpoint(args.model_dir, args.output_dir, config, layout, step=args.step,
                            spm_path=spm_path, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 2**30),
-                           legacy=run["legacy"], trained_length=run["trained_length"])
-  config, layout = run["config"], run["layout"]
+                           legacy=run["legacy"], trained_length=run["trained_length"], ids=ids)
   print(f"exported step {step} of {args.model_dir} ({config.num_params() / 1e6:.1f}M parameters, vocabulary "
         f"{layout.vocab_size}, {args.dtype}, text mode legacy={run['legacy']}) to {args.output_dir} in "
         f"{time.perf_counter() - started:.1f} s")

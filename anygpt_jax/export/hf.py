@@ -125,9 +125,8 @@ def write_weights(tensors: Iterable[tuple[HFTensor, np.ndarray]], plan: list[HFT
         got, value = next(stream)
         if got.name != spec.name:
           raise ValueError(f"tensors out of order: {got.name} where {spec.name} was planned")
-        value = value.astype(target, copy=False)
-        writer.write(spec.name, value)
-        total += value.nbytes
+        writer.write(spec.name, value)  # converted to the target dtype block by block
+        total += value.size * np.dtype(target).itemsize
         weight_map[spec.name] = name
         del value
     _finish(tmp, out / name)
@@ -140,7 +139,7 @@ def write_weights(tensors: Iterable[tuple[HFTensor, np.ndarray]], plan: list[HFT
 def params_tensors(params: Mapping[str, Any], plan: list[HFTensor]) -> Iterator[tuple[HFTensor, np.ndarray]]:
   """HF tensors from a parameter tree in memory, one at a time."""
   for spec in plan:
-    yield spec, to_hf_tensor(spec, leaf_value(params, spec))
+    yield spec, to_hf_tensor(spec, leaf_value(params, spec), contiguous=False)
 
 
 def checkpoint_tensors(arrays, plan: list[HFTensor]) -> Iterator[tuple[HFTensor, np.ndarray]]:
@@ -154,28 +153,28 @@ def checkpoint_tensors(arrays, plan: list[HFTensor]) -> Iterator[tuple[HFTensor,
     if group[0].layer is None:
       value = arrays.read(leaf)
       for spec in group:
-        yield spec, to_hf_tensor(spec, value)
+        yield spec, to_hf_tensor(spec, value, contiguous=False)  # the writer copies block by block
       del value
       continue
     by_layer = {spec.layer: spec for spec in group}
     for start, block in arrays.layer_blocks(leaf):
       for offset in range(block.shape[0]):
         spec = by_layer[start + offset]
-        yield spec, to_hf_tensor(spec, block[offset])
+        yield spec, to_hf_tensor(spec, block[offset], contiguous=False)
       del block
 
 
 # --- configuration, tokenizer ----------------------------------------------------------------------
-def generation_config(layout: VocabularyLayout) -> dict:
+def generation_config(layout: VocabularyLayout, ids: TokenIds | None = None) -> dict:
   """AnyGPT's sampling defaults (paper Table 9: top-p 0.7); generation stops on </s> or <eos>."""
-  ids = token_ids(layout)
+  ids = ids or token_ids(layout)
   return {"bos_token_id": ids.bos, "eos_token_id": list(ids.eos), "pad_token_id": ids.pad, "do_sample": True,
           "top_p": 0.7, "temperature": 1.0, "max_new_tokens": 2000}
 
 
-def decoding_configs(layout: VocabularyLayout) -> dict[str, dict]:
+def decoding_configs(layout: VocabularyLayout, ids: TokenIds | None = None) -> dict[str, dict]:
   """File name (under `config/`) -> AnyGPT's decoding settings, with this vocabulary's ids."""
-  ids = token_ids(layout)
+  ids = ids or token_ids(layout)
   extra = {"bos_token_id": ids.bos, "eos_token_id": list(ids.eos), "pad_token_id": ids.pad}
   return {(f"{m}_generate_config.json" if m else "generate_config.json"): dict(settings, **extra)
           for m, settings in ANYGPT_DECODING.items()}
@@ -223,11 +222,15 @@ def save_tokenizer(spm_path: str, layout: VocabularyLayout, out_dir: str, legacy
 
 
 def write_metadata(config: ModelConfig, layout: VocabularyLayout, out_dir: epath.PathLike, dtype: str,
-                   spm_path: str | None = None, legacy: bool = False, trained_length: int | None = None) -> None:
-  """Everything but the weights: config.json, generation configs, tokenizer, vocabulary layout."""
+                   spm_path: str | None = None, legacy: bool = False, trained_length: int | None = None,
+                   ids: TokenIds | None = None) -> None:
+  """Everything but the weights: config.json, generation configs, tokenizer, vocabulary layout.
+
+  `ids` default to `token_ids(layout)` (which imports the vocabulary, and with it TensorFlow).
+  """
   import transformers  # its own writers keep config.json in the format the installed version reads
 
-  ids = token_ids(layout)
+  ids = ids or token_ids(layout)
   positions = max(config.max_position_embeddings, trained_length or 0)
   with tempfile.TemporaryDirectory() as local:  # transformers writes locally; copied out (gs:// too)
     hf_config = transformers.LlamaConfig(
@@ -235,11 +238,11 @@ def write_metadata(config: ModelConfig, layout: VocabularyLayout, out_dir: epath
         bos_token_id=ids.bos, eos_token_id=ids.eos[0], pad_token_id=ids.pad, architectures=["LlamaForCausalLM"],
         dtype=dtype)
     hf_config.save_pretrained(local)
-    transformers.GenerationConfig(**generation_config(layout)).save_pretrained(local)
+    transformers.GenerationConfig(**generation_config(layout, ids)).save_pretrained(local)
     with open(os.path.join(local, "anygpt_vocabulary.json"), "w") as f:
       json.dump(layout.to_json_dict(), f, indent=2, ensure_ascii=False)
     os.makedirs(os.path.join(local, DECODING_DIR))
-    for name, settings in decoding_configs(layout).items():
+    for name, settings in decoding_configs(layout, ids).items():
       with open(os.path.join(local, DECODING_DIR, name), "w") as f:
         json.dump(settings, f, indent=2)
     if spm_path:
@@ -286,7 +289,7 @@ def save_hf_checkpoint(params: Any, config: ModelConfig, layout: VocabularyLayou
 def export_checkpoint(model_dir: epath.PathLike, out_dir: epath.PathLike, config: ModelConfig,
                       layout: VocabularyLayout, step: int | None = None, spm_path: str | None = None,
                       dtype: str = "bfloat16", max_shard_bytes: int = 5 * 2**30, legacy: bool = False,
-                      trained_length: int | None = None) -> int:
+                      trained_length: int | None = None, ids: TokenIds | None = None) -> int:
   """Streams a run's orbax checkpoint into a HuggingFace directory; returns the step exported.
 
   Peak host memory is one stored parameter (or one chunk-block of a scanned one) plus one HF
@@ -299,5 +302,5 @@ def export_checkpoint(model_dir: epath.PathLike, out_dir: epath.PathLike, config
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   plan = hf_tensor_plan(config, vocab_rows=layout.vocab_size)
   write_weights(checkpoint_tensors(arrays, plan), plan, out_dir, dtype, max_shard_bytes)
-  write_metadata(config, layout, out_dir, dtype, spm_path, legacy, trained_length)
+  write_metadata(config, layout, out_dir, dtype, spm_path, legacy, trained_length, ids)
   return arrays.step

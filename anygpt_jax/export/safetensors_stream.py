@@ -55,13 +55,22 @@ class SafetensorsWriter:
     self._file = self.path.open("wb")
     self._file.write(header_bytes(self._expected, metadata))
 
-  def write(self, name: str, array: np.ndarray) -> None:
+  def write(self, name: str, array: np.ndarray, block_bytes: int = 64 * 2**20) -> None:
+    """Writes the next declared tensor from `array` (any layout, any float dtype): converted to
+    the declared dtype and made contiguous in blocks of rows of about `block_bytes`, so a
+    transposed view of a large table is never copied whole."""
     want_name, shape, dtype = self._expected[self._next]
-    if name != want_name or tuple(array.shape) != tuple(shape) or np.dtype(array.dtype) != np.dtype(dtype):
-      raise ValueError(f"{self.path}: tensor {self._next} should be {want_name} {tuple(shape)} {dtype}, got "
-                       f"{name} {tuple(array.shape)} {array.dtype}")
-    # Raw bytes (a uint8 view: memoryviews refuse ml_dtypes bf16); little-endian like every supported host.
-    self._file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+    if name != want_name or tuple(array.shape) != tuple(shape):
+      raise ValueError(f"{self.path}: tensor {self._next} should be {want_name} {tuple(shape)}, got "
+                       f"{name} {tuple(array.shape)}")
+    target = np.dtype(dtype)
+    row_bytes = max(1, array[:1].size * target.itemsize) if array.ndim else target.itemsize
+    rows = max(1, block_bytes // row_bytes)
+    for start in range(0, max(1, array.shape[0] if array.ndim else 1), rows):
+      block = array[start:start + rows] if array.ndim else array
+      block = np.ascontiguousarray(block).astype(target, copy=False)
+      # Raw bytes (a uint8 view: memoryviews refuse ml_dtypes bf16); little-endian like every supported host.
+      self._file.write(block.reshape(-1).view(np.uint8).data)
     self._next += 1
 
   def close(self) -> None:

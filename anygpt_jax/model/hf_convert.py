@@ -155,8 +155,9 @@ def hf_tensor_plan(config: ModelConfig, vocab_rows: int | None = None) -> list[H
   return plan
 
 
-def to_hf_tensor(spec: HFTensor, value: np.ndarray) -> np.ndarray:
-  """Our parameter (already indexed by `spec.layer`) as the HF tensor `spec` (C-contiguous numpy)."""
+def to_hf_tensor(spec: HFTensor, value: np.ndarray, contiguous: bool = True) -> np.ndarray:
+  """Our parameter (already indexed by `spec.layer`) as the HF tensor `spec`: C-contiguous numpy,
+  or with contiguous=False a view of `value` where one suffices (no copy of a large table)."""
   value = np.asarray(value)
   if spec.transform == "rows":  # [padded rows, d] -> [rows, d]
     out = value[:spec.shape[0]]
@@ -172,7 +173,7 @@ def to_hf_tensor(spec: HFTensor, value: np.ndarray) -> np.ndarray:
     out = value
   if out.shape != spec.shape:
     raise ConversionError(f"{spec.name}: {'/'.join(spec.leaf)} gives shape {out.shape}, expected {spec.shape}")
-  return np.ascontiguousarray(out)
+  return np.ascontiguousarray(out) if contiguous else out
 
 
 def leaf_value(params: Mapping[str, Any], spec: HFTensor) -> np.ndarray:

@@ -36,10 +36,25 @@ def run_gin_text(model_name: str, overrides: Mapping[str, Any], layout: Vocabula
   if sentencepiece_model:
     lines.append(f"vocabulary_layout.sentencepiece_model = {sentencepiece_model!r}")
   else:
-    lines.append(f"vocabulary_layout.text_vocab_size = {layout.text_vocab_size}")
+    lines += [f"vocabulary_layout.text_vocab_size = {layout.text_vocab_size}",
+              "vocabulary_layout.sentencepiece_model = None"]
   lines += [f"vocabulary_layout.chat_tokens = {layout.chat_tokens}",
             f"vocabulary_layout.pad_multiple = {layout.pad_multiple}"]
   return "\n".join(lines) + "\n"
+
+
+def per_layer_chunks(params: Any) -> Any:
+  """Orbax save arguments: a scanned parameter ('layers' subtree, [layers, ...]) stored in one
+  chunk per layer; every other parameter in chunks of at most 64 MiB."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  def args(path, leaf):
+    if any(getattr(key, "key", None) == "layers" for key in path) and np.ndim(leaf) > 1:
+      return ocp.SaveArgs(chunk_byte_size=max(1, leaf.nbytes // leaf.shape[0]), shard_axes=(0,))
+    return ocp.SaveArgs(chunk_byte_size=64 * 2**20)  # the embedding and head: decoded in parts
+  return jax.tree_util.tree_map_with_path(args, params)
 
 
 def save_params_as_run(params: Any, layout: VocabularyLayout, output_dir: str, gin_text: str) -> epath.Path:
@@ -48,6 +63,8 @@ def save_params_as_run(params: Any, layout: VocabularyLayout, output_dir: str, g
   Raises:
     FileExistsError: `output_dir` already has checkpoints (an import never overwrites a run).
   """
+  import orbax.checkpoint as ocp
+
   from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
 
   output_dir = absolute(output_dir)
@@ -57,7 +74,12 @@ def save_params_as_run(params: Any, layout: VocabularyLayout, output_dir: str, g
     if checkpoints.latest_step() is not None:
       raise FileExistsError(f"{checkpoints.directory} already holds step {checkpoints.latest_step()}; "
                             "import into a new directory")
-    checkpoints.save(IMPORT_STEP, {"params": params}, None, gin_text, layout, force=True)
+    # The items of `Checkpoints.save`, with one storage chunk per layer of a scanned parameter, so
+    # that a reader (the streaming export) decodes one layer at a time.
+    checkpoints.manager.save(IMPORT_STEP, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave({"params": params}, save_args={"params": per_layer_chunks(params)}),
+        config=ocp.args.JsonSave({"operative_gin": gin_text}),
+        layout=ocp.args.JsonSave(layout.to_json_dict())), force=True)
     checkpoints.wait_until_finished()
   finally:
     checkpoints.close()

@@ -31,6 +31,7 @@ setuptools.setup(
             "anygpt-mixture-report=tools.mixture_report:main",
             "anygpt-train=tools.train:main",
             "anygpt-export=tools.export_hf:main",
+            "anygpt-import=tools.import_weights:main",
             "anygpt-demo=tools.demo:main",
             "anygpt-compile=tools.compile:main",
         ]

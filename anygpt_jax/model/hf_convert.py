@@ -8,6 +8,7 @@ they are converted here) and put the result on devices with their own shardings.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import numpy as np
@@ -103,10 +104,84 @@ def _stack(trees: list[dict]) -> dict:
   return np.stack(trees)
 
 
-def _unstack(tree: dict, i: int) -> dict:
-  if isinstance(tree, dict):
-    return {k: _unstack(v, i) for k, v in tree.items()}
-  return tree[i]
+@dataclasses.dataclass(frozen=True)
+class HFTensor:
+  """One tensor of the HF state dict and where it comes from in this model's parameter tree.
+
+  Attributes:
+    name: the HF name (`model.layers.3.self_attn.q_proj.weight`).
+    leaf: the path of its parameter in our tree (('layers', 'self_attn', 'q_proj', 'kernel')).
+    layer: the index into the leaf's leading 'layers' axis (scanned layers), else None.
+    shape: the HF shape.
+    transform: how the parameter becomes the HF tensor (see `to_hf_tensor`).
+  """
+
+  name: str
+  leaf: tuple[str, ...]
+  layer: int | None
+  shape: tuple[int, ...]
+  transform: str
+
+
+def hf_tensor_plan(config: ModelConfig, vocab_rows: int | None = None) -> list[HFTensor]:
+  """Every HF tensor of `config`'s model, leaf by leaf (a scanned leaf's layers one after another),
+  so a writer that reads one leaf at a time writes its tensors in order.
+
+  Args:
+    vocab_rows: rows kept in the embedding and head; default config.predictable_vocab_size.
+  """
+  rows = config.predictable_vocab_size if vocab_rows is None else vocab_rows
+  d, hd, h, kv = config.hidden_size, config.resolved_head_dim, config.num_heads, config.num_kv_heads
+  layer_tensors = [(("self_attn", name, "kernel"), f"self_attn.{name}.weight", (heads * hd, d), "heads_t")
+                   for name, heads in (("q_proj", h), ("k_proj", kv), ("v_proj", kv))]
+  layer_tensors.append((("self_attn", "o_proj", "kernel"), "self_attn.o_proj.weight", (d, h * hd), "heads_out_t"))
+  inter = config.intermediate_size
+  for name, shape in (("gate_proj", (inter, d)), ("up_proj", (inter, d)), ("down_proj", (d, inter))):
+    layer_tensors.append((("mlp", name, "kernel"), f"mlp.{name}.weight", shape, "t"))
+  for name in _LAYER_NORMS:
+    layer_tensors.append(((name, "scale"), f"{name}.weight", (d,), "identity"))
+
+  plan = [HFTensor("model.embed_tokens.weight", ("embed_tokens", "embedding"), None, (rows, d), "rows")]
+  if config.scan_layers:
+    for path, name, shape, transform in layer_tensors:
+      plan += [HFTensor(f"model.layers.{i}.{name}", ("layers",) + path, i, shape, transform)
+               for i in range(config.num_layers)]
+  else:
+    for i in range(config.num_layers):
+      plan += [HFTensor(f"model.layers.{i}.{name}", (f"layers_{i}",) + path, None, shape, transform)
+               for path, name, shape, transform in layer_tensors]
+  plan.append(HFTensor("model.norm.weight", ("norm", "scale"), None, (d,), "identity"))
+  plan.append(HFTensor("lm_head.weight", ("lm_head", "kernel"), None, (rows, d), "rows_t"))
+  return plan
+
+
+def to_hf_tensor(spec: HFTensor, value: np.ndarray, contiguous: bool = True) -> np.ndarray:
+  """Our parameter (already indexed by `spec.layer`) as the HF tensor `spec`: C-contiguous numpy,
+  or with contiguous=False a view of `value` where one suffices (no copy of a large table)."""
+  value = np.asarray(value)
+  if spec.transform == "rows":  # [padded rows, d] -> [rows, d]
+    out = value[:spec.shape[0]]
+  elif spec.transform == "rows_t":  # [d, padded rows] -> [rows, d]
+    out = value[:, :spec.shape[0]].T
+  elif spec.transform == "heads_t":  # [d, heads, hd] -> [heads*hd, d]
+    out = value.reshape(value.shape[0], -1).T
+  elif spec.transform == "heads_out_t":  # [heads, hd, d] -> [d, heads*hd]
+    out = value.reshape(-1, value.shape[-1]).T
+  elif spec.transform == "t":
+    out = value.T
+  else:
+    out = value
+  if out.shape != spec.shape:
+    raise ConversionError(f"{spec.name}: {'/'.join(spec.leaf)} gives shape {out.shape}, expected {spec.shape}")
+  return np.ascontiguousarray(out) if contiguous else out
+
+
+def leaf_value(params: Mapping[str, Any], spec: HFTensor) -> np.ndarray:
+  """The parameter `spec` reads, from an in-memory tree (indexed by its layer)."""
+  value = params
+  for key in spec.leaf:
+    value = value[key]
+  return np.asarray(value if spec.layer is None else value[spec.layer])
 
 
 def hf_state_dict_from_params(params: Mapping[str, Any], config: ModelConfig,
@@ -118,27 +193,7 @@ def hf_state_dict_from_params(params: Mapping[str, Any], config: ModelConfig,
     vocab_rows: rows kept in the embedding and head; default config.predictable_vocab_size,
       which trims the sharding padding.
   """
-  rows = config.predictable_vocab_size if vocab_rows is None else vocab_rows
-  p = {k: v for k, v in params.items()}
-  d, hd = config.hidden_size, config.resolved_head_dim
-  sd = {
-      "model.embed_tokens.weight": np.asarray(p["embed_tokens"]["embedding"])[:rows],
-      "model.norm.weight": np.asarray(p["norm"]["scale"]),
-      "lm_head.weight": np.asarray(p["lm_head"]["kernel"]).T[:rows],
-  }
-  for i in range(config.num_layers):
-    layer = _unstack(p["layers"], i) if config.scan_layers else p[f"layers_{i}"]
-    prefix = f"model.layers.{i}."
-    attn = layer["self_attn"]
-    for name in ("q_proj", "k_proj", "v_proj"):
-      kernel = np.asarray(attn[name]["kernel"])  # [d, heads, hd]
-      sd[f"{prefix}self_attn.{name}.weight"] = kernel.reshape(d, -1).T
-    sd[f"{prefix}self_attn.o_proj.weight"] = np.asarray(attn["o_proj"]["kernel"]).reshape(-1, d).T
-    for name in _MLP:
-      sd[f"{prefix}mlp.{name}.weight"] = np.asarray(layer["mlp"][name]["kernel"]).T
-    for name in _LAYER_NORMS:
-      sd[f"{prefix}{name}.weight"] = np.asarray(layer[name]["scale"])
-  return {k: np.ascontiguousarray(v) for k, v in sd.items()}
+  return {spec.name: to_hf_tensor(spec, leaf_value(params, spec)) for spec in hf_tensor_plan(config, vocab_rows)}
 
 
 def hf_config_dict(config: ModelConfig, vocab_size: int | None = None, **extra) -> dict:

@@ -2,7 +2,8 @@
 
 Layout of the released model (fnlp/SpeechTokenizer `speechtokenizer_hubert_avg/`): a directory
 with `config.json` (the model's constructor arguments: n_filters, strides, dimension, n_q,
-codebook_size, sample_rate, ...) and `SpeechTokenizer.pt` (a plain state dict).
+codebook_size, sample_rate, ...) and `SpeechTokenizer.pt` (a plain state dict). AnyGPT ships the
+same state dict as `models/speechtokenizer/ckpt.dev` next to its `config.json`; both names load.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from anygpt_jax.tokenizers.soundstorm import SoundStorm
 from anygpt_jax.tokenizers.speech_encoder import BatchEncoder
 
 CHECKPOINT_NAME = "SpeechTokenizer.pt"
+CHECKPOINT_NAMES = (CHECKPOINT_NAME, "ckpt.dev")  # fnlp's release, AnyGPT's copy
 
 
 def speechtokenizer_class():
@@ -45,13 +47,13 @@ def speechtokenizer_class():
 
 
 def _find_checkpoint(directory: pathlib.Path) -> pathlib.Path:
-  preferred = directory / CHECKPOINT_NAME
-  if preferred.exists():
-    return preferred
+  for name in CHECKPOINT_NAMES:
+    if (directory / name).exists():
+      return directory / name
   candidates = sorted(directory.glob("*.pt"))
   if len(candidates) != 1:
-    raise FileNotFoundError(f"{directory}: expected {CHECKPOINT_NAME} or exactly one *.pt, found "
-                            f"{[c.name for c in candidates]}")
+    raise FileNotFoundError(f"{directory}: expected {' or '.join(CHECKPOINT_NAMES)} (or exactly one *.pt) next "
+                            f"to config.json, found {sorted(p.name for p in directory.iterdir())}")
   return candidates[0]
 
 
@@ -67,7 +69,8 @@ class SpeechTokenizerWorker:
     directory = pathlib.Path(model_dir)
     config_path = directory / "config.json"
     if not config_path.exists():
-      raise FileNotFoundError(f"{directory}: no config.json (SpeechTokenizer layout: config.json + {CHECKPOINT_NAME})")
+      raise FileNotFoundError(f"{directory}: no config.json (SpeechTokenizer layout: config.json + "
+                              f"{' or '.join(CHECKPOINT_NAMES)})")
     self.config = json.loads(config_path.read_text())
     self.model = speechtokenizer_class()(self.config)
     state = torch.load(str(_find_checkpoint(directory)), map_location="cpu", weights_only=True)

@@ -39,6 +39,7 @@ from anygpt_jax.training.input import TrainInput, to_global_batch
 from anygpt_jax.training.train_state import TrainState, abstract_train_state, train_state_shardings
 from anygpt_jax.training.trainer import Trainer
 from anygpt_jax.vocabulary.layout import VocabularyLayout
+from anygpt_jax.weights.warm_start import warm_start_params  # noqa: F401  (registers the gin configurable)
 
 
 class NonFiniteError(RuntimeError):
@@ -65,48 +66,6 @@ def vocabulary_layout(text_vocab_size: int | None = None, sentencepiece_model: s
   if text_vocab_size is None:
     raise ValueError("vocabulary_layout needs text_vocab_size or sentencepiece_model")
   return VocabularyLayout(text_vocab_size=text_vocab_size, chat_tokens=chat_tokens, pad_multiple=pad_multiple)
-
-
-@gin.configurable
-def warm_start_params(path: str = gin.REQUIRED, source: str = "hf", expand_text_vocabulary: bool | None = None,
-                      *, config: ModelConfig, layout: VocabularyLayout, abstract_params: Any) -> Any:
-  """Parameters only, from a HuggingFace LLaMA-2/AnyGPT directory or a run of ours.
-
-  Returns numpy arrays ('hf') or arrays already placed by `abstract_params`' shardings ('run').
-
-  Args:
-    path: a HuggingFace directory (`*.safetensors`) when source='hf'; a `model_dir` when 'run'.
-    source: 'hf' or 'run'.
-    expand_text_vocabulary: grow a text-only checkpoint's embedding/head to the layout's
-      rows; None decides from the row count (fewer rows than the layout's vocab_size).
-  """
-  from anygpt_jax.model import expand_vocabulary, params_from_hf_state_dict
-
-  if source == "run":
-    # The latest step of another run, e.g. pretraining before SFT; optimizer state is not taken.
-    return Checkpoints(path, CheckpointConfig(async_save=False)).restore_params(abstract_params)
-  if source != "hf":
-    raise ValueError(f"warm_start_params.source={source!r}: expected 'hf' or 'run'")
-  import glob
-
-  from safetensors.numpy import load_file
-  files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-  if not files:
-    raise FileNotFoundError(f"warm start: no *.safetensors in {path}")
-  state_dict = {}
-  for f in files:
-    state_dict.update(load_file(f))
-  rows = state_dict["model.embed_tokens.weight"].shape[0]
-  if expand_text_vocabulary is None:
-    expand_text_vocabulary = rows < layout.vocab_size
-  if expand_text_vocabulary:
-    if rows != layout.text_vocab_size:
-      raise ValueError(f"warm start from {path}: {rows} embedding rows, but the layout's text vocabulary has "
-                       f"{layout.text_vocab_size} pieces")
-    text_config = config.replace(vocab_size=max(rows, config.vocab_size), real_vocab_size=None)
-    params = params_from_hf_state_dict(state_dict, text_config)
-    return expand_vocabulary(params, layout)
-  return params_from_hf_state_dict(state_dict, config)
 
 
 def _put_params(params: Any, shardings: Any, abstract: Any) -> Any:

@@ -338,6 +338,10 @@ def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED,
   if not epath.Path(spm_path).exists():
     raise DataRegistrationError(f"register_corpora: the SentencePiece model {spm_path} does not exist "
                                 "(SENTENCEPIECE_MODEL)")
+  if mixture_name is not None and mixture_name not in BUILTIN_MIXTURES and corpora is None:
+    raise DataRegistrationError(
+        f"mixture {mixture_name!r} is not a built-in mixture ({', '.join(BUILTIN_MIXTURES)}); a mixture of your "
+        "own needs its corpora in register_corpora.corpora")
   vocabulary = AnyGPTVocabulary(spm_path, chat_tokens=chat_tokens, pad_multiple=pad_multiple, legacy=legacy)
   pools = load_instruction_pools(instructions_dir)
   given = [as_corpus_spec(c) for c in (DEFAULT_CORPORA if corpora is None else corpora)]

@@ -400,6 +400,14 @@ def registered_provider(name: str, what: str = "MIXTURE_OR_TASK_NAME"):
                                   "with register_corpora.data_dir and spm_path, as gin/runs/base.gin does)")) from None
 
 
+def check_host_shares(name: str, split: str, num_shards: int) -> None:
+  """Raises HostShareError (corpus, hosts, files) when some input shard would read no record of `split`."""
+  provider = registered_provider(name)
+  for task in (provider.tasks if isinstance(provider, seqio.Mixture) else [provider]):
+    if split in task.splits and isinstance(task.source, sources.ShardSource):
+      task.source.host_plan(split, 0, num_shards)
+
+
 def mixture_tasks(name: str, split: str) -> list[str]:
   """The tasks of a registered task or mixture that have `split`, in the mixture's order."""
   provider = registered_provider(name)

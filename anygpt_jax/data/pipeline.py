@@ -33,6 +33,25 @@ from anygpt_jax.data.shards import deserialize_sample
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES, VocabularyError, VocabularyLayout
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
 
+class _GinPackagePathNoise(logging.Filter):
+  """Drops gin's `ERROR:root:Path not found: gin/runs/...` lines.
+
+  Gin looks for every gin file (and include) first under each search prefix and, where it is not
+  there, as a resource of a Python package: `gin/runs/base.gin` reads as package `gin.runs`,
+  which the gin library itself does not have, so it logs an error on the root logger although
+  the next search prefix (the repository root) then finds the file. Real failures still raise
+  ("Unable to open file"). Installed on import, i.e. before `anygpt-train`,
+  `anygpt-mixture-report` or `anygpt-export` parse run files.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.ERROR and record.module == "resource_reader"
+                and str(record.msg).startswith("Path not found"))
+
+
+if not any(isinstance(f, _GinPackagePathNoise) for f in logging.getLogger().filters):
+  logging.getLogger().addFilter(_GinPackagePathNoise())
+
 SPLITS = ("train", "validation")
 DEFAULT_PATTERN = "{name}/{name}-{split}-*-of-*"
 
@@ -320,7 +339,7 @@ def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED,
     spm_path: the SentencePiece model; the vocabulary layout follows its size.
     corpora: CorpusSpecs, dicts or tuples `(name, kind, pattern[, to_text_probability[, group]])`;
       default `DEFAULT_CORPORA`. The continue phase's tasks are added over their corpora.
-    mixture_name: the mixture the run reads. A built-in name (`anygpt_pretrain`: paper Table 7
+    mixture_name: the mixture the run reads (or the name of one corpus: that task alone). A built-in name (`anygpt_pretrain`: paper Table 7
       shares by group, split inside a group by tokens; `anygpt_continue`; `anygpt_sft`) is made
       of the given corpora in its groups; any other name of all given corpora, by token counts.
       Every member must have train shards (MissingCorpusError names the absent ones) unless
@@ -335,10 +354,14 @@ def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED,
   Returns:
     a Registration: the vocabulary, the registered task names and the mixtures' rates.
   """
+  if data_dir is None:
+    raise DataRegistrationError("register_corpora: no data directory; set DATA_DIR (--gin.DATA_DIR=/data/shards), "
+                                "the root of the tokenization job's shards")
   if not epath.Path(spm_path).exists():
     raise DataRegistrationError(f"register_corpora: the SentencePiece model {spm_path} does not exist "
                                 "(SENTENCEPIECE_MODEL)")
-  if mixture_name is not None and mixture_name not in BUILTIN_MIXTURES and corpora is None:
+  if (mixture_name is not None and mixture_name not in BUILTIN_MIXTURES and corpora is None
+      and mixture_name not in {c.name for c in DEFAULT_CORPORA + CONTINUE_CORPORA}):
     raise DataRegistrationError(
         f"mixture {mixture_name!r} is not a built-in mixture ({', '.join(BUILTIN_MIXTURES)}); a mixture of your "
         "own needs its corpora in register_corpora.corpora")
@@ -346,7 +369,10 @@ def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED,
   pools = load_instruction_pools(instructions_dir)
   given = [as_corpus_spec(c) for c in (DEFAULT_CORPORA if corpora is None else corpora)]
   specs = _with_continue_tasks(given)
-  if mixture_name is None and corpora is not None:
+  names = {s.name: s for s in specs}
+  if mixture_name in names:  # a single task: MIXTURE_OR_TASK_NAME names a corpus
+    wanted = [names[mixture_name]]
+  elif mixture_name is None and corpora is not None:
     wanted = given
   elif mixture_name is None or default_mixtures:
     wanted = specs
@@ -363,7 +389,10 @@ def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED,
     _register_task(spec, files[spec.name], vocabulary, pools, shuffle_buffer_size, measure_records)
     tasks.append(spec.name)
   shares = dict(pretrain_shares or PAPER_PRETRAIN_SHARES)
-  if mixture_name is not None:
+  if mixture_name in names:
+    if mixture_name not in tasks:
+      raise MissingCorpusError(_missing_message(mixture_name, wanted, data_dir))
+  elif mixture_name is not None:
     members = mixture_members(mixture_name, wanted)
     missing = [s for s in members if s.name not in tasks]
     if missing and not allow_missing_corpora or len(missing) == len(members):

@@ -60,8 +60,9 @@ def format_report(name: str, rows: list[dict], steps: int, batch: int, length: i
   lines = [f"mixture {name}: {steps} steps x {batch} rows x {length} tokens = {steps * batch * length:,} tokens",
            f"{'task':<24}{'examples':>12}{'tokens':>16}{'rate':>10}{'share':>9}{'consumed':>18}{'epochs':>10}"]
   for r in rows:
-    lines.append(f"{r['task']:<24}{r['examples']:>12,}{r['tokens']:>16,.0f}{r['rate']:>10.4f}{r['share']:>9.2%}"
-                 f"{r['consumed_tokens']:>18,.0f}{r['epochs']:>10.3f}")
+    # Columns are separated by a space even when a figure outgrows its width (epochs of a tiny corpus).
+    lines.append(f"{r['task']:<24} {r['examples']:>11,} {r['tokens']:>15,.0f} {r['rate']:>9.4f} {r['share']:>8.2%} "
+                 f"{r['consumed_tokens']:>17,.0f} {r['epochs']:>9.3f}")
   lines.append("per modality (tokens consumed, share of the run):")
   total = sum(r["consumed_tokens"] for r in rows) or 1.0
   for m in MODALITY_COLUMNS:

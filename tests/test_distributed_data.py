@@ -48,6 +48,11 @@ TRAIN_STEPS = 3
 register_corpora.corpora = [('pairs', 'speech_text')]
 register_corpora.shuffle_buffer_size = 16
 train.log_every_steps = 1
+train.evaluator = @Evaluator
+train.eval_every_steps = 3
+Evaluator.tasks = [%MIXTURE_OR_TASK_NAME]
+Evaluator.task_feature_lengths = %TASK_FEATURE_LENGTHS
+Evaluator.batch_size = %BATCH_SIZE
 Evaluator.num_batches = 1
 """)
   return run_file

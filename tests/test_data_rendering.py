@@ -18,7 +18,7 @@ def spm_path(tmp_path_factory):
   return train_llama_like_sentencepiece(texts, str(tmp_path_factory.mktemp("spm") / "m"), 600)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["default", "legacy"])
+@pytest.fixture(scope="module", params=[True, False], ids=["legacy_default", "non_legacy"])
 def vocab(request, spm_path):
   return AnyGPTVocabulary(spm_path, chat_tokens=True, legacy=request.param)
 
@@ -95,13 +95,16 @@ def test_chats_weight_exactly_the_assistant_tokens(vocab, user_modality):
     sample = chat_sample(user_modality, reply_modality)
     ids, weights = graph_render(vocab, sample, "chat")
     assert ids == rendering.reference_ids(vocab, "chat", sample.parts)
-    # Expected: for every assistant turn, the tokens after [MMGPT] through its <eos>.
+    # Expected (AnyGPT's SFT mask): for every assistant turn, the tokens after `[MMGPT]:` through
+    # its <eos>, then the final </s>.
     expected = []
+    colon = len(vocab.encode_text(":", dummy_prefix=vocab.legacy))
     turns = [p for p in sample.parts if p.role == "assistant"]
     per_turn = len(turns) // 2
     for t in range(2):
       content = "".join(rendering.part_string(vocab.layout, p) for p in turns[t * per_turn:(t + 1) * per_turn])
-      expected += vocab.encode(f"[MMGPT]: {content}<eos>")[1:]
+      expected += vocab.encode(f"[MMGPT]: {content}<eos>")[1 + colon:]
+    expected.append(2)
     weighted = [i for i, w in zip(ids, weights) if w]
     assert weighted == expected, (user_modality, reply_modality)
     assert sum(weights) > 0

@@ -82,7 +82,7 @@ def test_matches_transformers_llama_tokenizer(hf_dir, spm_path, added_tokens):
   from transformers import LlamaTokenizer
   tok = LlamaTokenizer.from_pretrained(hf_dir)
   tok.add_tokens(added_tokens)
-  v = AnyGPTVocabulary(spm_path, chat_tokens=True)
+  v = AnyGPTVocabulary(spm_path, chat_tokens=True, legacy=False)
   assert len(tok) == v.vocab_size
   for s in TEMPLATES:
     assert tok.encode(s, add_special_tokens=False) == v.encode(s), s
@@ -123,7 +123,7 @@ def test_slow_non_legacy_drops_the_prefix_at_the_start(spm_path, slow_tokenizers
   so they are unaffected, only a string that opens with text differs, in its first piece(s).
   """
   tok = slow_tokenizers[False]
-  v = AnyGPTVocabulary(spm_path, chat_tokens=True)
+  v = AnyGPTVocabulary(spm_path, chat_tokens=True, legacy=False)
   s = "Text at the start <soim><\U0001F4400><eoim> and text after the image."
   ours = v.encode(s)
   theirs = tok.encode(s, add_special_tokens=False)
@@ -133,7 +133,8 @@ def test_slow_non_legacy_drops_the_prefix_at_the_start(spm_path, slow_tokenizers
 
 def test_where_the_modes_differ(spm_path):
   """The dummy prefix after an added token: `:` vs `▁:`, and `▁` vs `▁▁` between two added tokens."""
-  new, old = AnyGPTVocabulary(spm_path), AnyGPTVocabulary(spm_path, legacy=True)
+  new, old = AnyGPTVocabulary(spm_path, legacy=False), AnyGPTVocabulary(spm_path)
+  assert old.legacy  # the default is AnyGPT's mode
   sp = new.sp
 
   def pieces(v, s):

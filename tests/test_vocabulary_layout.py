@@ -22,6 +22,7 @@ def test_anygpt_base_ids_match_design_table():
   assert layout.padded_vocab_size == 49536
   chat = VocabularyLayout(32000, chat_tokens=True)
   assert [chat.special_token_to_id(t) for t in CHAT_TOKENS] == [49418, 49419]
+  assert chat.special_token_to_id("<-Res->") == 49418 and chat.special_token_to_id("<-Ins->") == 49419
   assert chat.vocab_size == 49420
 
 
@@ -100,6 +101,7 @@ def test_anygpt_vocab_prints_the_layout(capsys):
   printed = json.loads(capsys.readouterr().out)
   assert printed["vocab_size"] == 49420 and printed["padded_vocab_size"] == 49664
   assert printed["groups"]["image_codes"] == {"first": 32004, "last": 40195}
-  assert printed["groups"]["<-Res->"] == {"first": 49419, "last": 49419}
+  assert printed["groups"]["<-Res->"] == {"first": 49418, "last": 49418}
+  assert printed["groups"]["<-Ins->"] == {"first": 49419, "last": 49419}
   assert printed["groups"]["padding"] == {"first": 49420, "last": 49663}
   assert vocab_tool.main(["--text-vocab-size", "1"]) == 2

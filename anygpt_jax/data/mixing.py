@@ -22,10 +22,10 @@ a share of tokens. The functions here turn token counts into rates:
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
-import os
 from typing import Iterable, Mapping, Sequence
+
+from etils import epath
 
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES
 
@@ -60,7 +60,7 @@ class CorpusStats:
 
 
 def stats_files(shard_files: Iterable[str]) -> list[str]:
-  return [f + STATS_SUFFIX for f in shard_files if os.path.exists(f + STATS_SUFFIX)]
+  return [f + STATS_SUFFIX for f in shard_files if epath.Path(f + STATS_SUFFIX).exists()]
 
 
 def read_corpus_stats(shard_files: Sequence[str]) -> CorpusStats | None:
@@ -70,14 +70,14 @@ def read_corpus_stats(shard_files: Sequence[str]) -> CorpusStats | None:
     return None
   total = CorpusStats()
   for path in files:
-    with open(path) as f:
-      total.add(json.load(f))
+    total.add(json.loads(epath.Path(path).read_text()))
   return total
 
 
 def shard_files(pattern: str) -> list[str]:
-  """Shard files matching a glob pattern, without their stats files, sorted."""
-  return sorted(f for f in glob.glob(pattern) if not f.endswith(STATS_SUFFIX))
+  """Shard files (`{corpus}-{split}-{i:05d}-of-{n:05d}` names only) matching a glob pattern, sorted."""
+  from anygpt_jax.data import sources
+  return sources.shard_files(pattern)
 
 
 def measure_chars_per_token(texts: Sequence[str], encode) -> float:

@@ -26,10 +26,31 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from anygpt_jax.data import mixing, packing, preprocessors, rendering
+from etils import epath
+
+from anygpt_jax.data import mixing, packing, preprocessors, rendering, sources
 from anygpt_jax.data.shards import deserialize_sample
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES, VocabularyError, VocabularyLayout
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
+
+class _GinPackagePathNoise(logging.Filter):
+  """Drops gin's `ERROR:root:Path not found: gin/runs/...` lines.
+
+  Gin looks for every gin file (and include) first under each search prefix and, where it is not
+  there, as a resource of a Python package: `gin/runs/base.gin` reads as package `gin.runs`,
+  which the gin library itself does not have, so it logs an error on the root logger although
+  the next search prefix (the repository root) then finds the file. Real failures still raise
+  ("Unable to open file"). Installed on import, i.e. before `anygpt-train`,
+  `anygpt-mixture-report` or `anygpt-export` parse run files.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.ERROR and record.module == "resource_reader"
+                and str(record.msg).startswith("Path not found"))
+
+
+if not any(isinstance(f, _GinPackagePathNoise) for f in logging.getLogger().filters):
+  logging.getLogger().addFilter(_GinPackagePathNoise())
 
 SPLITS = ("train", "validation")
 DEFAULT_PATTERN = "{name}/{name}-{split}-*-of-*"
@@ -63,7 +84,9 @@ class CorpusSpec:
 
   def split_pattern(self, data_dir: str, split: str) -> str:
     pattern = self.pattern.format(name=self.shard_corpus, split=split)
-    return pattern if os.path.isabs(pattern) else os.path.join(data_dir, pattern)
+    if "://" in pattern or os.path.isabs(pattern):
+      return pattern
+    return os.fspath(epath.Path(data_dir) / pattern)
 
 
 def as_corpus_spec(c) -> CorpusSpec:
@@ -76,8 +99,10 @@ def as_corpus_spec(c) -> CorpusSpec:
 
 
 DEFAULT_CORPORA = (
+    CorpusSpec("laion_2b", "image_text", group="image_text"),
     CorpusSpec("laion_coco", "image_text", group="image_text"),
     CorpusSpec("journeydb", "image_text", group="image_text"),
+    CorpusSpec("laion_aesthetics", "image_text", group="image_text"),
     CorpusSpec("mls", "speech_text", group="speech_mls"),
     CorpusSpec("commonvoice", "speech_text", group="speech_cv_gs"),
     CorpusSpec("gigaspeech", "speech_text", group="speech_cv_gs"),
@@ -85,15 +110,30 @@ DEFAULT_CORPORA = (
     CorpusSpec("mmc4", "interleaved", group="interleaved"),
     CorpusSpec("anyinstruct", "chat", group="chat"),
 )
-# Paper Table 7 sample rates by group (LAION-2B and LAION-Aesthetics fall in image_text too).
+# Paper Table 7 sample rates by group; image_text is LAION-2B, LAION-COCO, JourneyDB and
+# LAION-Aesthetics together.
 PAPER_PRETRAIN_SHARES = {"interleaved": 0.05, "image_text": 0.3, "speech_mls": 0.13, "speech_cv_gs": 0.27,
                          "music": 0.25}
-# The high-quality phase: text-to-image from JourneyDB, captions from LAION-COCO, music.
+# The high-quality phase: text-to-image from JourneyDB and LAION-Aesthetics, captions from
+# LAION-COCO, music. Each task renders another corpus's shards in one direction.
 CONTINUE_CORPORA = (
     CorpusSpec("journeydb_t2i", "image_text", to_text_probability=0.0, group="continue", corpus="journeydb"),
+    CorpusSpec("laion_aesthetics_t2i", "image_text", to_text_probability=0.0, group="continue",
+               corpus="laion_aesthetics"),
     CorpusSpec("laion_coco_caption", "image_text", to_text_probability=1.0, group="continue", corpus="laion_coco"),
     CorpusSpec("music_continue", "music_text", group="continue", corpus="music"),
 )
+# The built-in mixtures and the corpus groups each is made of.
+BUILTIN_MIXTURES = {"anygpt_pretrain": tuple(PAPER_PRETRAIN_SHARES), "anygpt_continue": ("continue",),
+                    "anygpt_sft": ("chat",)}
+
+
+class DataRegistrationError(ValueError):
+  """The data a run names cannot be registered: the message says what is wrong and where."""
+
+
+class MissingCorpusError(DataRegistrationError):
+  """A corpus a mixture is made of has no shards."""
 
 
 @dataclasses.dataclass
@@ -183,15 +223,19 @@ def load_instruction_pools(directory=None) -> dict:
   return {(m, d): rendering.load_instructions(m, d, directory) for m in MODALITY_NAMES for d in rendering.DIRECTIONS}
 
 
-def _register_task(spec: CorpusSpec, data_dir: str, vocabulary: AnyGPTVocabulary, pools, shuffle_buffer_size: int,
-                   measure_records: int) -> TaskInfo | None:
-  files = {split: mixing.shard_files(spec.split_pattern(data_dir, split)) for split in SPLITS}
-  files = {split: f for split, f in files.items() if f}
-  if not files:
-    return None
+def corpus_files(spec: CorpusSpec, data_dir: str) -> dict[str, list[str]]:
+  """split -> the corpus's shard files under `data_dir` (splits without files left out)."""
+  files = {split: sources.shard_files(spec.split_pattern(data_dir, split), spec.shard_corpus, split)
+           for split in SPLITS}
+  return {split: f for split, f in files.items() if f}
+
+
+def _register_task(spec: CorpusSpec, files: Mapping[str, Sequence[str]], vocabulary: AnyGPTVocabulary, pools,
+                   shuffle_buffer_size: int, measure_records: int) -> TaskInfo:
   if spec.kind == "chat" and not vocabulary.layout.chat_tokens:
-    raise ValueError(f"chat corpus {spec.name!r} needs a vocabulary with chat tokens (<-Ins->, <-Res->): "
-                     "register_corpora(..., chat_tokens=True)")
+    raise DataRegistrationError(
+        f"chat corpus {spec.name!r} needs a vocabulary with the chat tokens <-Res-> <-Ins->: set "
+        "register_corpora.chat_tokens=True and vocabulary_layout.chat_tokens=True (the run files' CHAT_TOKENS)")
   renderer = rendering.GraphRenderer(vocabulary)
   if spec.kind in rendering.PAIR_KINDS:
     m = rendering.PAIR_KINDS[spec.kind]
@@ -201,10 +245,8 @@ def _register_task(spec: CorpusSpec, data_dir: str, vocabulary: AnyGPTVocabulary
         to_text_instructions=pools[m, "to_text"], from_text_instructions=pools[m, "from_text"])
   else:
     render = seqio.utils.add_kwargs_to_transform(preprocessors.render_unprompted, renderer=renderer, kind=spec.kind)
-  source = seqio.FileDataSource(
-      read_file_fn=preprocessors.read_shard_file,
-      split_to_filepattern={split: list(f) for split, f in files.items()},
-      num_input_examples=None)
+  records = {split: [sources.count_records(f) for f in fs] for split, fs in files.items()}
+  source = sources.ShardSource(spec.name, files, records, preprocessors.read_shard_file)
   if spec.name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(spec.name)
   seqio.TaskRegistry.add(
@@ -213,7 +255,7 @@ def _register_task(spec: CorpusSpec, data_dir: str, vocabulary: AnyGPTVocabulary
       output_features={"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)},
       shuffle_buffer_size=shuffle_buffer_size)
   stats = {split: mixing.read_corpus_stats(f) for split, f in files.items()}
-  info = TaskInfo(spec, files, stats)
+  info = TaskInfo(spec, dict(files), stats)
   measure_corpus(info, vocabulary, pools, measure_records)
   TASK_INFO[spec.name] = info
   return info
@@ -241,76 +283,178 @@ class Registration:
   mixtures: dict  # name -> {task: rate}
 
 
+def mixture_members(mixture_name: str | None, specs: Sequence[CorpusSpec]) -> list[CorpusSpec]:
+  """The corpora a mixture is made of: a built-in's groups, or all given corpora for another name."""
+  if mixture_name in BUILTIN_MIXTURES:
+    groups = BUILTIN_MIXTURES[mixture_name]
+    members = [s for s in specs if s.group in groups]
+    if not members:
+      raise DataRegistrationError(
+          f"mixture {mixture_name!r} is made of the corpus groups {list(groups)}, but none of the corpora "
+          f"{[s.name for s in specs]} is in one (give each CorpusSpec its group)")
+    return members
+  return list(specs)
+
+
+def _with_continue_tasks(specs: list[CorpusSpec]) -> list[CorpusSpec]:
+  """Adds the continue phase's tasks over whichever of their corpora are given."""
+  names = {s.name for s in specs}
+  return specs + [c for c in CONTINUE_CORPORA if c.shard_corpus in names and c.name not in names]
+
+
+def _missing_message(mixture_name: str, missing: Sequence[CorpusSpec], data_dir: str) -> str:
+  where = "; ".join(f"{s.name}: {s.split_pattern(data_dir, 'train')}" for s in missing)
+  hint = "" if epath.Path(data_dir).exists() else f" (the data directory {data_dir} does not exist)"
+  return (f"mixture {mixture_name!r}: {len(missing)} corpora have no train shards{hint}: {where}. Tokenize them "
+          f"(anygpt-tokenize --corpus NAME --output-dir DATA_DIR/NAME), list only the corpora you have in "
+          f"register_corpora.corpora, or set register_corpora.allow_missing_corpora=True to mix the others "
+          f"with renormalised shares")
+
+
+def _mixture_rates(mixture_name: str, present: Sequence[CorpusSpec], shares, temperature, cap,
+                   oversample) -> dict[str, float]:
+  names = [s.name for s in present]
+  if mixture_name == "anygpt_pretrain":
+    members = {}
+    for spec in present:
+      members.setdefault(spec.group, []).append(spec.name)
+    tokens = {n: TASK_INFO[n].tokens("train") for n in names}
+    return mixing.group_rates(shares, members, tokens, temperature, cap, oversample)
+  return token_rates(names, temperature, cap, oversample)
+
+
 @gin.configurable
-def register_corpora(data_dir: str, spm_path: str, corpora: Sequence | None = None, *, chat_tokens: bool = False,
-                     legacy: bool = False, pad_multiple: int = 128, instructions_dir: str | None = None,
-                     default_mixtures: bool = True, pretrain_shares: Mapping[str, float] | None = None,
-                     mixture_name: str | None = None, temperature: float = 1.0, cap: float | None = None,
+def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED, corpora: Sequence | None = None, *,
+                     mixture_name: str | None = None, chat_tokens: bool = False, legacy: bool = True,
+                     pad_multiple: int = 128, instructions_dir: str | None = None, default_mixtures: bool = False,
+                     allow_missing_corpora: bool = False, pretrain_shares: Mapping[str, float] | None = None,
+                     temperature: float = 1.0, cap: float | None = None,
                      oversample: Mapping[str, float] | None = None, shuffle_buffer_size: int = 1000,
                      measure_records: int = 64) -> Registration:
-  """Registers a SeqIO Task per corpus with shards under `data_dir`, and the mixtures.
+  """Registers a SeqIO Task per corpus with shards under `data_dir`, and the run's mixture.
 
   Args:
-    data_dir: root of the shard patterns (`{corpus}-{split}-00000-of-00008` files).
+    data_dir: root of the shard patterns (`{corpus}/{corpus}-{split}-00000-of-00008` files);
+      local, relative or gs://.
     spm_path: the SentencePiece model; the vocabulary layout follows its size.
     corpora: CorpusSpecs, dicts or tuples `(name, kind, pattern[, to_text_probability[, group]])`;
-      default `DEFAULT_CORPORA`. Corpora without shards are skipped.
-    chat_tokens: the layout has `<-Ins->`/`<-Res->` (needed by chat corpora).
-    legacy: SentencePiece dummy-prefix mode, see `anygpt_jax.vocabulary.seqio_vocabulary`.
-    default_mixtures: register `anygpt_pretrain` (paper shares by group, split inside a group by
-      tokens), `anygpt_continue` and `anygpt_sft` over the present default corpora.
+      default `DEFAULT_CORPORA`. The continue phase's tasks are added over their corpora.
+    mixture_name: the mixture the run reads (or the name of one corpus: that task alone). A built-in name (`anygpt_pretrain`: paper Table 7
+      shares by group, split inside a group by tokens; `anygpt_continue`; `anygpt_sft`) is made
+      of the given corpora in its groups; any other name of all given corpora, by token counts.
+      Every member must have train shards (MissingCorpusError names the absent ones) unless
+      `allow_missing_corpora`, which mixes the others and logs a warning with the new shares.
+      None registers every given corpus that has shards, and no mixture.
+    chat_tokens: the layout has `<-Res->`/`<-Ins->` (needed by chat corpora).
+    legacy: the text tokenization mode, see `anygpt_jax.vocabulary.seqio_vocabulary`; True
+      (the default) is AnyGPT's pinned transformers 4.34.1 LlamaTokenizer.
+    default_mixtures: also register each built-in mixture all of whose corpora have shards.
     pretrain_shares: group -> share for `anygpt_pretrain` (default: paper Table 7).
-    mixture_name: also register this mixture over all given corpora, rates from token counts.
     temperature, cap, oversample: the token-count rate function (`mixing.temperature_rates`).
   Returns:
     a Registration: the vocabulary, the registered task names and the mixtures' rates.
   """
+  if data_dir is None:
+    raise DataRegistrationError("register_corpora: no data directory; set DATA_DIR (--gin.DATA_DIR=/data/shards), "
+                                "the root of the tokenization job's shards")
+  if not epath.Path(spm_path).exists():
+    raise DataRegistrationError(f"register_corpora: the SentencePiece model {spm_path} does not exist "
+                                "(SENTENCEPIECE_MODEL)")
+  if (mixture_name is not None and mixture_name not in BUILTIN_MIXTURES and corpora is None
+      and mixture_name not in {c.name for c in DEFAULT_CORPORA + CONTINUE_CORPORA}):
+    raise DataRegistrationError(
+        f"mixture {mixture_name!r} is not a built-in mixture ({', '.join(BUILTIN_MIXTURES)}); a mixture of your "
+        "own needs its corpora in register_corpora.corpora")
   vocabulary = AnyGPTVocabulary(spm_path, chat_tokens=chat_tokens, pad_multiple=pad_multiple, legacy=legacy)
   pools = load_instruction_pools(instructions_dir)
-  specs = [as_corpus_spec(c) for c in (DEFAULT_CORPORA if corpora is None else corpora)]
+  given = [as_corpus_spec(c) for c in (DEFAULT_CORPORA if corpora is None else corpora)]
+  specs = _with_continue_tasks(given)
+  names = {s.name: s for s in specs}
+  if mixture_name in names:  # a single task: MIXTURE_OR_TASK_NAME names a corpus
+    wanted = [names[mixture_name]]
+  elif mixture_name is None and corpora is not None:
+    wanted = given
+  elif mixture_name is None or default_mixtures:
+    wanted = specs
+  elif mixture_name in BUILTIN_MIXTURES:
+    wanted = mixture_members(mixture_name, specs)
+  else:
+    wanted = given
+  files = {s.name: corpus_files(s, data_dir) for s in wanted}
+  present = [s for s in wanted if files[s.name].get("train")]
+  tasks, mixtures = [], {}
+  for spec in present:
+    if spec.kind == "chat" and not chat_tokens and mixture_name is None and corpora is None:
+      continue  # the default corpora's chat corpus needs a chat vocabulary (SFT runs)
+    _register_task(spec, files[spec.name], vocabulary, pools, shuffle_buffer_size, measure_records)
+    tasks.append(spec.name)
+  shares = dict(pretrain_shares or PAPER_PRETRAIN_SHARES)
+  if mixture_name in names:
+    if mixture_name not in tasks:
+      raise MissingCorpusError(_missing_message(mixture_name, wanted, data_dir))
+  elif mixture_name is not None:
+    members = mixture_members(mixture_name, wanted)
+    missing = [s for s in members if s.name not in tasks]
+    if missing and not allow_missing_corpora or len(missing) == len(members):
+      raise MissingCorpusError(_missing_message(mixture_name, missing, data_dir))
+    mixtures[mixture_name] = _mixture_rates(mixture_name, [s for s in members if s.name in tasks], shares,
+                                            temperature, cap, oversample)
+    if missing:
+      logging.warning("mixture %r without %s (no train shards, allow_missing_corpora=True); shares now: %s",
+                      mixture_name, [s.name for s in missing],
+                      ", ".join(f"{k} {v:.2%}" for k, v in mixtures[mixture_name].items()))
   if default_mixtures:
-    specs += [c for c in CONTINUE_CORPORA if c.shard_corpus in {s.name for s in specs}]
-  tasks = []
-  for spec in specs:
-    if spec.kind == "chat" and not chat_tokens and corpora is None:
-      logging.info("skipping chat corpus %s: chat_tokens=False", spec.name)
-      continue
-    if _register_task(spec, data_dir, vocabulary, pools, shuffle_buffer_size, measure_records):
-      tasks.append(spec.name)
-  mixtures = {}
-  by_name = {s.name: s for s in specs}
-  if default_mixtures:
-    shares = dict(pretrain_shares or PAPER_PRETRAIN_SHARES)
-    members = {}
-    for name in tasks:
-      members.setdefault(by_name[name].group, []).append(name)
-    if any(g in members for g in shares):
-      tokens = {n: TASK_INFO[n].tokens("train") for n in tasks}
-      mixtures["anygpt_pretrain"] = mixing.group_rates(shares, members, tokens, temperature, cap, oversample)
-    if members.get("continue"):
-      mixtures["anygpt_continue"] = token_rates(members["continue"], temperature, cap, oversample)
-    if members.get("chat"):
-      mixtures["anygpt_sft"] = token_rates(members["chat"], temperature, cap, oversample)
-  if mixture_name:
-    given = [n for n in tasks if by_name[n].group != "continue"]
-    if not given:
-      raise ValueError(f"mixture {mixture_name!r}: none of the corpora has shards under {data_dir}")
-    mixtures[mixture_name] = token_rates(given, temperature, cap, oversample)
+    for name in BUILTIN_MIXTURES:
+      if name in mixtures:
+        continue
+      members = [s for s in specs if s.group in BUILTIN_MIXTURES[name]]
+      if members and all(s.name in tasks for s in members):
+        mixtures[name] = _mixture_rates(name, members, shares, temperature, cap, oversample)
   for name, rates in mixtures.items():
     _register_mixture(name, rates)
   return Registration(vocabulary, tasks, mixtures)
 
 
+def registered_provider(name: str, what: str = "MIXTURE_OR_TASK_NAME"):
+  """The SeqIO task or mixture `name`; an error saying what is registered when it is not."""
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    tasks = sorted(TASK_INFO)
+    mixtures = sorted(set(seqio.MixtureRegistry.names()) & (set(BUILTIN_MIXTURES) | {
+        m for m in seqio.MixtureRegistry.names() if m not in seqio.TaskRegistry.names()}))
+    raise DataRegistrationError(
+        f"{what}={name!r} is not a registered task or mixture. Registered by register_corpora: tasks {tasks}, "
+        f"mixtures {mixtures}" + ("" if tasks else " (nothing: bind train.data_registration = @register_corpora "
+                                  "with register_corpora.data_dir and spm_path, as gin/runs/base.gin does)")) from None
+
+
+def check_host_shares(name: str, split: str, num_shards: int) -> None:
+  """Raises HostShareError (corpus, hosts, files) when some input shard would read no record of `split`."""
+  provider = registered_provider(name)
+  for task in (provider.tasks if isinstance(provider, seqio.Mixture) else [provider]):
+    if split in task.splits and isinstance(task.source, sources.ShardSource):
+      task.source.host_plan(split, 0, num_shards)
+
+
+def mixture_tasks(name: str, split: str) -> list[str]:
+  """The tasks of a registered task or mixture that have `split`, in the mixture's order."""
+  provider = registered_provider(name)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  return [t.name for t in tasks if split in t.splits]
+
+
 # --- datasets ------------------------------------------------------------------------------
 def _tasks_and_rates(name: str, split: str):
-  provider = seqio.get_mixture_or_task(name)
+  provider = registered_provider(name)
   if isinstance(provider, seqio.Mixture):
     pairs = [(t, provider.get_rate(t)) for t in provider.tasks]
   else:
     pairs = [(provider, 1.0)]
   pairs = [(t, r) for t, r in pairs if split in t.splits and r > 0]
   if not pairs:
-    raise ValueError(f"{name!r} has no task with a {split!r} split")
+    raise DataRegistrationError(f"{name!r} has no task with a {split!r} split: tokenize one with "
+                                f"anygpt-tokenize --split {split}")
   return pairs
 
 

@@ -8,8 +8,11 @@ A sample (parsed from a shard, see `anygpt_jax.data.shards`) is rendered in two 
      - text->X pair:  `[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: <soim><eoim><eos>`
      - interleaved:   the parts concatenated as they are (text keeps its own spaces).
      - chat:          `{system}\n[Human]: {user parts}<eoh>\n[MMGPT]: {assistant parts}<eos>\n...`,
-                      consecutive parts of one role form one turn (an assistant speech reply is
-                      e.g. a text part `<-Ins-> {transcript} <-Res-> {reply}` then a speech part).
+                      AnyGPT's "MMGPT" conversation template; `{system}` is the chat's system
+                      part or AnyGPT's system line (`CHAT_SYSTEM_PROMPT`). Consecutive parts of
+                      one role form one turn, concatenated as they are (spaces next to modality
+                      spans kept); an assistant speech reply is e.g. a text part
+                      `<-Ins-> {transcript}\n <-Res-> {reply}` then a speech part.
 2. The string is split at added tokens exactly as `AnyGPTVocabulary.encode` splits it; text
    chunks go through SentencePiece (dummy prefix as that vocabulary's `legacy` mode says),
    added tokens map to their ids, and right after the k-th start token the k-th modality
@@ -20,8 +23,8 @@ So the ids equal `vocabulary.encode(reference string)` where the reference strin
 codes as `<👀12>`-style tokens (`render_reference_string`, used by the tests).
 
 Loss weights: pairs and interleaved documents train on every token but `<s>` (nothing
-predicts it). Chats train only on the assistant: every token after a `[MMGPT]` marker up to
-and including the `<eos>` that closes the turn, i.e. `: {assistant parts}<eos>`.
+predicts it). Chats train as AnyGPT's SFT code masks them: each assistant reply from after
+`[MMGPT]:` through the `<eos>` that closes it, and the final `</s>`; nothing else.
 
 Modality code strings (`<👀12>`) written inside text parts are not recognised by the graph
 renderer (shards carry codes as codes); role, chat and start/end token strings are.
@@ -45,6 +48,11 @@ TASK_KINDS = tuple(PAIR_KINDS) + ("interleaved", "chat")
 DIRECTIONS = ("to_text", "from_text")  # X->text, text->X
 INSTRUCTIONS_DIR = pathlib.Path(__file__).resolve().parents[2] / "tasks" / "instructions"
 SYSTEM_TURN_SEPARATOR = "\n"
+# The system line of AnyGPT's chat template ("MMGPT" in its m_utils/conversation.py), which its SFT
+# code and its chat inference put before every conversation; a chat with its own system part
+# uses that instead.
+CHAT_SYSTEM_PROMPT = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, "
+                      "including text, speech, images and audio.")
 
 
 class RenderError(ValueError):
@@ -96,6 +104,8 @@ def chat_string(layout, parts: Sequence[Part]) -> str:
       role, body = part.role, []
     body.append(part_string(layout, part))
   close()
+  if not parts or parts[0].role != "system":
+    turns.insert(0, CHAT_SYSTEM_PROMPT)
   return SYSTEM_TURN_SEPARATOR.join(turns)
 
 
@@ -147,6 +157,9 @@ class GraphRenderer:
     self.end_ids = tf.constant([r.end_id for r in ranges], tf.int32)
     self.item_strings = tf.constant([""] + [r.modality.start_token + r.modality.end_token for r in ranges])
     self.kind_names = tf.constant(list(PART_KINDS))
+    # Tokens of the `:` that follows `[MMGPT]` in the chat template (its chunk gets the dummy
+    # prefix in legacy mode); whitespace splits SentencePiece words, so they are the same in context.
+    self.colon_tokens = len(vocabulary.encode_text(":", dummy_prefix=vocabulary.legacy))
 
   # -- parts ---------------------------------------------------------------------------------
   # A batch holds B parsed examples: `part_*` ragged [B, None] (parts), `part_codes` ragged
@@ -251,7 +264,10 @@ class GraphRenderer:
     close_text = tf.where(tf.equal(roles, "user"), "<eoh>", tf.where(tf.equal(roles, "assistant"), "<eos>", ""))
     separator = tf.where(tf.logical_and(opens, tf.logical_not(row_start)), SYSTEM_TURN_SEPARATOR, "")
     pieces = tf.strings.join([separator, tf.where(opens, open_text, ""), body, tf.where(closes, close_text, "")])
-    return tf.strings.reduce_join(roles_rt.with_flat_values(pieces), axis=1)
+    joined = tf.strings.reduce_join(roles_rt.with_flat_values(pieces), axis=1)
+    first_role = tf.gather(roles, roles_rt.row_starts())
+    return tf.where(tf.equal(first_role, "system"), joined,
+                    tf.strings.join([CHAT_SYSTEM_PROMPT + SYSTEM_TURN_SEPARATOR, joined]))
 
   # -- ids -------------------------------------------------------------------------------------
   def strings_to_ids(self, strings: tf.Tensor, code_rows: tf.RaggedTensor, kinds: tf.Tensor, batch) -> tf.RaggedTensor:
@@ -305,7 +321,12 @@ class GraphRenderer:
     return tf.concat([column * BOS_ID, ids, column * EOS_ID], axis=1)
 
   def loss_weights(self, ids: tf.RaggedTensor, assistant_only: bool) -> tf.RaggedTensor:
-    """int32 ragged [B, None]: 0 on `<s>`; for chats 1 only from after `[MMGPT]` through its `<eos>`."""
+    """int32 ragged [B, None]: 0 on `<s>`; chats as AnyGPT's SFT masks them.
+
+    A chat trains each assistant reply from after `[MMGPT]` and the `:` that follows it (the
+    `colon_tokens` of `": "`, e.g. `▁` `:` or `▁:` in legacy mode) through its `<eos>`, and the
+    final `</s>`; the system line, user turns and the newlines between turns get weight 0.
+    """
     first = tf.equal(tf.range(tf.size(ids.flat_values), dtype=ids.row_splits.dtype),
                      tf.gather(ids.row_starts(), ids.value_rowids()))
     if not assistant_only:
@@ -319,8 +340,14 @@ class GraphRenderer:
     rows = ids.value_rowids()
     opened -= tf.gather(tf.concat([[0], opened], 0), tf.gather(ids.row_starts(), rows))
     closed -= tf.gather(closed, tf.gather(ids.row_starts(), rows))
-    inside = tf.logical_and(opened > closed, is_open == 0)
-    return ids.with_flat_values(tf.cast(inside, tf.int32))
+    # The `:` after `[MMGPT]` stays untrained: the colon_tokens positions after each marker.
+    after_marker = tf.zeros_like(is_open)
+    for shift in range(1, self.colon_tokens + 1):
+      after_marker += tf.concat([tf.zeros([shift], tf.int32), is_open[:-shift]], 0)[:tf.size(is_open)]
+    inside = tf.logical_and(opened > closed, tf.logical_and(is_open == 0, after_marker == 0))
+    last = tf.equal(tf.range(tf.size(flat), dtype=ids.row_splits.dtype) + 1,
+                    tf.gather(ids.row_limits(), rows))
+    return ids.with_flat_values(tf.cast(tf.logical_or(inside, last), tf.int32))
 
   @tf.autograph.experimental.do_not_convert  # no tensor-dependent Python control flow: skip autograph
   def render_batch(self, batch, kind: str, to_text=None, instruction=None) -> dict:

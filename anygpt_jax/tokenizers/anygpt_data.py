@@ -5,7 +5,7 @@ Three record shapes are recognised:
   chat:        {"id": 1, "conversation": [[{"role": "user", "message": "<sosp>...<eosp> Reply."}, ...]]}
   interleaved: {"text": "words <soim><👀1>...<eoim> more words"}
 A pair becomes [modality part, text part]; chats and interleaved documents become their text
-and modality parts in order (text stripped of surrounding spaces, empty pieces dropped), with
+and modality parts in order (text kept verbatim, spaces included; empty pieces dropped), with
 each message's role on its parts. `<-Ins->`/`<-Res->` stay inside the text.
 """
 
@@ -46,7 +46,7 @@ def message_parts(text: str, role: str = "") -> list[Part]:
   parts, text_buf, open_modality, codes = [], [], None, []
 
   def flush_text():
-    joined = "".join(text_buf).strip()
+    joined = "".join(text_buf)  # verbatim: AnyGPT's template keeps the spaces next to modality spans
     if joined:
       parts.append(Part("text", text=joined, role=role))
     text_buf.clear()

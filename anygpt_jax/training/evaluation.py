@@ -19,7 +19,8 @@ class Evaluator:
   """Evaluates a fixed, unshuffled set of held-out batches of each task.
 
   Args:
-    tasks: task or mixture names to evaluate separately.
+    tasks: task or mixture names; a mixture stands for each of its tasks that has `split`, each
+      evaluated separately (so run files can say `Evaluator.tasks = [%MIXTURE_OR_TASK_NAME]`).
     task_feature_lengths: {'targets': L} or L.
     batch_size: global eval batch size.
     num_batches: batches per task (None: the whole split; every process must then see the same
@@ -29,7 +30,20 @@ class Evaluator:
 
   def __init__(self, tasks: Sequence[str] = (), task_feature_lengths=gin.REQUIRED,
                batch_size: int = gin.REQUIRED, num_batches: int | None = 4, split: str = "validation"):
-    self.tasks = tuple(tasks)
+    from anygpt_jax.data import pipeline
+
+    expanded = []
+    for name in tasks:
+      found = pipeline.mixture_tasks(name, split)
+      if not found:
+        raise pipeline.DataRegistrationError(
+            f"Evaluator: {name!r} has no task with a {split!r} split; held-out data is tokenized with "
+            f"anygpt-tokenize --split {split} into DATA_DIR/<corpus>/")
+      expanded += [t for t in found if t not in expanded]
+    # Checked before training: every process must get held-out records of every task.
+    for task in expanded:
+      pipeline.check_host_shares(task, split, jax.process_count())
+    self.tasks = tuple(expanded)
     self.sequence_length = sequence_length_of(task_feature_lengths)
     self.batch_size = batch_size
     self.num_batches = num_batches

@@ -76,6 +76,8 @@ class TrainInput:
     self.sequence_length = sequence_length_of(task_feature_lengths)
     self.batch_size = batch_size
     self.num_input_shards = num_input_shards
+    # Before any step: every input shard must get records of every corpus (an error names them).
+    pipeline.check_host_shares(mixture_or_task_name, split, num_input_shards)
     per_process = num_input_shards // process_count
     self.shard_indices = list(range(process_index * per_process, (process_index + 1) * per_process))
     self.iterators = {

@@ -10,7 +10,8 @@ With 32000 SentencePiece pieces the ids are exactly AnyGPT-base's:
   32004..40195      image codes <👀0>..<👀8191>, then <soim> <eoim>
   40198..41221      speech codes <🗣️0>..<🗣️1023>, then <sosp> <eosp>
   41224..49415      music codes <🎶0>..<🎶8191>, then <somu> <eomu>
-  (49418, 49419     <-Ins-> <-Res-> when the chat tokens are enabled)
+  (49418, 49419     <-Res-> <-Ins-> when the chat tokens are enabled: AnyGPT's SFT code adds
+                    them to AnyGPT-base's tokenizer in that order)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 from typing import Iterable, Sequence
 
 ROLE_TOKENS = ("[Human]", "[MMGPT]", "<eoh>", "<eos>")
-CHAT_TOKENS = ("<-Ins->", "<-Res->")
+CHAT_TOKENS = ("<-Res->", "<-Ins->")  # AnyGPT's SFT adds <-Res-> first (49418), then <-Ins-> (49419)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,29 +11,31 @@ How strings become ids (the rule the data pipeline's renderer follows too):
   2. Each added token becomes its layout id.
   3. Each text chunk is encoded by SentencePiece on its own. SentencePiece's dummy prefix (a
      `▁` in front, LLaMA's model has `add_dummy_prefix` on) is given
-       - with `legacy=False` (the default): only to a chunk at the very start of the string,
-         so `[MMGPT]: A cat` encodes `:` `▁A` `▁cat` and `<eoh> [MMGPT]` puts one `▁` between;
-       - with `legacy=True`: to every chunk, so the same text encodes `▁:` `▁A` `▁cat` and
-         `<eoh> [MMGPT]` puts `▁▁` (or two `▁`) between.
+       - with `legacy=True` (the default, AnyGPT's mode): to every chunk, so `[MMGPT]: A cat`
+         encodes `▁:` `▁A` `▁cat` and `<eoh> [MMGPT]` puts `▁▁` (or two `▁`) between;
+       - with `legacy=False`: only to a chunk at the very start of the string, so the same
+         text encodes `:` `▁A` `▁cat` and `<eoh> [MMGPT]` puts one `▁` between.
      Both are implemented as "SentencePiece without dummy prefix on the chunk, with one space
      prepended where the dummy prefix applies", which is exactly what the dummy prefix does.
 
-Agreement with transformers 5.23 (tests/test_seqio_vocabulary.py checks every case on a
-small trained model with all of `VocabularyLayout.added_tokens()` added in AnyGPT's order):
-  * `legacy=False` == `transformers.LlamaTokenizer` (the tokenizers-backed class that
-    transformers 5 converts from `tokenizer.model`; Metaspace `prepend_scheme="first"`).
-    The sentencepiece-based slow tokenizer (`SentencePieceBackend`) with `legacy=False` agrees
-    on every string that starts with an added token (all AnyGPT templates and chats); on a
-    string that starts with text it gives that first chunk no `▁` at all.
+Why legacy=True is the default: AnyGPT pins transformers 4.34.1 and builds its tokenizer with
+`LlamaTokenizer.from_pretrained(...)` (the slow, sentencepiece-based class) whose `legacy`
+defaults to True when the tokenizer config sets none; its added tokens are plain
+`add_tokens` entries. `tests/test_data_chat.py` pins ids that transformers 4.34.1 itself
+produced for AnyGPT's templates and chats (run in a scratch environment, see that test), and
+`tests/test_seqio_vocabulary.py` checks both modes against transformers 5.23:
+  * `legacy=True` == the slow sentencepiece-based tokenizer with `legacy=True`.
+  * `legacy=False` == transformers 5's `LlamaTokenizer` (tokenizers-backed, Metaspace
+    `prepend_scheme="first"`). The slow backend with `legacy=False` agrees on every string
+    that starts with an added token; on a string that starts with text it gives that first
+    chunk no `▁` at all.
   * Loaded from a bare `tokenizer.model`, transformers 5's `LlamaTokenizer` adds no `<s>`
     unless `add_bos_token=True` is given (an export's tokenizer config must set it).
-  * `legacy=True` == the slow sentencepiece-based tokenizer with `legacy=True`, the default
-    of transformers 4.x's slow `LlamaTokenizer` when the tokenizer config sets no `legacy`.
   * The two modes differ after every added token that is followed by text which does not
-    start with a space: `[Human]: x` gives `:` in one and `▁:` in the other, and a lone space
-    between two added tokens gives `▁` against `▁▁`. Which one AnyGPT's released tokenizer
-    config selects is not checked here (no weights or configs can be downloaded); pick the
-    mode with `legacy=` in `AnyGPTVocabulary` and in `register_corpora`.
+    start with a space: `[Human]: x` gives `▁:` in one and `:` in the other, and a lone space
+    between two added tokens gives `▁▁` against `▁`.
+Every place that writes a tokenizer states its mode (`legacy=` here, in `register_corpora`, and
+`"legacy": true` in an export's `tokenizer_config.json`).
 The pipeline's own rendering never goes through strings for modality codes: it maps codes to
 ids through the layout (see `anygpt_jax.data.rendering`), and this vocabulary is the reference
 for the string form in tests, in decoding and for AnyGPT's JSONL data.
@@ -46,6 +48,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 from sentencepiece import sentencepiece_model_pb2
 import seqio
 import tensorflow as tf
@@ -66,7 +69,7 @@ class AnyGPTVocabulary(seqio.Vocabulary):
   """
 
   def __init__(self, spm_path: str, chat_tokens: bool = False, pad_multiple: int = 128,
-               legacy: bool = False):
+               legacy: bool = True):
     self._spm_path = os.fspath(spm_path)
     self._chat_tokens = chat_tokens
     self._pad_multiple = pad_multiple
@@ -95,7 +98,8 @@ class AnyGPTVocabulary(seqio.Vocabulary):
   def sp(self) -> spm.SentencePieceProcessor:
     """The SentencePiece model as trained (with its dummy prefix)."""
     if self._sp is None:
-      self._sp = spm.SentencePieceProcessor(model_file=self._spm_path)
+      # Read through epath so a gs:// or relative model path works like a local one.
+      self._sp = spm.SentencePieceProcessor(model_proto=epath.Path(self._spm_path).read_bytes())
     return self._sp
 
   @property

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
 
@@ -105,14 +106,16 @@ def main(argv=None) -> int:
                           num_gpus_per_actor=args.ray_gpus_per_actor, address=args.ray_address, on_progress=progress)
     else:
       all_stats = job.run_local(cfg, make_records, on_progress=progress)
-  except Exception as e:  # anything reaching here is a bug or an unusable model, not bad input
+  except Exception as e:  # bad input never reaches here (it is a rejection): this is a bug or an unusable model
     progress.close()
-    print(f"anygpt-tokenize: failed: {type(e).__name__}: {e}", file=sys.stderr)
+    traceback.print_exc()
+    print(f"anygpt-tokenize: failed (a bug or an unusable model, not bad data; traceback above): "
+          f"{type(e).__name__}: {e}", file=sys.stderr)
     return EXIT_FAILURE
   progress.close()
   summary = job.summarize(all_stats, time.time() - start)
   print(json.dumps(summary, sort_keys=True))
-  return EXIT_REJECTS if summary["rejected"] else EXIT_OK
+  return EXIT_REJECTS if summary["rejected"] or summary["dropped_media"] else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pathlib
+import re
 
 import numpy as np
 import torch
@@ -56,7 +57,9 @@ def load_image(source: str | MediaRef, strict_rgb: bool = False) -> Image.Image:
     raise
   except DECODE_ERRORS as e:
     reason = "truncated_image" if "truncated" in str(e) else "undecodable_image"
-    raise MediaError(reason, f"{ref.name}: {type(e).__name__}: {e}") from None
+    # PIL names the in-memory buffer by its address: keep the detail reproducible.
+    message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(e))
+    raise MediaError(reason, f"{ref.name}: {type(e).__name__}: {message}") from None
 
 
 def preprocess(images: list[Image.Image], size: int = 224) -> torch.Tensor:

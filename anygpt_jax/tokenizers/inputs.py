@@ -46,6 +46,7 @@ class InputRecord:
   reject: str = ""
   reject_detail: str = ""
   parts: list[dict] | None = None
+  dropped: list[dict] | None = None  # media the reader already left out: {"part", "reason", "detail"}
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -65,8 +66,12 @@ def text_part(text: str, role: str = "") -> dict:
   return {"kind": "text", "text": text, "role": role}
 
 
-def media_part(kind: str, ref: MediaRef, role: str = "", optional: bool = False) -> dict:
-  return {"kind": kind, "media": ref.to_dict(), "role": role, "optional": optional}
+def media_part(kind: str, ref: MediaRef, role: str = "", optional: bool = False, label: str = "") -> dict:
+  """A medium of a record; `label` names it in rejections (e.g. `image_info[3]`; default: its part index)."""
+  part = {"kind": kind, "media": ref.to_dict(), "role": role, "optional": optional}
+  if label:
+    part["label"] = label
+  return part
 
 
 def rejected(record_id: str, source: str, reason: str, detail: str) -> InputRecord:

@@ -201,9 +201,10 @@ def _assemble(record: InputRecord, raw: list[dict], media: dict[int, tuple], dro
       parts.append(Part(rp["kind"], codes=codes.tolist(), role=rp.get("role", "")))
       tokens[rp["kind"]] = tokens.get(rp["kind"], 0) + len(codes)
       seconds += secs
-  if not tokens:
+  if not tokens and record.kind == "document":  # an interleaved document whose every image was dropped
     return RecordResult(record.id, record.source, reason="no_media_left",
-                        detail="; ".join(f"part {d['part']}: {d['reason']}: {d['detail']}" for d in dropped))
+                        detail="; ".join(f"part {d['part']}: {d['reason']}: {d['detail']}" for d in dropped)
+                        or "the record has no media")
   sample = Sample(record.id, parts, duration_s=round(seconds, 4), source=record.source)
   return RecordResult(record.id, record.source, sample=serialize_sample(sample), tokens=tokens, text_chars=chars,
                       audio_seconds=round(seconds, 4), dropped=dropped)
@@ -232,17 +233,18 @@ def process_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
       pass  # `_load` reports `no_tokenizer` for each medium of this kind
   load = lambda t: _load(t[2], t[3], toks, cfg)
   loaded = list(pool.map(load, tasks)) if pool is not None else [load(t) for t in tasks]
-  dropped: dict[int, list] = {i: [] for i in raws}
+  dropped: dict[int, list] = {i: list(records[i].dropped or []) for i in raws}
   by_kind: dict[str, list[tuple[int, int, object]]] = {}
   for (i, k, kind, _), item in zip(tasks, loaded):
     if results[i] is not None:
       continue  # the record is already rejected by an earlier medium
     if isinstance(item, MediaError):
+      label = raws[i][k].get("label", k)
       if raws[i][k].get("optional"):
-        dropped[i].append({"part": k, "reason": item.reason, "detail": item.detail})
+        dropped[i].append({"part": label, "reason": item.reason, "detail": item.detail})
       else:
         results[i] = RecordResult(records[i].id, records[i].source, reason=item.reason,
-                                  detail=f"part {k}: {item.detail}" if records[i].parts is not None else item.detail)
+                                  detail=f"part {label}: {item.detail}" if records[i].parts is not None else item.detail)
     else:
       by_kind.setdefault(kind, []).append((i, k, item))
   media: dict[int, dict[int, tuple]] = {i: {} for i in raws}

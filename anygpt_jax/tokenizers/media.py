@@ -125,3 +125,46 @@ def tar_index(path: str) -> TarIndex:
   if key not in _TAR_INDEXES:
     _TAR_INDEXES[key] = TarIndex(key)
   return _TAR_INDEXES[key]
+
+
+class MediaStore:
+  """Finds media by name in folders and plain tars (MMC4 image folders, AnyInstruct's media tars).
+
+  A name is looked up as a path relative to each folder, then as a tar member, first by its
+  full name and then by its base name (tars are often packed one directory up or down).
+  """
+
+  def __init__(self, locations):
+    self.folders, self.tars = [], []
+    for loc in locations:
+      loc = str(loc)
+      if os.path.isdir(loc):
+        self.folders.append(loc)
+      elif os.path.isfile(loc):
+        self.tars.append(tar_index(loc))
+      else:
+        raise FileNotFoundError(f"media location not found: {loc}")
+    self._by_base: dict[str, tuple[TarIndex, str]] | None = None
+
+  def describe(self) -> str:
+    return ", ".join(self.folders + [t.path for t in self.tars]) or "(no media locations)"
+
+  def find(self, name: str) -> MediaRef | None:
+    """The medium called `name`, or None when no location holds it."""
+    for folder in self.folders:
+      path = os.path.join(folder, name)
+      if os.path.isfile(path):
+        return MediaRef(path)
+    for tar in self.tars:
+      if name in tar.members:
+        return tar.ref(name)
+    if self.tars:
+      if self._by_base is None:
+        self._by_base = {}
+        for tar in self.tars:
+          for member in tar.members:
+            self._by_base.setdefault(os.path.basename(member), (tar, member))
+      hit = self._by_base.get(os.path.basename(name))
+      if hit:
+        return hit[0].ref(hit[1])
+    return None

@@ -364,3 +364,47 @@ def test_format_detection(tmp_path):
   for name, data in cases.items():
     (tmp_path / name).write_bytes(data)
     assert readers.detect_format(str(tmp_path / name)) == expected[name], name
+
+
+# --- the Ray engine reads the same inputs and writes the same bytes ------------------------------
+def _all_formats(root: pathlib.Path) -> dict[str, list[str]]:
+  """One small input per reader family: {corpus: extra CLI args}."""
+  (root / "wds").mkdir(parents=True)
+  for i in range(2):
+    _img2dataset_shard(root / "wds", f"{i:05d}", seed=i)
+  _write_tar(root / "images.tar", {"a.jpg": _jpeg(1), "b.jpg": _jpeg(2), "c.jpg": _jpeg(3), "bad.jpg": b"x"})
+  (root / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in _mmc4_docs()))
+  (root / "part1").mkdir()
+  _write_tar(root / "part1" / "speech.tar", {"speech/q.mp3": _audio_bytes(_tone(1.0, 16000), 16000, *MP3)})
+  _write_tar(root / "part1" / "images_224.tar", {"images_224/1.jpg": _jpeg(7)})
+  (root / "part1" / "metadata.json").write_text(json.dumps([
+      {"id": "c1", "chat": [{"role": "user", "message": "<sosp>speech/q.mp3<eosp> and <soim>images_224/1.jpg<eoim>"},
+                            {"role": "assistant", "message": "ok"}]},
+      {"id": "c2", "chat": [{"role": "user", "message": "<sosp>speech/none.mp3<eosp>"}]}]))
+  (root / "giga" / "audio").mkdir(parents=True)
+  (root / "giga" / "audio" / "p.opus").write_bytes(_audio_bytes(_tone(3.0, 48000), 48000, *OPUS))
+  (root / "giga" / "g.json").write_text(json.dumps({"audios": [{"aid": "p", "path": "audio/p.opus", "segments": [
+      {"sid": f"p_{k}", "begin_time": b, "end_time": e, "text_tn": "WORDS <PERIOD>"}
+      for k, (b, e) in enumerate([(0.0, 1.2), (1.2, 2.9), (2.5, 3.5)])]}]}))
+  return {"laion2b": ["--input", str(root / "wds" / "*.tar")],
+          "mmc4": ["--input", str(root / "docs.jsonl"), "--images", str(root / "images.tar")],
+          "anyinstruct": ["--input", str(root / "part1" / "metadata.json")],
+          "gigaspeech": ["--input", str(root / "giga" / "g.json"), "--format", "gigaspeech", "--shards-per-input", "2"]}
+
+
+@pytest.mark.slow
+def test_ray_engine_writes_the_same_bytes_for_every_reader(models, tmp_path):
+  import ray
+  corpora = _all_formats(tmp_path / "in")
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one Ray instance for every corpus
+  try:
+    for corpus, args in corpora.items():
+      base = args + ["--corpus", corpus]
+      local, on_ray = tmp_path / "local" / corpus, tmp_path / "ray" / corpus
+      rc_local = _run(base + ["--output-dir", str(local)], models)
+      rc_ray = _run(base + ["--output-dir", str(on_ray), "--engine", "ray", "--ray-actors", "2"], models)
+      assert rc_local == rc_ray == 3, corpus
+      files = {p.name: p.read_bytes() for p in local.iterdir()}
+      assert files and files == {p.name: p.read_bytes() for p in on_ray.iterdir()}, corpus
+  finally:
+    ray.shutdown()

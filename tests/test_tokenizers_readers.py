@@ -408,3 +408,73 @@ def test_ray_engine_writes_the_same_bytes_for_every_reader(models, tmp_path):
       assert files and files == {p.name: p.read_bytes() for p in on_ray.iterdir()}, corpus
   finally:
     ray.shutdown()
+
+
+# --- the README's commands, verbatim ------------------------------------------------------------------
+README = pathlib.Path(__file__).resolve().parents[1] / "anygpt_jax" / "tokenizers" / "README.md"
+
+
+def _readme_commands() -> list[str]:
+  text = README.read_text()
+  block = text.split("### Corpora as distributed", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+  return [line for line in block.splitlines() if line.startswith("anygpt-tokenize ")]
+
+
+def _table7_layout(root: pathlib.Path, models: dict):
+  """Tiny corpora in their distributed layouts under data/, the tokenizers under models/."""
+  (root / "models").mkdir()
+  for name, kind in (("seed-tokenizer-2", "image"), ("speechtokenizer", "speech"), ("encodec_32khz", "music")):
+    (root / "models" / name).symlink_to(models[kind], target_is_directory=True)
+  for i, corpus in enumerate(("laion2b", "laion-coco", "laion-aesthetics-6plus", "journeydb")):
+    (root / "data" / corpus).mkdir(parents=True)
+    _img2dataset_shard(root / "data" / corpus, "00000", seed=i)
+  mmc4 = root / "data" / "mmc4"
+  (mmc4 / "images").mkdir(parents=True)
+  for k, v in {"a.jpg": _jpeg(1), "b.jpg": _jpeg(2), "c.jpg": _jpeg(3), "bad.jpg": b"x"}.items():
+    (mmc4 / "images" / k).write_bytes(v)
+  (mmc4 / "docs_shard_0_v2.jsonl").write_text("".join(json.dumps(d) + "\n" for d in _mmc4_docs()))
+  mls = root / "data" / "mls_english" / "train"
+  (mls / "audio" / "4" / "7").mkdir(parents=True)
+  sf.write(mls / "audio" / "4" / "7" / "4_7_000000.flac", _tone(0.8, 16000), 16000)
+  (mls / "audio" / "4" / "7" / "4_7_000001.opus").write_bytes(_audio_bytes(_tone(0.7, 48000), 48000, *OPUS))
+  (mls / "transcripts.txt").write_text("4_7_000000\tone\n4_7_000001\ttwo\n")
+  cv = root / "data" / "cv-corpus" / "en"
+  (cv / "clips").mkdir(parents=True)
+  (cv / "clips" / "c0.mp3").write_bytes(_audio_bytes(_tone(0.9, 16000), 16000, *MP3))
+  (cv / "train.tsv").write_text("client_id\tpath\tsentence\nx\tc0.mp3\tA sentence.\n")
+  giga = root / "data" / "gigaspeech"
+  (giga / "audio").mkdir(parents=True)
+  (giga / "audio" / "p.opus").write_bytes(_audio_bytes(_tone(2.0, 48000), 48000, *OPUS))
+  (giga / "GigaSpeech.json").write_text(json.dumps({"audios": [{"aid": "p", "path": "audio/p.opus", "segments": [
+      {"sid": "p_0", "begin_time": 0.0, "end_time": 1.0, "text_tn": "HI <PERIOD>"},
+      {"sid": "p_1", "begin_time": 1.0, "end_time": 2.0, "text_tn": "BYE <PERIOD>"}]}]}))
+  (root / "data" / "music").mkdir()
+  _write_tar(root / "data" / "music" / "00000.tar", {"m0.flac": _audio_bytes(_tone(1.0, 32000, 330), 32000, *FLAC),
+                                                     "m0.txt": b"a calm piano piece"})
+  part = root / "data" / "anyinstruct" / "part1"
+  part.mkdir(parents=True)
+  _write_tar(part / "speech.tar", {"speech/q.mp3": _audio_bytes(_tone(1.0, 16000), 16000, *MP3)})
+  _write_tar(part / "images_224.tar", {"images_224/1.jpg": _jpeg(9)})
+  _write_tar(part / "music.tar", {"music/m.flac": _audio_bytes(_tone(1.0, 32000, 440), 32000, *FLAC)})
+  (part / "metadata.json").write_text(json.dumps([{"id": 1, "chat": [
+      {"role": "user", "message": "<sosp>speech/q.mp3<eosp> Draw it: <soim>images_224/1.jpg<eoim>"},
+      {"role": "assistant", "message": "Here is a tune <somu>music/m.flac<eomu>"}]}]))
+
+
+def test_readme_commands_run_verbatim_for_every_table7_corpus(models, tmp_path, monkeypatch):
+  commands = _readme_commands()
+  corpora = [c.split("--corpus ")[1].split()[0] for c in commands]
+  assert corpora == ["laion_2b", "laion_coco", "laion_aesthetics", "journeydb", "mmc4", "mls", "commonvoice",
+                     "gigaspeech", "music", "anyinstruct"]
+  section = (README.parents[2] / "README.md").read_text().split("## Tokenizers and the tokenization job")[1]
+  shown = [line for line in section.split("\n## ")[0].splitlines() if line.startswith("anygpt-tokenize ")]
+  assert shown and set(shown) <= set(commands)  # the top-level README shows lines run here
+  _table7_layout(tmp_path, models)
+  monkeypatch.chdir(tmp_path)  # the commands use relative paths, as a user types them
+  import shlex
+  for command, corpus in zip(commands, corpora):
+    rc = tokenize_media.main(shlex.split(command)[1:])
+    assert rc in (0, 3), command
+    stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "shards" / corpus).glob("*.stats.json"))]
+    assert stats and sum(s["records_out"] for s in stats) > 0, command
+    assert all(s["inputs"][0].startswith("data/") for s in stats), command  # traceable to its input shard

@@ -354,3 +354,15 @@ def test_decoders_let_bugs_through(tmp_path, monkeypatch):
   monkeypatch.setattr(sf.SoundFile, "read", bug)
   with pytest.raises(TypeError):
     audio_io.load_audio(str(tmp_path / "ok.wav"), 16000)
+
+
+def test_prefetching_windows_changes_no_byte(models, tmp_path):
+  """Decoding the next windows while encoding this one (bounded prefetch) keeps order and batching."""
+  rows = _good_corpus(tmp_path, n_each=4)
+  manifest = _write_manifest(tmp_path, rows, ["{broken\n"])
+  outs = {}
+  for prefetch in (0, 1, 3):
+    out = tmp_path / f"p{prefetch}"
+    job.run_local(_cfg(out, models, num_shards=2, prefetch=prefetch), lambda: inputs.read_manifest(manifest))
+    outs[prefetch] = _all_bytes(out)
+  assert len(outs[0]) == 6 and outs[0] == outs[1] == outs[3]

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--batch-size", type=int, default=16)
   run.add_argument("--window", type=int, default=256, help="records read, sorted by length and batched at a time")
   run.add_argument("--workers", type=int, default=2, help="threads decoding and resampling media")
+  run.add_argument("--prefetch", type=int, default=1,
+                   help="windows decoded ahead of the one being encoded (memory: prefetch + 1 windows)")
   run.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default; 1 is faster on a busy machine)")
   run.add_argument("--max-speech-seconds", type=float, default=60.0)
   run.add_argument("--max-music-seconds", type=float, default=1800.0)
@@ -132,8 +134,8 @@ def _usage_errors(args) -> list[str]:
   for i in args.shard_index or ():
     if not 0 <= i < args.num_shards:
       errors.append(f"--shard-index {i} outside [0, {args.num_shards})")
-  if args.batch_size < 1 or args.window < 1:
-    errors.append("--batch-size and --window must be >= 1")
+  if args.batch_size < 1 or args.window < 1 or args.prefetch < 0:
+    errors.append("--batch-size and --window must be >= 1, --prefetch >= 0")
   return errors
 
 
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
       output_dir=args.output_dir, corpus=args.corpus, split=args.split, num_shards=args.num_shards,
       shard_indices=tuple(args.shard_index) if args.shard_index else None, speech_model=args.speech_model,
       music_model=args.music_model, image_model=args.image_model, device=args.device, batch_size=args.batch_size,
-      window=args.window, workers=args.workers, max_speech_seconds=args.max_speech_seconds,
+      window=args.window, workers=args.workers, prefetch=args.prefetch, max_speech_seconds=args.max_speech_seconds,
       max_music_seconds=args.max_music_seconds, music_clip_seconds=args.music_clip_seconds,
       strict_formats=args.strict_formats, torch_threads=args.torch_threads)
   if args.input:

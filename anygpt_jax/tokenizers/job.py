@@ -18,6 +18,7 @@ run (record order and batching are deterministic).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import itertools
@@ -58,6 +59,7 @@ class JobConfig:
   batch_size: int = 16
   window: int = 256
   workers: int = 2
+  prefetch: int = 1  # windows decoded ahead of the one being encoded
   max_speech_seconds: float = 60.0
   max_music_seconds: float = 1800.0
   music_clip_seconds: float = 5.0
@@ -210,13 +212,20 @@ def _assemble(record: InputRecord, raw: list[dict], media: dict[int, tuple], dro
                       audio_seconds=round(seconds, 4), dropped=dropped)
 
 
-def process_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
-                   pool: concurrent.futures.Executor | None) -> list[RecordResult]:
-  """Tokenizes one window of records; results come back in input order.
+@dataclasses.dataclass
+class PreparedWindow:
+  """A window whose media are being decoded: `loaded` holds futures (or values without a pool)."""
 
-  Every medium of the window is decoded (in `pool`), then each kind is encoded in
-  length-sorted batches across records, then each record's sample is assembled in order.
-  """
+  records: list[InputRecord]
+  results: list
+  raws: dict[int, list[dict]]
+  tasks: list[tuple]
+  loaded: list
+
+
+def prepare_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
+                   pool: concurrent.futures.Executor | None) -> PreparedWindow:
+  """Checks the window's records and starts decoding every medium (in `pool`, without waiting)."""
   results: list[RecordResult | None] = [None] * len(records)
   raws: dict[int, list[dict]] = {}
   tasks = []  # (record index, part index, kind, ref)
@@ -231,11 +240,20 @@ def process_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
       toks.get(kind)
     except MediaError:
       pass  # `_load` reports `no_tokenizer` for each medium of this kind
-  load = lambda t: _load(t[2], t[3], toks, cfg)
-  loaded = list(pool.map(load, tasks)) if pool is not None else [load(t) for t in tasks]
+  if pool is not None:
+    loaded = [pool.submit(_load, t[2], t[3], toks, cfg) for t in tasks]
+  else:
+    loaded = [_load(t[2], t[3], toks, cfg) for t in tasks]
+  return PreparedWindow(records, results, raws, tasks, loaded)
+
+
+def finish_window(w: PreparedWindow, toks: Tokenizers, cfg: JobConfig) -> list[RecordResult]:
+  """Waits for the window's media, encodes each kind in length-sorted batches, assembles samples in order."""
+  records, results, raws = w.records, w.results, w.raws
+  loaded = [x.result() if isinstance(x, concurrent.futures.Future) else x for x in w.loaded]
   dropped: dict[int, list] = {i: list(records[i].dropped or []) for i in raws}
   by_kind: dict[str, list[tuple[int, int, object]]] = {}
-  for (i, k, kind, _), item in zip(tasks, loaded):
+  for (i, k, kind, _), item in zip(w.tasks, loaded):
     if results[i] is not None:
       continue  # the record is already rejected by an earlier medium
     if isinstance(item, MediaError):
@@ -260,6 +278,28 @@ def process_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
     if results[i] is None:
       results[i] = _assemble(records[i], raws[i], media[i], dropped[i])
   return results
+
+
+def process_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
+                   pool: concurrent.futures.Executor | None) -> list[RecordResult]:
+  """Tokenizes one window of records; results come back in input order."""
+  return finish_window(prepare_window(records, toks, cfg, pool), toks, cfg)
+
+
+def prefetched_results(plan_records: Iterable[InputRecord], toks: Tokenizers, cfg: JobConfig,
+                       pool: concurrent.futures.Executor) -> Iterator[RecordResult]:
+  """Results of every window in order, decoding up to `cfg.prefetch` windows ahead of the one encoding.
+
+  The pool's threads decode and resample the next windows while the model encodes this one;
+  memory holds at most `prefetch + 1` windows of decoded media.
+  """
+  pending: collections.deque[PreparedWindow] = collections.deque()
+  for window in windows(plan_records, cfg.window):
+    pending.append(prepare_window(window, toks, cfg, pool))
+    if len(pending) > cfg.prefetch:
+      yield from finish_window(pending.popleft(), toks, cfg)
+  while pending:
+    yield from finish_window(pending.popleft(), toks, cfg)
 
 
 # --- shards ----------------------------------------------------------------------------------
@@ -439,11 +479,10 @@ def run_local(cfg: JobConfig, records_or_plan, on_progress: Callable[[RecordResu
         all_stats.append(done)
         continue
       writer = ShardWriter(cfg, index, plan.describe(index))
-      for window in windows(plan.records(index), cfg.window):
-        for result in process_window(window, toks, cfg, pool):
-          writer.add(result)
-          if on_progress:
-            on_progress(result)
+      for result in prefetched_results(plan.records(index), toks, cfg, pool):
+        writer.add(result)
+        if on_progress:
+          on_progress(result)
       all_stats.append(writer.commit())
   return all_stats
 

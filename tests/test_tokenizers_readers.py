@@ -188,8 +188,8 @@ def _mmc4_docs():
   ]
 
 
-@pytest.mark.parametrize("images_in", ["tar", "folder"])
-def test_mmc4_documents_keep_images_in_place_and_drop_bad_ones(models, tmp_path, images_in):
+@pytest.mark.parametrize("images_in, packed", [("tar", "zip"), ("folder", "")])
+def test_mmc4_documents_keep_images_in_place_and_drop_bad_ones(models, tmp_path, images_in, packed):
   images = {"a.jpg": _jpeg(1), "b.jpg": _jpeg(2), "c.jpg": _jpeg(3), "bad.jpg": b"garbage"}
   if images_in == "tar":
     location = tmp_path / "images_00000.tar"
@@ -201,24 +201,30 @@ def test_mmc4_documents_keep_images_in_place_and_drop_bad_ones(models, tmp_path,
       (location / k).write_bytes(v)
   docs = tmp_path / "docs_shard_00000_v2.jsonl"
   docs.write_text("".join(json.dumps(d) + "\n" for d in _mmc4_docs()) + '{"text_list": "oops"}\n')
+  if packed:  # as MMC4 ships its document shards: one JSONL per zip
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "docs_shard_00000_v2.jsonl.zip", "w") as z:
+      z.write(docs, docs.name)
+    docs.unlink()
+    docs = tmp_path / "docs_shard_00000_v2.jsonl.zip"
   out = tmp_path / "out"
   assert _run(["--input", str(docs), "--images", str(location), "--corpus", "mmc4", "--output-dir", str(out)],
               models) == 3
   samples = _samples(out, "mmc4")
-  assert [s.id for s in samples] == ["docs_shard_00000_v2.jsonl:1", "docs_shard_00000_v2.jsonl:2"]
+  assert [s.id for s in samples] == [f"{docs.name}:1", f"{docs.name}:2"]
   assert [(p.kind, p.text, len(p.codes)) for p in samples[0].parts] == [
       ("image", "", 32), ("text", "A garden.", 0), ("text", "Roses bloom.", 0), ("image", "", 32),
       ("text", "A bench.", 0)]
   assert [(p.kind, p.text) for p in samples[1].parts] == [("text", "One."), ("image", ""), ("text", "Two.")]
   rejects = _rejects(out, "mmc4")
   dropped = [(r["id"], r["reason"], r["dropped_part"]) for r in rejects if "dropped_part" in r]
-  assert sorted(dropped) == sorted([("docs_shard_00000_v2.jsonl:2", "bad_image_index", "image_info[0]"),
-                                    ("docs_shard_00000_v2.jsonl:2", "missing_file", "image_info[1]"),
-                                    ("docs_shard_00000_v2.jsonl:2", "undecodable_image", "image_info[2]")])
+  assert sorted(dropped) == sorted([(f"{docs.name}:2", "bad_image_index", "image_info[0]"),
+                                    (f"{docs.name}:2", "missing_file", "image_info[1]"),
+                                    (f"{docs.name}:2", "undecodable_image", "image_info[2]")])
   whole = {r["id"]: r for r in rejects if "dropped_part" not in r}
-  assert whole["docs_shard_00000_v2.jsonl:3"]["reason"] == "no_media_left"
-  assert "gone.jpg" in whole["docs_shard_00000_v2.jsonl:3"]["detail"]
-  assert whole["docs_shard_00000_v2.jsonl:4"]["reason"] == "malformed_record"
+  assert whole[f"{docs.name}:3"]["reason"] == "no_media_left"
+  assert "gone.jpg" in whole[f"{docs.name}:3"]["detail"]
+  assert whole[f"{docs.name}:4"]["reason"] == "malformed_record"
   assert next(r for r in rejects if r["reason"] == "bad_image_index")["detail"].count("outside text_list of 2") == 1
   stats = _stats(out, "mmc4")
   assert stats["dropped_media"] == {"bad_image_index": 1, "missing_file": 1, "undecodable_image": 1}

@@ -8,9 +8,12 @@ instead of silently skipped.
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import io
 import json
 import os
 import pathlib
+import zipfile
 from typing import Iterator
 
 from anygpt_jax.tokenizers.media import MediaRef
@@ -79,11 +82,24 @@ def rejected(record_id: str, source: str, reason: str, detail: str) -> InputReco
   return InputRecord(str(record_id), "", source=str(source), reject=reason, reject_detail=detail)
 
 
+def open_text(path: str):
+  """A text file, also inside `.gz` or a one-member `.zip` (MMC4 ships `docs_shard_*_v2.jsonl.zip`)."""
+  if str(path).endswith(".gz"):
+    return gzip.open(path, "rt", encoding="utf-8")
+  if str(path).endswith(".zip"):
+    archive = zipfile.ZipFile(path)
+    names = [n for n in archive.namelist() if not n.endswith("/")]
+    if len(names) != 1:
+      raise ValueError(f"{path}: expected one file in the zip, found {names[:5]}")
+    return io.TextIOWrapper(archive.open(names[0]), encoding="utf-8")
+  return open(path, encoding="utf-8")
+
+
 def jsonl_objects(path: str) -> Iterator[tuple[str, object]]:
   """(fallback id `file:line`, parsed value) per non-blank line; a line that is not JSON gives a
-  `json.JSONDecodeError` as its value (its message says where)."""
+  `json.JSONDecodeError` as its value (its message says where). Reads `.gz`/`.zip` too."""
   name = pathlib.Path(path).name
-  with open(path, encoding="utf-8") as f:
+  with open_text(path) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue

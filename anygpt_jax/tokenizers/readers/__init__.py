@@ -8,7 +8,7 @@ the sorted list of input shards every machine of a job computes alike.
 
   format       input shard                                  records
   webdataset   img2dataset `.tar` (+ `.parquet`)             image (or audio) pairs
-  mmc4         MMC4 `.jsonl` part                            documents
+  mmc4         MMC4 `.jsonl` part (also `.jsonl.zip`/`.gz`)  documents
   anyinstruct  AnyInstruct metadata `.json`/`.jsonl`         chats
   mls          MLS `transcripts.txt`                         speech pairs
   commonvoice  Common Voice `<split>.tsv`                    speech pairs
@@ -30,7 +30,7 @@ from anygpt_jax.tokenizers.inputs import InputRecord
 
 FORMATS = ("webdataset", "mmc4", "anyinstruct", "mls", "commonvoice", "gigaspeech", "manifest", "anygpt")
 # What a directory given as an input stands for, per format.
-_DIR_PATTERNS = {"webdataset": "*.tar", "mmc4": "*.jsonl", "commonvoice": "*.tsv", "mls": "transcripts.txt",
+_DIR_PATTERNS = {"webdataset": "*.tar", "mmc4": "*.jsonl*", "commonvoice": "*.tsv", "mls": "transcripts.txt",
                  "anyinstruct": "metadata.json*", "gigaspeech": "*.json", "manifest": "*.jsonl", "anygpt": "*.jsonl"}
 
 
@@ -67,7 +67,7 @@ def read_input(fmt: str, path: str, options: ReaderOptions = ReaderOptions()) ->
 
 def _first_object(path: str):
   """The first JSON object of a JSONL file or JSON list (None when there is none)."""
-  with open(path, encoding="utf-8") as f:
+  with inputs.open_text(path) as f:
     head = f.read(1 << 16)
   stripped = head.lstrip()
   if stripped.startswith("["):
@@ -91,8 +91,8 @@ def detect_format(path: str) -> str:
     return "mls"
   if name.endswith(".tsv"):
     return "commonvoice"
-  if name.endswith((".json", ".jsonl")):
-    with open(path, encoding="utf-8") as f:
+  if name.endswith((".json", ".jsonl", ".jsonl.gz", ".jsonl.zip")):
+    with inputs.open_text(path) as f:
       head = f.read(1 << 12)
     if '"audios"' in head and head.lstrip().startswith("{") and name.endswith(".json"):
       return "gigaspeech"

@@ -80,11 +80,23 @@ def gigaspeech_text(text_tn: str) -> str:
   return re.sub(r"\s+", " ", text_tn).strip()
 
 
+_LAST_METADATA: dict = {}
+
+
+def _gigaspeech_metadata(path: str) -> dict:
+  """The parsed metadata file; the last one is kept, since each of its output shards reads it again."""
+  key = (os.path.abspath(path), os.path.getmtime(path))
+  if key not in _LAST_METADATA:
+    _LAST_METADATA.clear()
+    with open(path, encoding="utf-8") as f:
+      _LAST_METADATA[key] = json.load(f)
+  return _LAST_METADATA[key]
+
+
 def read_gigaspeech(metadata: str) -> Iterator[InputRecord]:
   """GigaSpeech: every segment of every audio in the metadata JSON, in file order."""
   root = os.path.dirname(metadata)
-  with open(metadata, encoding="utf-8") as f:
-    meta = json.load(f)
+  meta = _gigaspeech_metadata(metadata)
   if not (isinstance(meta, dict) and isinstance(meta.get("audios"), list)):
     raise ValueError(f"{metadata}: no 'audios' list; not a GigaSpeech metadata file")
   for a, audio in enumerate(meta["audios"]):

@@ -484,3 +484,14 @@ def test_readme_commands_run_verbatim_for_every_table7_corpus(models, tmp_path, 
     stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "shards" / corpus).glob("*.stats.json"))]
     assert stats and sum(s["records_out"] for s in stats) > 0, command
     assert all(s["inputs"][0].startswith("data/") for s in stats), command  # traceable to its input shard
+
+
+@pytest.mark.parametrize("kind", ["image", "speech"])
+def test_webdataset_benchmark_runs(tmp_path, capsys, kind):
+  """The throughput benchmark's path (tiny models, a few records): the job and the encoder on the same media."""
+  from tools import bench_tokenize
+  assert bench_tokenize.main(["--webdataset", kind, "--files", "4", "--model", "tiny", "--batch-size", "2",
+                              "--threads", "1", "--repeats", "1", "--workdir", str(tmp_path)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[-3].startswith("encoder alone") and lines[-2].startswith("job over the tar, prefetch 1")
+  assert float(lines[-3].split()[-1]) == 1.0 and float(lines[-1].split()[-2]) > 0

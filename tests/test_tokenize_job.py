@@ -108,7 +108,7 @@ def test_shards_hold_pairs_with_local_codes_and_stats(models, tmp_path):
   assert (stats["records_in"], stats["records_out"], stats["rejected"]) == (14, 14, {})
   assert stats["tokens"] == {"image": 4 * 32 + 1, "speech": sum(len(by_id[f"s{i}"].parts[0].codes) for i in range(4))
                              + 2, "music": sum(len(by_id[f"mu{i}"].parts[0].codes) for i in range(4))}
-  assert stats["text_chars"] == sum(len(r["text"]) for r in rows) + len("hi") + len("draw") + len("done")
+  assert stats["text_chars"] == sum(len(r["text"]) for r in rows) + len("hi") + len("draw ") + len("done")
   assert (out / f"{name}.rejects.jsonl").read_text() == ""
   assert sorted(p.name for p in out.iterdir()) == sorted(name + s for s in ("", ".rejects.jsonl", ".stats.json"))
 

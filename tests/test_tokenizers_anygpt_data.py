@@ -27,16 +27,17 @@ def test_chat_parts_follow_message_order_with_roles():
   s = record_to_sample(record, "d:1", "anyinstruct.jsonl")
   assert s.parts == [
       Part("speech", codes=[1, 1, 1], role="user"),
-      Part("text", text="Please acknowledge the user's vocal input", role="user"),
-      Part("text", text="<-Ins-> hello, how are you\n <-Res-> I am fine", role="assistant"),
+      Part("text", text=" Please acknowledge the user's vocal input", role="user"),
+      Part("text", text="<-Ins-> hello, how are you\n <-Res-> I am fine ", role="assistant"),
       Part("speech", codes=[2, 2], role="assistant"),
+      Part("text", text=" ", role="assistant"),
   ]
 
 
 def test_interleaved_document():
   s = record_to_sample({"text": "look <soim><👀5><eoim> and listen <sosp><🗣️9><eosp>"}, "i", "src")
   assert [(p.kind, p.text, list(p.codes)) for p in s.parts] == [
-      ("text", "look", []), ("image", "", [5]), ("text", "and listen", []), ("speech", "", [9])]
+      ("text", "look ", []), ("image", "", [5]), ("text", " and listen ", []), ("speech", "", [9])]
 
 
 @pytest.mark.parametrize("record, reason, named", [
@@ -69,5 +70,13 @@ def test_malformed_records(record):
   assert e.value.reason == "malformed_record"
 
 
-def test_message_parts_drops_whitespace_only_text():
-  assert message_parts("  <sosp><🗣️3><eosp>   ", "user") == [Part("speech", codes=[3], role="user")]
+def test_message_parts_keep_text_verbatim():
+  """AnyGPT's template keeps the spaces next to modality spans (tests/test_data_chat.py pins the ids)."""
+  assert message_parts("  <sosp><🗣️3><eosp>   ", "user") == [
+      Part("text", text="  ", role="user"), Part("speech", codes=[3], role="user"),
+      Part("text", text="   ", role="user")]
+
+
+def test_pair_fields_may_carry_surrounding_spaces():
+  s = record_to_sample({"text": "t", "speech": " <sosp><🗣️3><eosp> "}, "x", "src")
+  assert s.parts[0] == Part("speech", codes=[3])

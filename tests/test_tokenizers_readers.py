@@ -213,9 +213,10 @@ def test_mmc4_documents_keep_images_in_place_and_drop_bad_ones(models, tmp_path,
   samples = _samples(out, "mmc4")
   assert [s.id for s in samples] == [f"{docs.name}:1", f"{docs.name}:2"]
   assert [(p.kind, p.text, len(p.codes)) for p in samples[0].parts] == [
-      ("image", "", 32), ("text", "A garden.", 0), ("text", "Roses bloom.", 0), ("image", "", 32),
-      ("text", "A bench.", 0)]
-  assert [(p.kind, p.text) for p in samples[1].parts] == [("text", "One."), ("image", ""), ("text", "Two.")]
+      ("image", "", 32), ("text", " A garden.", 0), ("text", " Roses bloom. ", 0), ("image", "", 32),
+      ("text", " A bench.", 0)]  # rendered by plain concatenation: "<img> A garden. Roses bloom. <img> A bench."
+  # bad.jpg (dropped when it failed to decode) stood between "One. " and c.jpg.
+  assert [(p.kind, p.text) for p in samples[1].parts] == [("text", "One. "), ("image", ""), ("text", " Two.")]
   rejects = _rejects(out, "mmc4")
   dropped = [(r["id"], r["reason"], r["dropped_part"]) for r in rejects if "dropped_part" in r]
   assert sorted(dropped) == sorted([(f"{docs.name}:2", "bad_image_index", "image_info[0]"),
@@ -257,10 +258,10 @@ def test_anyinstruct_conversations_tokenize_every_medium_in_its_turn(models, tmp
               models) == 3
   (sample,) = _samples(out, "anyinstruct")
   assert sample.id == "c1"
-  assert [(p.kind, p.role, p.text) for p in sample.parts] == [
-      ("speech", "user", ""), ("text", "user", "What is in"), ("image", "user", ""), ("text", "user", "?"),
-      ("text", "assistant", "<-Ins-> A dog.\n<-Res->"), ("speech", "assistant", ""),
-      ("text", "user", "Now music:"), ("music", "user", ""), ("text", "assistant", "Calm.")]
+  assert [(p.kind, p.role, p.text) for p in sample.parts] == [  # text around media verbatim, as AnyGPT keeps it
+      ("speech", "user", ""), ("text", "user", " What is in "), ("image", "user", ""), ("text", "user", " ?"),
+      ("text", "assistant", "<-Ins-> A dog.\n<-Res-> "), ("speech", "assistant", ""),
+      ("text", "user", "Now music: "), ("music", "user", ""), ("text", "assistant", "Calm.")]
   assert [len(p.codes) for p in sample.parts if p.kind != "text"] == [60, 32, 40, 200]
   rejects = {r["id"]: r for r in _rejects(out, "anyinstruct")}
   assert rejects["c2"]["reason"] == "missing_file" and "turn 0" in rejects["c2"]["detail"]

@@ -5,7 +5,7 @@ Three record shapes are recognised:
   chat:        {"id": 1, "conversation": [[{"role": "user", "message": "<sosp>...<eosp> Reply."}, ...]]}
   interleaved: {"text": "words <soim><👀1>...<eoim> more words"}
 A pair becomes [modality part, text part]; chats and interleaved documents become their text
-and modality parts in order (text stripped of surrounding spaces, empty pieces dropped), with
+and modality parts in order (text kept verbatim, spaces included; empty pieces dropped), with
 each message's role on its parts. `<-Ins->`/`<-Res->` stay inside the text.
 """
 
@@ -53,7 +53,7 @@ def message_parts(text: str, role: str = "", field: str = "text") -> list[Part]:
   pos = 0
 
   def flush_text():
-    joined = "".join(text_buf).strip()
+    joined = "".join(text_buf)  # verbatim: AnyGPT's template keeps the spaces next to modality spans
     if joined:
       parts.append(Part("text", text=joined, role=role))
     text_buf.clear()
@@ -135,7 +135,7 @@ def record_to_sample(record: dict, default_id: str, source: str) -> Sample:
     value = record[name]
     if not isinstance(value, str):
       raise AnyGPTDataError("malformed_record", f"field {name!r} is not a string")
-    spans = message_parts(value, field=name)
+    spans = [p for p in message_parts(value, field=name) if p.kind != "text" or p.text.strip()]
     if [p.kind for p in spans] != [name] or not spans[0].codes:
       raise AnyGPTDataError("bad_token_string", f"field {name!r} must hold one non-empty {name} span, "
                             f"found {[p.kind for p in spans]}")

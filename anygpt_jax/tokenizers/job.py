@@ -195,7 +195,7 @@ def _assemble(record: InputRecord, raw: list[dict], media: dict[int, tuple], dro
   parts, tokens, chars, seconds = [], {}, 0, 0.0
   for k, rp in enumerate(raw):
     if rp["kind"] == "text":
-      if rp["text"].strip() or record.kind in TOKEN_KINDS:
+      if rp["text"] or record.kind in TOKEN_KINDS:  # verbatim: spaces next to media are part of the text
         parts.append(Part("text", text=rp["text"], role=rp.get("role", "")))
         chars += len(rp["text"])
     elif k in media:

@@ -11,8 +11,8 @@ inside its modality's span tokens:
   {"role": "user", "message": "<sosp>speech/q_001.mp3<eosp> Please describe this picture <soim>images_224/001.jpg<eoim>"}
 
 Names are looked up next to the metadata file, then in every `*.tar` beside it, by full
-member name and then by base name (`media.MediaStore`). Each medium is tokenized in its turn
-and roles are kept; `<-Ins->`/`<-Res->` stay in the text. A conversation naming a file that
+member name and then by base name (`media.MediaStore`). Each medium is tokenized in its turn,
+the text around it is kept verbatim (as in AnyGPT's tokenized messages) and roles are kept; `<-Ins->`/`<-Res->` stay in the text. A conversation naming a file that
 is nowhere, or whose medium does not decode, is rejected whole (category and detail name the
 turn and the file).
 """
@@ -72,7 +72,7 @@ def _turn_parts(i: int, msg, store: MediaStore) -> list[dict]:
     raise ConversationError("malformed_record", f"turn {i}: role {msg.get('role')!r} not in {sorted(ROLES)}")
   parts, pos, text = [], 0, msg["message"]
   for m in _SPAN.finditer(text):
-    parts.append(text_part(text[pos:m.start()].strip(), role))
+    parts.append(text_part(text[pos:m.start()], role))  # verbatim, as AnyGPT's tokenized messages keep it
     groups = [g for g in m.groups() if g is not None]
     kind = next(mod.name for mod in MODALITIES if mod.start_token == groups[0])
     name = groups[1].strip()
@@ -81,7 +81,7 @@ def _turn_parts(i: int, msg, store: MediaStore) -> list[dict]:
       raise ConversationError("missing_file", f"turn {i} ({role}): {kind} {name!r} is in none of {store.describe()}")
     parts.append(media_part(kind, ref, role, label=f"turn {i} {kind} {name}"))
     pos = m.end()
-  parts.append(text_part(text[pos:].strip(), role))
+  parts.append(text_part(text[pos:], role))
   return [p for p in parts if p["kind"] != "text" or p["text"]]
 
 

@@ -46,7 +46,7 @@ def document_record(d: dict, doc_id: str, source: str, images: MediaStore) -> In
                       "detail": f"{where} ({name}): matched_text_index {index!r} outside text_list of {len(texts)}"})
     else:
       before.setdefault(index, []).append((j, name))
-  parts = []
+  items = []  # ("image", ref, j) or ("text", sentence) in document order
   for i, sentence in enumerate(texts):
     for j, name in before.get(i, ()):
       ref = images.find(name)
@@ -54,9 +54,27 @@ def document_record(d: dict, doc_id: str, source: str, images: MediaStore) -> In
         dropped.append({"part": f"image_info[{j}]", "reason": "missing_file",
                         "detail": f"image_info[{j}]: {name!r} is in none of {images.describe()}"})
       else:
-        parts.append(media_part("image", ref, optional=True, label=f"image_info[{j}]"))
-    parts.append(text_part(sentence))
-  return InputRecord(doc_id, "document", source=source, parts=parts, dropped=dropped)
+        items.append(("image", ref, j))
+    items.append(("text", sentence))
+  return InputRecord(doc_id, "document", source=source, parts=_spaced_parts(items), dropped=dropped)
+
+
+def _spaced_parts(items: list[tuple]) -> list[dict]:
+  """Parts whose plain concatenation reads `A. B. <image> C.`: one space between neighbours, on the text side.
+
+  Documents are rendered by concatenating their parts as they are, so sentences and the
+  spaces around images must be in the text.
+  """
+  parts = []
+  for n, item in enumerate(items):
+    if item[0] == "image":
+      parts.append(media_part("image", item[1], optional=True, label=f"image_info[{item[2]}]"))
+      continue
+    text = (" " if n > 0 else "") + item[1]
+    if n + 1 < len(items) and items[n + 1][0] == "image":
+      text += " "
+    parts.append(text_part(text))
+  return parts
 
 
 def read_mmc4(path: str, images: MediaStore) -> Iterator[InputRecord]:

@@ -110,7 +110,9 @@ def test_shards_hold_pairs_with_local_codes_and_stats(models, tmp_path):
                              + 2, "music": sum(len(by_id[f"mu{i}"].parts[0].codes) for i in range(4))}
   assert stats["text_chars"] == sum(len(r["text"]) for r in rows) + len("hi") + len("draw ") + len("done")
   assert (out / f"{name}.rejects.jsonl").read_text() == ""
-  assert sorted(p.name for p in out.iterdir()) == sorted(name + s for s in ("", ".rejects.jsonl", ".stats.json"))
+  assert sorted(p.name for p in out.iterdir()) == sorted([job.TMP_DIR] + [name + s for s in ("", ".rejects.jsonl",
+                                                                                              ".stats.json")])
+  assert not list((out / job.TMP_DIR).iterdir())  # nothing left in progress
 
 
 def _bad_corpus(d: pathlib.Path) -> tuple[list[dict], dict[str, str], list[str]]:
@@ -231,7 +233,9 @@ def test_shards_partition_the_records(models, tmp_path):
 
 
 def _all_bytes(out: pathlib.Path) -> dict[str, bytes]:
-  return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+  """Every finished file of an output directory (work in progress lives in `.tmp/`, checked empty)."""
+  assert not list((out / job.TMP_DIR).iterdir())
+  return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
 
 def test_rerun_after_a_crash_is_byte_identical_and_skips_done_shards(models, tmp_path):

@@ -82,6 +82,12 @@ def _rejects(out, corpus, index=0, count=1):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _files(out: pathlib.Path) -> dict[str, bytes]:
+  """The finished files of an output directory; nothing may be left in progress in `.tmp/`."""
+  assert not list((out / ".tmp").iterdir())
+  return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
 def _stats(out, corpus, index=0, count=1):
   return json.loads((out / f"{shard_filename(corpus, 'train', index, count)}.stats.json").read_text())
 
@@ -137,7 +143,7 @@ def test_input_shards_are_the_unit_of_work(models, tmp_path):
   assert _run(base + ["--output-dir", str(whole)], models) == 3
   for i in (2, 0, 1):  # three machines, each given only its index: no manifest, the same sorted inputs
     assert _run(base + ["--output-dir", str(split), "--shard-index", str(i)], models) == 3
-  assert {p.name: p.read_bytes() for p in whole.iterdir()} == {p.name: p.read_bytes() for p in split.iterdir()}
+  assert _files(whole) == _files(split)
   for i in range(3):
     assert _stats(split, "laion_coco", i, 3)["inputs"] == [f"{src}/{i:05d}.tar"]  # traceable to its input
     assert [s.id for s in _samples(split, "laion_coco", i, 3)] == [f"{i:05d}0000", f"{i:05d}0001"]
@@ -411,8 +417,8 @@ def test_ray_engine_writes_the_same_bytes_for_every_reader(models, tmp_path):
       rc_local = _run(base + ["--output-dir", str(local)], models)
       rc_ray = _run(base + ["--output-dir", str(on_ray), "--engine", "ray", "--ray-actors", "2"], models)
       assert rc_local == rc_ray == 3, corpus
-      files = {p.name: p.read_bytes() for p in local.iterdir()}
-      assert files and files == {p.name: p.read_bytes() for p in on_ray.iterdir()}, corpus
+      files = _files(local)
+      assert files and files == _files(on_ray), corpus
   finally:
     ray.shutdown()
 

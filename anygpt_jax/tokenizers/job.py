@@ -447,10 +447,7 @@ class ShardWriter:
     self.tmp["stats"].write_text(json.dumps(self.stats.to_json(), indent=2, sort_keys=True) + "\n")
     for key in ("stats", "rejects", "shard"):  # the shard last: its presence marks the shard done
       os.replace(self.tmp[key], self.paths[key])
-    try:
-      self.tmp["shard"].parent.rmdir()  # only when no other shard is in progress there
-    except OSError:
-      pass
+    # `.tmp/` stays: machines sharing the output directory may be writing other shards in it.
     return self.stats.to_json()
 
 

@@ -18,7 +18,6 @@ from PIL import Image
 from anygpt_jax.data.shards import deserialize_sample, shard_filename
 from anygpt_jax.tokenizers import audio_io, image as image_lib, readers, tiny
 from anygpt_jax.tokenizers.media import MediaError, MediaRef, TarIndex
-from anygpt_jax.tokenizers.speech import SpeechTokenizerWorker
 from anygpt_jax.tokenizers.tfrecord import read_tfrecords
 from tools import tokenize_media
 

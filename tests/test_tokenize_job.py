@@ -108,9 +108,11 @@ def test_shards_hold_pairs_with_local_codes_and_stats(models, tmp_path):
   assert (stats["records_in"], stats["records_out"], stats["rejected"]) == (14, 14, {})
   assert stats["tokens"] == {"image": 4 * 32 + 1, "speech": sum(len(by_id[f"s{i}"].parts[0].codes) for i in range(4))
                              + 2, "music": sum(len(by_id[f"mu{i}"].parts[0].codes) for i in range(4))}
-  assert stats["text_chars"] == sum(len(r["text"]) for r in rows) + len("hi") + len("draw") + len("done")
+  assert stats["text_chars"] == sum(len(r["text"]) for r in rows) + len("hi") + len("draw ") + len("done")
   assert (out / f"{name}.rejects.jsonl").read_text() == ""
-  assert not list(out.glob("*.tmp"))
+  assert sorted(p.name for p in out.iterdir()) == sorted([job.TMP_DIR] + [name + s for s in ("", ".rejects.jsonl",
+                                                                                              ".stats.json")])
+  assert not list((out / job.TMP_DIR).iterdir())  # nothing left in progress
 
 
 def _bad_corpus(d: pathlib.Path) -> tuple[list[dict], dict[str, str], list[str]]:
@@ -128,10 +130,10 @@ def _bad_corpus(d: pathlib.Path) -> tuple[list[dict], dict[str, str], list[str]]
   add("ok_speech", "speech", "ok.wav")
   add("missing", "speech", "nothing_here.wav", "missing_file")
   (b / "junk.wav").write_bytes(os.urandom(3000))
-  add("junk", "speech", "junk.wav", "corrupt_media")
+  add("junk", "speech", "junk.wav", "undecodable_audio")
   data = (b / "ok.wav").read_bytes()
   (b / "cut.wav").write_bytes(data[:len(data) // 2])
-  add("truncated", "speech", "cut.wav", "corrupt_media")
+  add("truncated", "speech", "cut.wav", "truncated_audio")
   sf.write(b / "empty.wav", np.zeros(0, np.float32), 16000)
   add("empty", "speech", "empty.wav", "empty_audio")
   sf.write(b / "silent.wav", np.zeros(16000, np.float32), 16000)
@@ -152,7 +154,13 @@ def _bad_corpus(d: pathlib.Path) -> tuple[list[dict], dict[str, str], list[str]]
   img.convert("RGBA").save(b / "alpha.png")
   add("alpha", "image", "alpha.png")
   (b / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
-  add("broken_png", "image", "broken.png", "corrupt_media")
+  add("broken_png", "image", "broken.png", "undecodable_image")
+  photo = (b / "gray.png").read_bytes()
+  (b / "cut.png").write_bytes(photo[:len(photo) * 2 // 3])
+  add("cut_png", "image", "cut.png", "truncated_image")
+  nan = np.full(16000, np.nan, np.float32)
+  sf.write(b / "nan.wav", nan, 16000, subtype="FLOAT")
+  add("nan", "speech", "nan.wav", "non_finite_audio")
   add("no_text", "image", "gray.png", "missing_text", text="")
   extra = ["{not json\n", json.dumps({"id": "wrong_kind", "kind": "video", "path": "x.mp4"}) + "\n"]
   expect[f"manifest.jsonl:{len(rows) + 1}"] = "malformed_manifest_line"  # ids fall back to file:line
@@ -174,7 +182,12 @@ def test_bad_input_is_rejected_with_reasons_and_good_records_survive(models, tmp
   name = shard_filename("demo", "train", 0, 1)
   rejects = [json.loads(l) for l in (out / f"{name}.rejects.jsonl").read_text().splitlines()]
   assert {r["id"]: r["reason"] for r in rejects} == expect
-  assert all(r["source"] for r in rejects)
+  assert all(r["source"] and r["detail"] for r in rejects)  # category AND detail, for every rejection
+  detail = {r["id"]: r["detail"] for r in rejects}
+  assert "<👀8192>" in detail["bad_tokens"] and "'image'" in detail["bad_tokens"]  # the token and the field
+  assert "junk.wav" in detail["junk"] and "Error" in detail["junk"]  # the file and the decoder's message
+  assert "nothing_here.wav" in detail["missing"]
+  assert "kind" in detail["wrong_kind"] and "'video'" in detail["wrong_kind"]
   kept = {s.id for s in _read_shard(out / name)}
   good = {r["id"] for r in rows} - set(expect) | {"good_tokens"}
   assert kept == good  # every good record made it, including converted gray/CMYK/alpha and stereo
@@ -184,6 +197,8 @@ def test_bad_input_is_rejected_with_reasons_and_good_records_survive(models, tmp
   for r in expect.values():
     reasons[r] = reasons.get(r, 0) + 1
   assert stats["rejected"] == reasons
+  assert set(stats["reject_examples"]) == set(reasons)
+  assert any("<👀8192>" in e for e in stats["reject_examples"]["bad_token_string"])
 
 
 def test_strict_formats_rejects_conversions(models, tmp_path):
@@ -218,7 +233,9 @@ def test_shards_partition_the_records(models, tmp_path):
 
 
 def _all_bytes(out: pathlib.Path) -> dict[str, bytes]:
-  return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+  """Every finished file of an output directory (work in progress lives in `.tmp/`, checked empty)."""
+  assert not list((out / job.TMP_DIR).iterdir())
+  return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
 
 def test_rerun_after_a_crash_is_byte_identical_and_skips_done_shards(models, tmp_path):
@@ -242,7 +259,11 @@ def test_rerun_after_a_crash_is_byte_identical_and_skips_done_shards(models, tmp
     job.run_local(_cfg(crashed, models, num_shards=3), crashing_records)
   assert (crashed / shard_filename("demo", "train", 0, 3)).exists()
   assert not (crashed / shard_filename("demo", "train", 1, 3)).exists()
-  assert list(crashed.glob("*.tmp"))
+  # The partial shard is in `.tmp/`: a shard glob beside the shards sees only finished shard 0.
+  assert sorted(p.name for p in crashed.glob("demo-train-*-of-*")) == sorted(
+      shard_filename("demo", "train", 0, 3) + s for s in ("", ".rejects.jsonl", ".stats.json"))
+  assert sorted(p.name for p in (crashed / job.TMP_DIR).iterdir()) == sorted(
+      shard_filename("demo", "train", 1, 3) + s for s in ("", ".rejects.jsonl"))
   done_mtime = (crashed / shard_filename("demo", "train", 0, 3)).stat().st_mtime_ns
 
   stats = job.run_local(_cfg(crashed, models, num_shards=3), lambda: inputs.read_manifest(manifest))
@@ -300,3 +321,52 @@ def test_folder_input_uses_sidecar_captions(models, tmp_path):
   samples = _read_shard(out / shard_filename("demo", "train", 0, 1))
   assert [(s.id, s.parts[0].kind, len(s.parts[0].codes)) for s in samples] == [("b.png", "image", 32),
                                                                                ("sub/a.wav", "music", 200)]
+
+
+def test_a_bug_in_our_code_stops_the_job_with_its_traceback(models, tmp_path, monkeypatch, capsys):
+  """Fault injection: a TypeError inside our preprocessing is a bug, never a rejected record."""
+  rows = [r for r in _good_corpus(tmp_path, n_each=1) if r["kind"] == "image"]
+  manifest = _write_manifest(tmp_path, rows)
+
+  def broken(images, size=224):
+    raise TypeError("simulated bug in preprocess")
+
+  from anygpt_jax.tokenizers import image as image_lib
+  monkeypatch.setattr(image_lib, "preprocess", broken)
+  out = tmp_path / "out"
+  rc = tokenize_media.main(["--manifest", manifest, "--corpus", "demo", "--output-dir", str(out)] + _model_args(models))
+  assert rc == tokenize_media.EXIT_FAILURE
+  err = capsys.readouterr().err
+  assert "Traceback" in err and "simulated bug in preprocess" in err and "not bad data" in err
+  assert not (out / shard_filename("demo", "train", 0, 1)).exists()
+  assert not (out / f"{shard_filename('demo', 'train', 0, 1)}.rejects.jsonl").exists()
+
+
+def test_decoders_let_bugs_through(tmp_path, monkeypatch):
+  """image.py and audio_io.py turn decoding errors into rejections and nothing else."""
+  from anygpt_jax.tokenizers import audio_io, image as image_lib
+  _photo(0).save(tmp_path / "ok.png")
+  sf.write(tmp_path / "ok.wav", _tone(0.5, 16000), 16000)
+
+  def bug(*a, **k):
+    raise TypeError("simulated bug")
+
+  monkeypatch.setattr(Image.Image, "load", bug)
+  with pytest.raises(TypeError):
+    image_lib.load_image(str(tmp_path / "ok.png"))
+  monkeypatch.undo()
+  monkeypatch.setattr(sf.SoundFile, "read", bug)
+  with pytest.raises(TypeError):
+    audio_io.load_audio(str(tmp_path / "ok.wav"), 16000)
+
+
+def test_prefetching_windows_changes_no_byte(models, tmp_path):
+  """Decoding the next windows while encoding this one (bounded prefetch) keeps order and batching."""
+  rows = _good_corpus(tmp_path, n_each=4)
+  manifest = _write_manifest(tmp_path, rows, ["{broken\n"])
+  outs = {}
+  for prefetch in (0, 1, 3):
+    out = tmp_path / f"p{prefetch}"
+    job.run_local(_cfg(out, models, num_shards=2, prefetch=prefetch), lambda: inputs.read_manifest(manifest))
+    outs[prefetch] = _all_bytes(out)
+  assert len(outs[0]) == 6 and outs[0] == outs[1] == outs[3]

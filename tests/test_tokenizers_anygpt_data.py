@@ -40,18 +40,22 @@ def test_interleaved_document():
       ("text", "look ", []), ("image", "", [5]), ("text", " and listen ", []), ("speech", "", [9])]
 
 
-@pytest.mark.parametrize("record", [
-    {"text": "t", "speech": "<sosp><🗣️1024><eosp>"},  # out of range
-    {"text": "t", "image": "<soim><👀12><🗣️3><eoim>"},  # another modality's code
-    {"text": "t", "music": "<somu><🎶x1><eomu>"},  # malformed
-    {"text": "t", "speech": "<sosp><eosp>"},  # empty
-    {"conversation": [[{"role": "user", "message": "<soim><👀1>"}]]},  # unterminated
-    {"conversation": [[{"role": "user", "message": "stray <👀1> code"}]]},  # code outside a span
+@pytest.mark.parametrize("record, reason, named", [
+    ({"text": "t", "speech": "<sosp><🗣️1024><eosp>"}, "bad_token_string", "<🗣️1024>"),  # out of range
+    ({"text": "t", "image": "<soim><👀12><🗣️3><eoim>"}, "bad_token_string", "<🗣️3>"),  # another modality's code
+    ({"text": "t", "music": "<somu><🎶x1><eomu>"}, "bad_token_string", "<🎶x1>"),  # malformed
+    ({"text": "t", "speech": "<sosp><eosp>"}, "bad_token_string", "'speech'"),  # empty
+    ({"text": "t", "speech": "<sosp><🗣️12><🗣️13>"}, "unclosed_span", "<sosp>"),  # a pair never closed
+    ({"text": "t", "speech": "<sosp><🗣️1><soim><👀2><eoim><eosp>"}, "nested_span", "<soim>"),
+    ({"conversation": [[{"role": "user", "message": "<soim><👀1>"}]]}, "unclosed_span", "conversation[0]"),
+    ({"conversation": [[{"role": "user", "message": "stray <👀1> code"}]]}, "bad_token_string", "<👀1>"),
+    ({"text": "a <eoim> b <soim><👀1><eoim>"}, "bad_token_string", "<eoim>"),  # closes nothing
 ])
-def test_bad_token_strings(record):
+def test_bad_token_strings_name_the_token_and_field(record, reason, named):
   with pytest.raises(AnyGPTDataError) as e:
     record_to_sample(record, "id", "src")
-  assert e.value.reason == "bad_token_string"
+  assert e.value.reason == reason
+  assert named in e.value.detail and "field" in e.value.detail
 
 
 @pytest.mark.parametrize("record", [
@@ -71,3 +75,8 @@ def test_message_parts_keep_text_verbatim():
   assert message_parts("  <sosp><🗣️3><eosp>   ", "user") == [
       Part("text", text="  ", role="user"), Part("speech", codes=[3], role="user"),
       Part("text", text="   ", role="user")]
+
+
+def test_pair_fields_may_carry_surrounding_spaces():
+  s = record_to_sample({"text": "t", "speech": " <sosp><🗣️3><eosp> "}, "x", "src")
+  assert s.parts[0] == Part("speech", codes=[3])

@@ -10,8 +10,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _PROBE = r"""
 import json, sys
 import anygpt_jax.tokenizers
-from anygpt_jax.tokenizers import (anygpt_data, audio_io, demo_corpus, image, inputs, job, music, ray_engine,
-                                   seed_model, soundstorm, speech, tfrecord, tiny)
+from anygpt_jax.tokenizers import (anygpt_data, audio_io, demo_corpus, image, inputs, job, media, music, ray_engine,
+                                   readers, seed_model, soundstorm, speech, tfrecord, tiny)
+from anygpt_jax.tokenizers.readers import anyinstruct, mmc4, speech_sets, webdataset
 import tools.tokenize_media
 from anygpt_jax.data import shards
 speech.speechtokenizer_class()  # the speechtokenizer package is where TensorFlow (and so JAX) would come in

@@ -1,6 +1,13 @@
 """Speech tokenization throughput: the batched job vs one file at a time (AnyGPT's way), same audio set.
 
   python -m tools.bench_tokenize --files 48 --model released-size
+  python -m tools.bench_tokenize --webdataset image --files 32 --model tiny
+  python -m tools.bench_tokenize --webdataset speech --files 32 --model released-size
+
+`--webdataset KIND` instead measures the whole job (`anygpt-tokenize --input shard.tar`: tar
+index, member reads, decoding, resampling, encoding, shard writing) in records/s over one
+webdataset tar, next to the encoder's own rate on the same media already decoded in memory
+(the same length-sorted batches), with and without the prefetch of decoded windows.
 
 Each measurement runs in its own process so its peak RSS (`resource.getrusage`) is its own.
 The batched job is also run on a corpus `--scale` times larger: if it streams, its peak
@@ -134,6 +141,81 @@ def _repeat_manifest(manifest: pathlib.Path, times: int) -> pathlib.Path:
   return out
 
 
+def _webdataset_bench(kind: str, files: int, model: str, batch_size: int, workers: int, threads: int,
+                      repeats: int, work: pathlib.Path) -> None:
+  """Job records/s over a webdataset tar vs the encoder's records/s on in-memory batches (one process)."""
+  import io
+  import tarfile
+  import numpy as np
+  import soundfile as sf
+  import torch
+  from PIL import Image
+  from anygpt_jax.tokenizers import audio_io, image as image_lib, job, tiny
+  from anygpt_jax.tokenizers.readers.webdataset import read_webdataset
+  from anygpt_jax.tokenizers.seed_model import SeedConfig
+  torch.set_num_threads(threads)
+  rng = np.random.default_rng(0)
+  tar_path = work / f"{kind}-00000.tar"
+  with tarfile.open(tar_path, "w") as tar:
+    for i in range(files):
+      buf = io.BytesIO()
+      if kind == "image":  # photo-sized JPEGs, resized to 224 by SEED's preprocessing
+        Image.fromarray(rng.integers(0, 255, (384, 512, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+        name = f"{i:06d}.jpg"
+      else:  # 2-8 s utterance-like clips at 16 kHz, flac as MLS ships them
+        n = int(rng.uniform(2.0, 8.0) * 16000)
+        t = np.arange(n) / 16000
+        wave = 0.2 * np.sin(2 * np.pi * rng.uniform(120, 300) * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+        sf.write(buf, (wave + 0.02 * rng.standard_normal(n)).astype(np.float32), 16000, format="FLAC")
+        name = f"{i:06d}.flac"
+      for member, data in ((name, buf.getvalue()), (f"{i:06d}.txt", f"caption {i}".encode())):
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+  if kind == "image":
+    model_dir = tiny.save_tiny_seed(work / f"seed_{model}", config=SeedConfig() if model == "released-size"
+                                    else tiny.SEED_CONFIG)
+  else:
+    model_dir = tiny.save_tiny_speech_tokenizer(work / f"speech_{model}", config=tiny.RELEASED_SPEECH_CONFIG
+                                                if model == "released-size" else tiny.SPEECH_CONFIG)
+  base = dict(corpus="bench", batch_size=batch_size, window=batch_size * 2, workers=workers,
+              torch_threads=threads, **{f"{kind}_model": str(model_dir)})
+  toks = job.Tokenizers(job.JobConfig(output_dir=str(work / "unused"), **base))
+  worker = toks.get(kind)
+  if kind == "image":
+    items = [image_lib.load_image(_ref(r)) for r in read_webdataset(str(tar_path), kind)]
+  else:
+    items = [audio_io.load_audio(_ref(r), worker.sample_rate) for r in read_webdataset(str(tar_path), kind)]
+  job._encode_kind(kind, items[:batch_size], toks, batch_size)  # warm-up
+  encoder = min(_timed(lambda: job._encode_kind(kind, items, toks, batch_size)) for _ in range(repeats))
+  rows = [("encoder alone, decoded batches in memory", encoder)]
+  for prefetch in (1, 0):
+    def run(k=[0]):
+      k[0] += 1
+      cfg = job.JobConfig(output_dir=str(work / f"out_{prefetch}_{k[0]}"), prefetch=prefetch, **base)
+      plan = job.InputShardPlan([str(tar_path)], lambda path: read_webdataset(path, kind))
+      stats = job.run_local(cfg, plan, toks=toks)
+      assert stats[0]["records_out"] == files, stats
+    rows.append((f"job over the tar, prefetch {prefetch}", min(_timed(run) for _ in range(repeats))))
+  print(f"{kind} tokenization, {model} {'SEED' if kind == 'image' else 'SpeechTokenizer'} (random weights), "
+        f"{files} records in one webdataset tar, batch {batch_size}, {workers} decode threads, torch threads "
+        f"{threads}, best of {repeats}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+  print(f"{'':44s}{'records/s':>10s}{'/ encoder':>11s}")
+  for name, seconds in rows:
+    print(f"{name:44s}{files / seconds:10.2f}{encoder / seconds:11.2f}")
+
+
+def _ref(record):
+  from anygpt_jax.tokenizers.media import MediaRef
+  return MediaRef.from_dict(next(p for p in record.parts if p["kind"] != "text")["media"])
+
+
+def _timed(fn) -> float:
+  start = time.time()
+  fn()
+  return time.time() - start
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--files", type=int, default=48)
@@ -144,6 +226,8 @@ def main(argv=None) -> int:
   p.add_argument("--scale", type=int, default=3, help="corpus multiple for the streaming (memory) check")
   p.add_argument("--repeats", type=int, default=2, help="best of this many timings (shared machines are noisy)")
   p.add_argument("--workdir", help="default: a temporary directory")
+  p.add_argument("--webdataset", choices=("image", "speech"),
+                 help="measure the job over a webdataset tar against the encoder on in-memory batches")
   p.add_argument("--child", choices=("single", "batched", "bfloat16"), help=argparse.SUPPRESS)
   p.add_argument("--manifest", help=argparse.SUPPRESS)
   p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -160,9 +244,13 @@ def main(argv=None) -> int:
                                       args.out, args.repeats)))
     return 0
 
+  work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_tokenize_"))
+  if args.webdataset:
+    _webdataset_bench(args.webdataset, args.files, args.model, args.batch_size, args.workers, args.threads,
+                      args.repeats, work)
+    return 0
   from anygpt_jax.tokenizers import tiny
   from anygpt_jax.tokenizers.demo_corpus import build_demo_corpus
-  work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_tokenize_"))
   model_dir = work / f"speechtokenizer_{args.model}"
   config = tiny.RELEASED_SPEECH_CONFIG if args.model == "released-size" else tiny.SPEECH_CONFIG
   tiny.save_tiny_speech_tokenizer(model_dir, config=config)

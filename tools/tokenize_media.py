@@ -1,8 +1,15 @@
 """`anygpt-tokenize`: raw images / speech / music (or AnyGPT data files) -> pretokenized shards.
 
-  anygpt-tokenize --manifest data.jsonl --corpus laion --output-dir shards/ \
+  anygpt-tokenize --input 'laion2b/*.tar' --corpus laion2b --output-dir shards/laion2b \
+      --image-model models/seed_tokenizer --shard-index 3
+  anygpt-tokenize --manifest data.jsonl --corpus demo --output-dir shards/ \
       --image-model models/seed_tokenizer --speech-model models/speechtokenizer \
       --music-model models/encodec_32khz --num-shards 64 --shard-index 3
+
+With `--input`, each input shard (a tar, a JSONL part, a TSV, a transcripts or metadata file;
+globs and folders expand to the sorted list) becomes `--shards-per-input` output shards, so a
+job splits across machines by `--shard-index` with no manifest. The format is detected from
+each file or given with `--format`.
 
 Exit status: 0 all records written, 3 some records rejected (see the `.rejects.jsonl` files),
 2 usage error, 1 unexpected failure.
@@ -15,6 +22,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
 
@@ -26,11 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--folder", action="append", default=[], help="media folder with <stem>.txt sidecar captions")
   src.add_argument("--folder-audio-kind", choices=("speech", "music"), default="speech")
   src.add_argument("--anygpt-data", action="append", default=[], help="AnyGPT pair/chat/interleaved JSONL")
+  src.add_argument("--input", action="append", default=[],
+                   help="an input shard, a glob of them or a folder (repeatable); one output shard per input")
+  src.add_argument("--format", default="auto", help="format of --input files: auto or one of "
+                   "webdataset, mmc4, anyinstruct, mls, commonvoice, gigaspeech, manifest, anygpt")
+  src.add_argument("--media-kind", choices=("image", "speech", "music"), default="image",
+                   help="kind of the media in webdataset tars")
+  src.add_argument("--images", action="append", default=[],
+                   help="MMC4 image folders or plain tars (repeatable); default: beside each JSONL")
+  src.add_argument("--shards-per-input", type=int, default=1, help="output shards per --input file")
   out = p.add_argument_group("output")
   out.add_argument("--output-dir", required=True)
   out.add_argument("--corpus", required=True, help="corpus name in the shard file names")
   out.add_argument("--split", default="train")
-  out.add_argument("--num-shards", type=int, default=1)
+  out.add_argument("--num-shards", type=int, help="with --manifest/--folder/--anygpt-data (default 1); "
+                   "with --input the count is inputs x --shards-per-input")
   out.add_argument("--shard-index", type=int, action="append", help="only these shards (repeatable); default all")
   models = p.add_argument_group("models (local paths in the published layouts)")
   models.add_argument("--speech-model", help="SpeechTokenizer dir: config.json + SpeechTokenizer.pt")
@@ -42,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--batch-size", type=int, default=16)
   run.add_argument("--window", type=int, default=256, help="records read, sorted by length and batched at a time")
   run.add_argument("--workers", type=int, default=2, help="threads decoding and resampling media")
+  run.add_argument("--prefetch", type=int, default=1,
+                   help="windows decoded ahead of the one being encoded (memory: prefetch + 1 windows)")
   run.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default; 1 is faster on a busy machine)")
   run.add_argument("--max-speech-seconds", type=float, default=60.0)
   run.add_argument("--max-music-seconds", type=float, default=1800.0)
@@ -56,10 +76,49 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def _plan_inputs(args) -> tuple[list[str], str]:
+  """(sorted input shards, their format) for --input; raises ValueError/FileNotFoundError."""
+  from anygpt_jax.tokenizers import readers
+  if args.format != "auto" and args.format not in readers.FORMATS:
+    raise ValueError(f"--format {args.format!r} is not auto or one of {readers.FORMATS}")
+  files = readers.expand_inputs(args.input, args.format)
+  formats = {f: (args.format if args.format != "auto" else readers.detect_format(f)) for f in files}
+  if len(set(formats.values())) > 1:
+    raise ValueError(f"inputs of several formats {sorted(set(formats.values()))}; one job reads one format")
+  fmt = formats[files[0]]
+  if fmt == "webdataset":
+    from anygpt_jax.tokenizers.media import MediaError, TarIndex
+    for f in files[:1]:  # the header check is cheap, the member scan is not: the rest fail per shard
+      try:
+        TarIndex(f)
+      except MediaError as e:
+        raise ValueError(e.detail) from None
+  for loc in args.images:
+    if not os.path.exists(loc):
+      raise FileNotFoundError(f"--images not found: {loc}")
+  return files, fmt
+
+
 def _usage_errors(args) -> list[str]:
   errors = []
-  if not (args.manifest or args.folder or args.anygpt_data):
-    errors.append("no inputs: give --manifest, --folder or --anygpt-data")
+  legacy = args.manifest or args.folder or args.anygpt_data
+  if not (legacy or args.input):
+    errors.append("no inputs: give --input, --manifest, --folder or --anygpt-data")
+  if legacy and args.input:
+    errors.append("--input cannot be mixed with --manifest/--folder/--anygpt-data")
+  if args.input and args.num_shards is not None:
+    errors.append("with --input the shard count is the number of inputs x --shards-per-input; drop --num-shards")
+  if args.shards_per_input < 1:
+    errors.append("--shards-per-input must be >= 1")
+  if args.input:
+    try:
+      files, _ = _plan_inputs(args)
+      args.num_shards = len(files) * args.shards_per_input
+    except (ValueError, FileNotFoundError, OSError) as e:
+      errors.append(str(e))
+      return errors
+  elif args.num_shards is None:
+    args.num_shards = 1
   for path in args.manifest + args.anygpt_data:
     if not os.path.isfile(path):
       errors.append(f"input file not found: {path}")
@@ -75,8 +134,8 @@ def _usage_errors(args) -> list[str]:
   for i in args.shard_index or ():
     if not 0 <= i < args.num_shards:
       errors.append(f"--shard-index {i} outside [0, {args.num_shards})")
-  if args.batch_size < 1 or args.window < 1:
-    errors.append("--batch-size and --window must be >= 1")
+  if args.batch_size < 1 or args.window < 1 or args.prefetch < 0:
+    errors.append("--batch-size and --window must be >= 1, --prefetch >= 0")
   return errors
 
 
@@ -92,27 +151,36 @@ def main(argv=None) -> int:
       output_dir=args.output_dir, corpus=args.corpus, split=args.split, num_shards=args.num_shards,
       shard_indices=tuple(args.shard_index) if args.shard_index else None, speech_model=args.speech_model,
       music_model=args.music_model, image_model=args.image_model, device=args.device, batch_size=args.batch_size,
-      window=args.window, workers=args.workers, max_speech_seconds=args.max_speech_seconds,
+      window=args.window, workers=args.workers, prefetch=args.prefetch, max_speech_seconds=args.max_speech_seconds,
       max_music_seconds=args.max_music_seconds, music_clip_seconds=args.music_clip_seconds,
       strict_formats=args.strict_formats, torch_threads=args.torch_threads)
-  make_records = lambda: inputs.read_inputs(args.manifest, args.folder, args.anygpt_data, args.folder_audio_kind)
+  if args.input:
+    from anygpt_jax.tokenizers import readers
+    files, fmt = _plan_inputs(args)
+    options = readers.ReaderOptions(media_kind=args.media_kind, images=tuple(args.images))
+    plan = job.InputShardPlan(files, lambda path: readers.read_input(fmt, path, options), args.shards_per_input)
+  else:
+    plan = job.ModuloPlan(lambda: inputs.read_inputs(args.manifest, args.folder, args.anygpt_data,
+                                                     args.folder_audio_kind), args.num_shards)
   progress = job.Progress(enabled=not args.no_progress)
   start = time.time()
   try:
     if args.engine == "ray":
       from anygpt_jax.tokenizers.ray_engine import run_ray
-      all_stats = run_ray(cfg, make_records, num_actors=args.ray_actors, num_cpus=args.ray_num_cpus,
+      all_stats = run_ray(cfg, plan, num_actors=args.ray_actors, num_cpus=args.ray_num_cpus,
                           num_gpus_per_actor=args.ray_gpus_per_actor, address=args.ray_address, on_progress=progress)
     else:
-      all_stats = job.run_local(cfg, make_records, on_progress=progress)
-  except Exception as e:  # anything reaching here is a bug or an unusable model, not bad input
+      all_stats = job.run_local(cfg, plan, on_progress=progress)
+  except Exception as e:  # bad input never reaches here (it is a rejection): this is a bug or an unusable model
     progress.close()
-    print(f"anygpt-tokenize: failed: {type(e).__name__}: {e}", file=sys.stderr)
+    traceback.print_exc()
+    print(f"anygpt-tokenize: failed (a bug or an unusable model, not bad data; traceback above): "
+          f"{type(e).__name__}: {e}", file=sys.stderr)
     return EXIT_FAILURE
   progress.close()
   summary = job.summarize(all_stats, time.time() - start)
   print(json.dumps(summary, sort_keys=True))
-  return EXIT_REJECTS if summary["rejected"] else EXIT_OK
+  return EXIT_REJECTS if summary["rejected"] or summary["dropped_media"] else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ the job runs on GPU machines without a TPU stack. Modules:
   music        Encodec 32 kHz worker, frame-wise flattening and its inverse
   image        SEED-2 worker, SEED preprocessing, SD-2.1 unCLIP de-tokenizer
   seed_model   the SEED-2 quantizer modules (EVA ViT-g, causal Q-Former, VQ, unCLIP MLP)
-  audio_io     reading, checking and resampling audio
-  inputs       manifest / folder / AnyGPT-data readers
+  audio_io     reading, checking and resampling audio (one libsndfile layer: wav, flac, ogg, opus, mp3)
+  media        where a medium is: a file, a plain tar's member (by offset), an audio span; media lookup
+  inputs       the job's record type; manifest / folder / AnyGPT-data readers
+  readers      corpora as distributed: webdataset tars, MMC4, AnyInstruct, MLS, Common Voice, GigaSpeech
   anygpt_data  AnyGPT's token-string records -> shard samples
-  job          windows, batching, shards, stats, rejects, resumability (local engine)
+  job          shard plans, windows, prefetch, batching, shards, stats, rejects, resumability (local engine)
   ray_engine   the same job on Ray Data
   tfrecord     TFRecord framing without TensorFlow
   tiny         tiny random checkpoints in the published layouts

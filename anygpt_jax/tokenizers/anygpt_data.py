@@ -12,7 +12,7 @@ each message's role on its parts. `<-Ins->`/`<-Res->` stay inside the text.
 from __future__ import annotations
 
 from anygpt_jax.data.shards import Part, Sample
-from anygpt_jax.vocabulary.layout import (MODALITIES, VocabularyError, VocabularyLayout, modality_codes_from_string,
+from anygpt_jax.vocabulary.layout import (MODALITIES, VocabularyError, VocabularyLayout,
                                           split_added_tokens)
 
 _LAYOUT = VocabularyLayout(chat_tokens=True)
@@ -22,11 +22,15 @@ _ROLES = ("user", "assistant", "system")
 
 
 class AnyGPTDataError(ValueError):
-  """A record whose token strings or structure do not parse; `reason` is its stats key."""
+  """A record whose token strings or structure do not parse.
+
+  `reason` is its stats key; `detail` names the field, the offending token and its position.
+  """
 
   def __init__(self, reason: str, detail: str):
     super().__init__(f"{reason}: {detail}")
     self.reason = reason
+    self.detail = detail
 
 
 def _code(modality_name: str, token: str) -> int:
@@ -37,13 +41,16 @@ def _code(modality_name: str, token: str) -> int:
   return token_id - r.first_code_id
 
 
-def message_parts(text: str, role: str = "") -> list[Part]:
+def message_parts(text: str, role: str = "", field: str = "text") -> list[Part]:
   """Splits one message into text and modality parts, in order.
 
-  Raises AnyGPTDataError('bad_token_string') on an out-of-range or malformed code, a code
-  outside its start/end tokens, or an unterminated modality span.
+  Raises AnyGPTDataError naming `field`, the token and its character position:
+  'bad_token_string' (an out-of-range or malformed code, a code of another modality, text
+  inside a span, a code or end token outside any span), 'nested_span' (a start token inside
+  an open span), 'unclosed_span' (a span never closed).
   """
   parts, text_buf, open_modality, codes = [], [], None, []
+  pos = 0
 
   def flush_text():
     joined = "".join(text_buf)  # verbatim: AnyGPT's template keeps the spaces next to modality spans
@@ -51,29 +58,47 @@ def message_parts(text: str, role: str = "") -> list[Part]:
       parts.append(Part("text", text=joined, role=role))
     text_buf.clear()
 
-  try:
-    for is_token, piece in split_added_tokens(text):
-      if open_modality is not None:
-        if is_token and piece == open_modality.end_token:
-          parts.append(Part(open_modality.name, codes=list(codes), role=role))
-          open_modality, codes = None, []
-        elif is_token:
-          codes.append(_code(open_modality.name, piece))
-        elif piece.strip():
-          raise VocabularyError(f"text {piece.strip()[:30]!r} inside a {open_modality.name} span")
+  def fail(reason, what):
+    raise AnyGPTDataError(reason, f"field {field!r}, char {pos}: {what}")
+
+  for is_token, piece in split_added_tokens(text):
+    if open_modality is not None:
+      if is_token and piece == open_modality.end_token:
+        parts.append(Part(open_modality.name, codes=list(codes), role=role))
+        open_modality, codes = None, []
       elif is_token and piece in _START:
-        flush_text()
-        open_modality = _START[piece]
-      elif is_token and (piece in _END or _LAYOUT.id_to_code(_LAYOUT.special_token_to_id(piece)) is not None):
-        raise VocabularyError(f"{piece!r} outside a modality span")
-      else:
-        text_buf.append(piece)  # plain text, or role/chat markers kept as text
-  except VocabularyError as e:
-    raise AnyGPTDataError("bad_token_string", str(e)) from None
+        fail("nested_span", f"{piece!r} inside an open {open_modality.start_token} span")
+      elif is_token:
+        try:
+          codes.append(_code(open_modality.name, piece))
+        except VocabularyError as e:
+          fail("bad_token_string", str(e))
+      elif piece.strip():
+        fail("bad_token_string", f"text {piece.strip()[:30]!r} inside a {open_modality.name} span")
+    elif is_token and piece in _START:
+      flush_text()
+      open_modality, span_start = _START[piece], pos
+    elif is_token and piece in _END:
+      fail("bad_token_string", f"{piece!r} closes no open span")
+    elif is_token and _is_code_token(piece):
+      fail("bad_token_string", f"{piece!r} outside a modality span")
+    else:
+      text_buf.append(piece)  # plain text, or role/chat markers kept as text
+    pos += len(piece)
   if open_modality is not None:
-    raise AnyGPTDataError("bad_token_string", f"unterminated {open_modality.name} span")
+    pos = span_start
+    fail("unclosed_span", f"{open_modality.start_token} with {len(codes)} codes is never closed by "
+         f"{open_modality.end_token}")
   flush_text()
   return parts
+
+
+def _is_code_token(piece: str) -> bool:
+  """True for a modality code token (`<👀12>`), also an out-of-range or malformed one."""
+  try:
+    return _LAYOUT.id_to_code(_LAYOUT.special_token_to_id(piece)) is not None
+  except VocabularyError:
+    return any(piece.startswith("<" + m.symbol) for m in MODALITIES)
 
 
 def _messages(conversation) -> list[dict]:
@@ -94,10 +119,10 @@ def record_to_sample(record: dict, default_id: str, source: str) -> Sample:
   sample_id = str(record.get("id", default_id))
   if "conversation" in record:
     parts = []
-    for msg in _messages(record["conversation"]):
+    for i, msg in enumerate(_messages(record["conversation"])):
       if not isinstance(msg, dict) or msg.get("role") not in _ROLES or not isinstance(msg.get("message"), str):
-        raise AnyGPTDataError("malformed_record", f"bad chat message {str(msg)[:60]!r}")
-      parts.extend(message_parts(msg["message"], role=msg["role"]))
+        raise AnyGPTDataError("malformed_record", f"conversation message {i}: {str(msg)[:60]!r}")
+      parts.extend(message_parts(msg["message"], role=msg["role"], field=f"conversation[{i}].message"))
     return Sample(sample_id, parts, source=source)
   modality_keys = [m.name for m in MODALITIES if m.name in record]
   text = record.get("text")
@@ -107,13 +132,14 @@ def record_to_sample(record: dict, default_id: str, source: str) -> Sample:
     raise AnyGPTDataError("malformed_record", f"several modalities {modality_keys}")
   if modality_keys:
     name = modality_keys[0]
-    try:
-      codes = modality_codes_from_string(_LAYOUT, name, str(record[name]))
-    except VocabularyError as e:
-      raise AnyGPTDataError("bad_token_string", str(e)) from None
-    if not codes:
-      raise AnyGPTDataError("bad_token_string", f"no {name} codes")
-    return Sample(sample_id, [Part(name, codes=codes), Part("text", text=text)], source=source)
+    value = record[name]
+    if not isinstance(value, str):
+      raise AnyGPTDataError("malformed_record", f"field {name!r} is not a string")
+    spans = [p for p in message_parts(value, field=name) if p.kind != "text" or p.text.strip()]
+    if [p.kind for p in spans] != [name] or not spans[0].codes:
+      raise AnyGPTDataError("bad_token_string", f"field {name!r} must hold one non-empty {name} span, "
+                            f"found {[p.kind for p in spans]}")
+    return Sample(sample_id, [spans[0], Part("text", text=text)], source=source)
   parts = message_parts(text)
   if not any(p.kind != "text" for p in parts):
     raise AnyGPTDataError("malformed_record", "no modality tokens in a record without a modality field")

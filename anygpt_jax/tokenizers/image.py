@@ -7,14 +7,15 @@ Decoding is SEED's: codes -> 1024-d unCLIP image embedding -> `StableUnCLIPImg2I
 
 from __future__ import annotations
 
-import os
+import io
 import pathlib
+import re
 
 import numpy as np
 import torch
 from PIL import Image
 
-from anygpt_jax.tokenizers.audio_io import MediaError
+from anygpt_jax.tokenizers.media import MediaError, MediaRef
 from anygpt_jax.tokenizers.seed_model import SeedQuantizer, load_seed_quantizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -23,23 +24,30 @@ SEED_FILE = "seed_quantizer.pt"
 VIT_FILE = "eva_vit_g.pth"
 
 
-def load_image(path: str, strict_rgb: bool = False) -> Image.Image:
-  """Opens an image fully decoded as RGB.
+# What PIL raises for bytes it cannot decode (UnidentifiedImageError is an OSError; a cut-off
+# file raises OSError "image file is truncated"; broken headers raise SyntaxError/ValueError).
+# Anything else (a TypeError, an AttributeError) is a bug in our code and propagates.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def load_image(source: str | MediaRef, strict_rgb: bool = False) -> Image.Image:
+  """Opens a file or a tar member, fully decoded, as RGB.
 
   Grayscale, palette and CMYK images are converted; images with alpha are composited on
   white. With `strict_rgb` any non-RGB mode is rejected instead (reason `bad_image_mode`).
-  Raises MediaError: missing_file, corrupt_media (undecodable or truncated), bad_image_mode.
+  Raises MediaError: missing_file, truncated_image (cut-off data), undecodable_image (the
+  decoder's message in the detail), bad_image_mode.
   """
-  if not os.path.isfile(path):
-    raise MediaError("missing_file", path)
+  ref = source if isinstance(source, MediaRef) else MediaRef(str(source))
+  data = io.BytesIO(ref.read_bytes())
   try:
-    with Image.open(path) as img:
+    with Image.open(data) as img:
       img.load()  # decode now: a truncated file fails here, not later in a worker
       mode = img.mode
       if mode == "RGB":
         return img.copy()
       if strict_rgb:
-        raise MediaError("bad_image_mode", f"{path}: mode {mode}")
+        raise MediaError("bad_image_mode", f"{ref.name}: mode {mode}")
       if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -47,8 +55,11 @@ def load_image(path: str, strict_rgb: bool = False) -> Image.Image:
       return img.convert("RGB")
   except MediaError:
     raise
-  except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-    raise MediaError("corrupt_media", f"{path}: {e}") from None
+  except DECODE_ERRORS as e:
+    reason = "truncated_image" if "truncated" in str(e) else "undecodable_image"
+    # PIL names the in-memory buffer by its address: keep the detail reproducible.
+    message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(e))
+    raise MediaError(reason, f"{ref.name}: {type(e).__name__}: {message}") from None
 
 
 def preprocess(images: list[Image.Image], size: int = 224) -> torch.Tensor:

@@ -8,22 +8,36 @@ instead of silently skipped.
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import io
 import json
 import os
 import pathlib
+import zipfile
 from typing import Iterator
+
+from anygpt_jax.tokenizers.media import MediaRef
 
 MEDIA_KINDS = ("image", "speech", "music")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
+SHAPES = ("pair", "document", "chat")
+
+
 @dataclasses.dataclass
 class InputRecord:
   """One unit of work.
 
-  kind: 'image' | 'speech' | 'music' (media to tokenize), 'anygpt' (a pretokenized AnyGPT
-  record in `data`), or '' when `reject` is set (the line could not be read).
+  kind: 'image' | 'speech' | 'music' (a pair: one medium at `path` and its caption `text`),
+  'document' | 'chat' (several parts in `parts`), 'anygpt' (a pretokenized AnyGPT record in
+  `data`), or '' when `reject` is set (the input could not be read; `reject_detail` says why).
+
+  `parts` (optional for pairs, required for documents and chats) lists the sample's pieces in
+  order, each `text_part(...)` or `media_part(...)`. A medium marked `optional` (an image of an
+  interleaved document) is dropped alone when it cannot be read; any other failed medium
+  rejects the whole record (a pair, a conversation).
   """
 
   id: str
@@ -33,6 +47,9 @@ class InputRecord:
   source: str = ""
   data: dict | None = None
   reject: str = ""
+  reject_detail: str = ""
+  parts: list[dict] | None = None
+  dropped: list[dict] | None = None  # media the reader already left out: {"part", "reason", "detail"}
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -41,35 +58,89 @@ class InputRecord:
   def from_dict(cls, d: dict) -> "InputRecord":
     return cls(**d)
 
+  def raw_parts(self) -> list[dict]:
+    """`parts`, or for a plain pair [its medium, its caption]."""
+    if self.parts is not None:
+      return self.parts
+    return [media_part(self.kind, MediaRef(self.path)), text_part(self.text)]
 
-def _jsonl_objects(path: str) -> Iterator[tuple[str, dict | None]]:
-  """(fallback id `file:line`, parsed object or None when the line is not JSON) per non-blank line."""
+
+def text_part(text: str, role: str = "") -> dict:
+  return {"kind": "text", "text": text, "role": role}
+
+
+def media_part(kind: str, ref: MediaRef, role: str = "", optional: bool = False, label: str = "") -> dict:
+  """A medium of a record; `label` names it in rejections (e.g. `image_info[3]`; default: its part index)."""
+  part = {"kind": kind, "media": ref.to_dict(), "role": role, "optional": optional}
+  if label:
+    part["label"] = label
+  return part
+
+
+def rejected(record_id: str, source: str, reason: str, detail: str) -> InputRecord:
+  """A record that could not be read, carried to the rejects file instead of dropped."""
+  return InputRecord(str(record_id), "", source=str(source), reject=reason, reject_detail=detail)
+
+
+def open_text(path: str):
+  """A text file, also inside `.gz` or a one-member `.zip` (MMC4 ships `docs_shard_*_v2.jsonl.zip`)."""
+  if str(path).endswith(".gz"):
+    return gzip.open(path, "rt", encoding="utf-8")
+  if str(path).endswith(".zip"):
+    archive = zipfile.ZipFile(path)
+    names = [n for n in archive.namelist() if not n.endswith("/")]
+    if len(names) != 1:
+      raise ValueError(f"{path}: expected one file in the zip, found {names[:5]}")
+    return io.TextIOWrapper(archive.open(names[0]), encoding="utf-8")
+  return open(path, encoding="utf-8")
+
+
+def jsonl_objects(path: str) -> Iterator[tuple[str, object]]:
+  """(fallback id `file:line`, parsed value) per non-blank line; a line that is not JSON gives a
+  `json.JSONDecodeError` as its value (its message says where). Reads `.gz`/`.zip` too."""
   name = pathlib.Path(path).name
-  with open(path, encoding="utf-8") as f:
+  with open_text(path) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
       try:
         yield f"{name}:{line_no}", json.loads(line)
-      except json.JSONDecodeError:
-        yield f"{name}:{line_no}", None
+      except json.JSONDecodeError as e:
+        yield f"{name}:{line_no}", e
 
 
-def _malformed(record_id: str, path: str) -> InputRecord:
-  return InputRecord(record_id, "", source=str(path), reject="malformed_manifest_line")
+def _malformed(record_id: str, path: str, detail: str) -> InputRecord:
+  return rejected(record_id, path, "malformed_manifest_line", detail)
 
 
 def read_manifest(path: str) -> Iterator[InputRecord]:
   """`{"id", "kind", "path", "text"}` per line; relative paths are relative to the manifest."""
   base = pathlib.Path(path).resolve().parent
-  for fallback_id, d in _jsonl_objects(path):
-    if not (isinstance(d, dict) and d.get("kind") in MEDIA_KINDS and isinstance(d.get("path"), str)
-            and d.get("path") and isinstance(d.get("id", ""), (str, int))
-            and isinstance(d.get("text", ""), str)):
-      yield _malformed(str(d.get("id", fallback_id)) if isinstance(d, dict) else fallback_id, path)
+  for fallback_id, d in jsonl_objects(path):
+    problem = _manifest_problem(d)
+    if problem:
+      yield _malformed(str(d.get("id", fallback_id)) if isinstance(d, dict) else fallback_id, path,
+                       f"{fallback_id}: {problem}")
       continue
     media = d["path"] if os.path.isabs(d["path"]) else str(base / d["path"])
     yield InputRecord(str(d.get("id", fallback_id)), d["kind"], media, d.get("text", ""), source=media)
+
+
+def _manifest_problem(d) -> str:
+  """Why a manifest line is unusable ('' when it is fine)."""
+  if isinstance(d, Exception):
+    return f"not JSON: {d}"
+  if not isinstance(d, dict):
+    return "not a JSON object"
+  if d.get("kind") not in MEDIA_KINDS:
+    return f"field 'kind' is {d.get('kind')!r}, not one of {MEDIA_KINDS}"
+  if not (isinstance(d.get("path"), str) and d["path"]):
+    return "field 'path' missing or not a string"
+  if not isinstance(d.get("id", ""), (str, int)):
+    return "field 'id' is not a string or integer"
+  if not isinstance(d.get("text", ""), str):
+    return "field 'text' is not a string"
+  return ""
 
 
 def read_folder(folder: str, audio_kind: str = "speech") -> Iterator[InputRecord]:
@@ -93,9 +164,9 @@ def read_folder(folder: str, audio_kind: str = "speech") -> Iterator[InputRecord
 
 def read_anygpt(path: str) -> Iterator[InputRecord]:
   """AnyGPT pair / chat / interleaved JSONL (see `anygpt_data`); the data file is the source."""
-  for fallback_id, d in _jsonl_objects(path):
+  for fallback_id, d in jsonl_objects(path):
     if not isinstance(d, dict):
-      yield _malformed(fallback_id, path)
+      yield _malformed(fallback_id, path, f"{fallback_id}: {d if isinstance(d, Exception) else 'not a JSON object'}")
       continue
     yield InputRecord(str(d.get("id", fallback_id)), "anygpt", source=str(path), data=d)
 

@@ -1,19 +1,24 @@
 """The batch tokenization job: input records -> pretokenized TFRecord shards + stats + rejects.
 
-Work is split into shards by record index (`i % num_shards`), each shard into windows of
-`window` records. A window's media are decoded and resampled by a thread pool, then sorted by
-length and encoded in batches of `batch_size` (length bucketing keeps padding small), and its
-samples are written in input order. Memory is bounded by one window, never by the corpus.
+A plan says which records make each output shard: `InputShardPlan` maps input shards (a tar,
+a JSONL part, a TSV) to output shards, `ModuloPlan` deals one record stream out by index.
+Each shard is processed in windows of `window` records: the window's media are decoded and
+resampled by a thread pool, each kind is encoded in length-sorted batches of `batch_size`
+(length bucketing keeps padding small) and samples are written in input order. Memory is
+bounded by one window, never by the corpus.
 
-Per shard, next to `{corpus}-{split}-{i:05d}-of-{n:05d}` the job writes
-`<shard>.stats.json` and `<shard>.rejects.jsonl`. All three are written to temporary names
-and renamed, stats and rejects first and the shard last, so an existing shard file means a
-finished shard: a rerun skips it, and a rerun after `kill -9` ends with the same bytes as an
-uninterrupted run (record order and batching are deterministic).
+Per shard `{corpus}-{split}-{i:05d}-of-{n:05d}` the job writes `<shard>.stats.json` (counts,
+rejections by category with example details, the shard's inputs) and `<shard>.rejects.jsonl`
+(one line per rejected record or dropped medium: id, reason, detail, source). All three are
+written under `<output_dir>/.tmp/`, which no shard glob matches, and renamed into place,
+stats and rejects first and the shard last: an existing shard file means a finished shard,
+a rerun skips it, and a rerun after `kill -9` ends with the same bytes as an uninterrupted
+run (record order and batching are deterministic).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import itertools
@@ -21,13 +26,13 @@ import json
 import os
 import pathlib
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from anygpt_jax.data.shards import Part, Sample, serialize_sample, shard_filename
 from anygpt_jax.tokenizers import anygpt_data, audio_io, image as image_lib
-from anygpt_jax.tokenizers.audio_io import MediaError
+from anygpt_jax.tokenizers.media import MediaError, MediaRef
 from anygpt_jax.tokenizers.inputs import InputRecord
 from anygpt_jax.tokenizers.tfrecord import TFRecordWriter
 
@@ -54,6 +59,7 @@ class JobConfig:
   batch_size: int = 16
   window: int = 256
   workers: int = 2
+  prefetch: int = 1  # windows decoded ahead of the one being encoded
   max_speech_seconds: float = 60.0
   max_music_seconds: float = 1800.0
   music_clip_seconds: float = 5.0
@@ -71,15 +77,21 @@ class JobConfig:
 
 @dataclasses.dataclass
 class RecordResult:
-  """The outcome of one input record: a serialized sample, or a rejection reason."""
+  """The outcome of one input record: a serialized sample, or a rejection (category + detail).
+
+  `dropped` lists media left out of a kept sample (an interleaved document's unreadable image):
+  one {"part", "reason", "detail"} per medium.
+  """
 
   id: str
   source: str
   reason: str = ""
+  detail: str = ""
   sample: bytes = b""
   tokens: dict = dataclasses.field(default_factory=dict)
   text_chars: int = 0
   audio_seconds: float = 0.0
+  dropped: list = dataclasses.field(default_factory=list)
 
 
 # --- tokenizer workers (loaded lazily, only for the kinds a shard has) -----------------------
@@ -113,18 +125,21 @@ class Tokenizers:
 
 
 # --- one window: load in parallel, encode in length-sorted batches ---------------------------
-def _load(record: InputRecord, toks: Tokenizers, cfg: JobConfig):
-  """The decoded media of one record (wave or image), or a MediaError."""
+def _load(kind: str, ref: MediaRef, toks: Tokenizers, cfg: JobConfig):
+  """The decoded medium (wave or image), or the MediaError saying why it cannot be used.
+
+  Only MediaError is caught: any other exception is a bug and stops the job.
+  """
   try:
-    worker = toks.get(record.kind)
-    if record.kind == "image":
-      return image_lib.load_image(record.path, strict_rgb=cfg.strict_formats)
-    limit = cfg.max_speech_seconds if record.kind == "speech" else cfg.max_music_seconds
-    wave = audio_io.load_audio(record.path, worker.sample_rate, limit, strict_mono=cfg.strict_formats)
-    if record.kind == "music":
+    worker = toks.get(kind)
+    if kind == "image":
+      return image_lib.load_image(ref, strict_rgb=cfg.strict_formats)
+    limit = cfg.max_speech_seconds if kind == "speech" else cfg.max_music_seconds
+    wave = audio_io.load_audio(ref, worker.sample_rate, limit, strict_mono=cfg.strict_formats)
+    if kind == "music":
       wave = worker.clip(wave)
     if len(wave) < worker.hop:
-      raise MediaError("too_short", f"{record.path}: {len(wave)} samples, under one code frame")
+      raise MediaError("too_short", f"{ref.name}: {len(wave)} samples, under one code frame")
     return wave
   except MediaError as e:
     return e
@@ -147,18 +162,11 @@ def _encode_kind(kind: str, items: list, toks: Tokenizers, batch_size: int) -> l
   return codes
 
 
-def _media_result(record: InputRecord, codes: np.ndarray, seconds: float) -> RecordResult:
-  sample = Sample(record.id, [Part(record.kind, codes=codes.tolist()), Part("text", text=record.text)],
-                  duration_s=seconds, source=record.source)
-  return RecordResult(record.id, record.source, sample=serialize_sample(sample), tokens={record.kind: len(codes)},
-                      text_chars=len(record.text), audio_seconds=seconds)
-
-
 def _anygpt_result(record: InputRecord) -> RecordResult:
   try:
     sample = anygpt_data.record_to_sample(record.data, record.id, record.source)
   except anygpt_data.AnyGPTDataError as e:
-    return RecordResult(record.id, record.source, reason=e.reason)
+    return RecordResult(record.id, record.source, reason=e.reason, detail=e.detail)
   tokens, chars = {}, 0
   for p in sample.parts:
     if p.kind == "text":
@@ -171,47 +179,178 @@ def _anygpt_result(record: InputRecord) -> RecordResult:
                       audio_seconds=seconds)
 
 
-def process_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
-                   pool: concurrent.futures.Executor | None) -> list[RecordResult]:
-  """Tokenizes one window of records; results come back in input order."""
+def _precheck(record: InputRecord) -> RecordResult | None:
+  """A result for records that need no media work (rejected, pretokenized, captionless pairs)."""
+  if record.reject:
+    return RecordResult(record.id, record.source, reason=record.reject, detail=record.reject_detail)
+  if record.kind == "anygpt":
+    return _anygpt_result(record)
+  if record.kind in TOKEN_KINDS and not "".join(p.get("text", "") for p in record.raw_parts()).strip():
+    return RecordResult(record.id, record.source, reason="missing_text", detail=f"no caption for {record.path or record.id}")
+  return None
+
+
+def _assemble(record: InputRecord, raw: list[dict], media: dict[int, tuple], dropped: list) -> RecordResult:
+  """The sample of `record` from its raw parts and their codes (`media`: part index -> (codes, seconds))."""
+  parts, tokens, chars, seconds = [], {}, 0, 0.0
+  for k, rp in enumerate(raw):
+    if rp["kind"] == "text":
+      if rp["text"] or record.kind in TOKEN_KINDS:  # verbatim: spaces next to media are part of the text
+        parts.append(Part("text", text=rp["text"], role=rp.get("role", "")))
+        chars += len(rp["text"])
+    elif k in media:
+      codes, secs = media[k]
+      parts.append(Part(rp["kind"], codes=codes.tolist(), role=rp.get("role", "")))
+      tokens[rp["kind"]] = tokens.get(rp["kind"], 0) + len(codes)
+      seconds += secs
+  if not tokens and record.kind == "document":  # an interleaved document whose every image was dropped
+    return RecordResult(record.id, record.source, reason="no_media_left",
+                        detail="; ".join(f"part {d['part']}: {d['reason']}: {d['detail']}" for d in dropped)
+                        or "the record has no media")
+  sample = Sample(record.id, parts, duration_s=round(seconds, 4), source=record.source)
+  return RecordResult(record.id, record.source, sample=serialize_sample(sample), tokens=tokens, text_chars=chars,
+                      audio_seconds=round(seconds, 4), dropped=dropped)
+
+
+@dataclasses.dataclass
+class PreparedWindow:
+  """A window whose media are being decoded: `loaded` holds futures (or values without a pool)."""
+
+  records: list[InputRecord]
+  results: list
+  raws: dict[int, list[dict]]
+  tasks: list[tuple]
+  loaded: list
+
+
+def prepare_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
+                   pool: concurrent.futures.Executor | None) -> PreparedWindow:
+  """Checks the window's records and starts decoding every medium (in `pool`, without waiting)."""
   results: list[RecordResult | None] = [None] * len(records)
-  media_idx = []
+  raws: dict[int, list[dict]] = {}
+  tasks = []  # (record index, part index, kind, ref)
   for i, r in enumerate(records):
-    if r.reject:
-      results[i] = RecordResult(r.id, r.source, reason=r.reject)
-    elif r.kind == "anygpt":
-      results[i] = _anygpt_result(r)
-    elif not r.text.strip():
-      results[i] = RecordResult(r.id, r.source, reason="missing_text")
-    else:
-      media_idx.append(i)
+    results[i] = _precheck(r)
+    if results[i] is None:
+      raws[i] = r.raw_parts()
+      tasks += [(i, k, p["kind"], MediaRef.from_dict(p["media"])) for k, p in enumerate(raws[i]) if p["kind"] != "text"]
   # Build the workers here, not in the pool's threads, so each loads once.
-  for kind in sorted({records[i].kind for i in media_idx}):
+  for kind in sorted({t[2] for t in tasks}):
     try:
       toks.get(kind)
     except MediaError:
-      pass  # `_load` reports `no_tokenizer` for each record of this kind
-  load = lambda i: _load(records[i], toks, cfg)
-  loaded = list(pool.map(load, media_idx)) if pool is not None else [load(i) for i in media_idx]
-  by_kind: dict[str, list[tuple[int, object]]] = {}
-  for i, media in zip(media_idx, loaded):
-    if isinstance(media, MediaError):
-      results[i] = RecordResult(records[i].id, records[i].source, reason=media.reason)
+      pass  # `_load` reports `no_tokenizer` for each medium of this kind
+  if pool is not None:
+    loaded = [pool.submit(_load, t[2], t[3], toks, cfg) for t in tasks]
+  else:
+    loaded = [_load(t[2], t[3], toks, cfg) for t in tasks]
+  return PreparedWindow(records, results, raws, tasks, loaded)
+
+
+def finish_window(w: PreparedWindow, toks: Tokenizers, cfg: JobConfig) -> list[RecordResult]:
+  """Waits for the window's media, encodes each kind in length-sorted batches, assembles samples in order."""
+  records, results, raws = w.records, w.results, w.raws
+  loaded = [x.result() if isinstance(x, concurrent.futures.Future) else x for x in w.loaded]
+  dropped: dict[int, list] = {i: list(records[i].dropped or []) for i in raws}
+  by_kind: dict[str, list[tuple[int, int, object]]] = {}
+  for (i, k, kind, _), item in zip(w.tasks, loaded):
+    if results[i] is not None:
+      continue  # the record is already rejected by an earlier medium
+    if isinstance(item, MediaError):
+      label = raws[i][k].get("label", k)
+      if raws[i][k].get("optional"):
+        dropped[i].append({"part": label, "reason": item.reason, "detail": item.detail})
+      else:
+        results[i] = RecordResult(records[i].id, records[i].source, reason=item.reason,
+                                  detail=f"part {label}: {item.detail}" if records[i].parts is not None else item.detail)
     else:
-      by_kind.setdefault(records[i].kind, []).append((i, media))
+      by_kind.setdefault(kind, []).append((i, k, item))
+  media: dict[int, dict[int, tuple]] = {i: {} for i in raws}
   for kind in sorted(by_kind):
-    idx, items = zip(*by_kind[kind])
-    codes = _encode_kind(kind, list(items), toks, cfg.batch_size)
-    for i, item, c in zip(idx, items, codes):
-      seconds = 0.0 if kind == "image" else round(len(item) / toks.get(kind).sample_rate, 4)
-      results[i] = _media_result(records[i], c, seconds)
+    entries = [e for e in by_kind[kind] if results[e[0]] is None]
+    if not entries:
+      continue
+    codes = _encode_kind(kind, [e[2] for e in entries], toks, cfg.batch_size)
+    rate = None if kind == "image" else toks.get(kind).sample_rate
+    for (i, k, item), c in zip(entries, codes):
+      media[i][k] = (c, 0.0 if rate is None else round(len(item) / rate, 4))
+  for i in raws:
+    if results[i] is None:
+      results[i] = _assemble(records[i], raws[i], media[i], dropped[i])
   return results
 
 
+def process_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
+                   pool: concurrent.futures.Executor | None) -> list[RecordResult]:
+  """Tokenizes one window of records; results come back in input order."""
+  return finish_window(prepare_window(records, toks, cfg, pool), toks, cfg)
+
+
+def prefetched_results(plan_records: Iterable[InputRecord], toks: Tokenizers, cfg: JobConfig,
+                       pool: concurrent.futures.Executor) -> Iterator[RecordResult]:
+  """Results of every window in order, decoding up to `cfg.prefetch` windows ahead of the one encoding.
+
+  The pool's threads decode and resample the next windows while the model encodes this one;
+  memory holds at most `prefetch + 1` windows of decoded media.
+  """
+  pending: collections.deque[PreparedWindow] = collections.deque()
+  for window in windows(plan_records, cfg.window):
+    pending.append(prepare_window(window, toks, cfg, pool))
+    if len(pending) > cfg.prefetch:
+      yield from finish_window(pending.popleft(), toks, cfg)
+  while pending:
+    yield from finish_window(pending.popleft(), toks, cfg)
+
+
 # --- shards ----------------------------------------------------------------------------------
-def shard_records(records: Iterable[InputRecord], index: int, count: int) -> Iterator[InputRecord]:
-  """The records of shard `index`: every `count`-th record starting at `index`."""
-  return itertools.islice(records, index, None, count)
+class ModuloPlan:
+  """Shard i holds every `num_shards`-th record of one record stream, starting at record i.
+
+  For inputs that come as one list (a manifest, a folder, one transcripts file): every
+  machine reads the whole stream and keeps its share.
+  """
+
+  def __init__(self, make_records: Callable[[], Iterable[InputRecord]], num_shards: int, inputs: Sequence[str] = ()):
+    self.make_records, self.num_shards, self.inputs = make_records, num_shards, list(inputs)
+
+  def records(self, index: int) -> Iterator[InputRecord]:
+    return itertools.islice(self.make_records(), index, None, self.num_shards)
+
+  def describe(self, index: int) -> dict:
+    return {"inputs": self.inputs, "records": f"every {self.num_shards}th from record {index}"}
+
+
+class InputShardPlan:
+  """One input shard (a tar, a JSONL part, a TSV) -> `per_input` output shards, with no manifest.
+
+  Output shard i reads only input `i // per_input` (keeping every `per_input`-th of its
+  records from `i % per_input`), so machines split a job by `--shard-index` alone and each
+  output shard's stats name its input. Inputs are taken in the sorted order given.
+  """
+
+  def __init__(self, inputs: Sequence[str], read: Callable[[str], Iterable[InputRecord]], per_input: int = 1):
+    if not inputs:
+      raise ValueError("no input shards")
+    self.inputs, self.read, self.per_input = list(inputs), read, per_input
+    self.num_shards = len(self.inputs) * per_input
+
+  def records(self, index: int) -> Iterator[InputRecord]:
+    return itertools.islice(self.read(self.inputs[index // self.per_input]), index % self.per_input, None,
+                            self.per_input)
+
+  def describe(self, index: int) -> dict:
+    d = {"inputs": [self.inputs[index // self.per_input]]}
+    if self.per_input > 1:
+      d["records"] = f"every {self.per_input}th from record {index % self.per_input}"
+    return d
+
+
+def as_plan(cfg: JobConfig, records_or_plan) -> "ModuloPlan | InputShardPlan":
+  """A plan from a plan, or from a callable returning all records (split modulo `cfg.num_shards`)."""
+  plan = records_or_plan if hasattr(records_or_plan, "records") else ModuloPlan(records_or_plan, cfg.num_shards)
+  if plan.num_shards != cfg.num_shards:
+    raise ValueError(f"the plan has {plan.num_shards} shards but the job config says {cfg.num_shards}")
+  return plan
 
 
 def windows(records: Iterable[InputRecord], size: int) -> Iterator[list[InputRecord]]:
@@ -220,21 +359,37 @@ def windows(records: Iterable[InputRecord], size: int) -> Iterator[list[InputRec
     yield chunk
 
 
+# Details kept in the stats per rejection category (all of them are in the rejects file).
+STATS_EXAMPLES = 3
+
+
 class ShardStats:
   """Counts for one shard; `to_json` gives the keys the data pipeline reads."""
 
-  def __init__(self, corpus: str, split: str, index: int, count: int):
+  def __init__(self, corpus: str, split: str, index: int, count: int, origin: dict | None = None):
     self.corpus, self.split, self.index, self.count = corpus, split, index, count
+    self.origin = origin or {}
     self.records_in = self.records_out = self.text_chars = 0
     self.audio_seconds = 0.0
     self.rejected: dict[str, int] = {}
+    self.examples: dict[str, list[str]] = {}
+    self.dropped: dict[str, int] = {}
     self.tokens = {k: 0 for k in TOKEN_KINDS}
+
+  def _example(self, reason: str, detail: str) -> None:
+    shown = self.examples.setdefault(reason, [])
+    if len(shown) < STATS_EXAMPLES:
+      shown.append(detail)
 
   def add(self, r: RecordResult) -> None:
     self.records_in += 1
     if r.reason:
       self.rejected[r.reason] = self.rejected.get(r.reason, 0) + 1
+      self._example(r.reason, f"{r.id}: {r.detail}")
       return
+    for d in r.dropped:
+      self.dropped[d["reason"]] = self.dropped.get(d["reason"], 0) + 1
+      self._example(d["reason"], f"{r.id} part {d['part']} (dropped): {d['detail']}")
     self.records_out += 1
     self.text_chars += r.text_chars
     self.audio_seconds += r.audio_seconds
@@ -244,10 +399,16 @@ class ShardStats:
   def to_json(self) -> dict:
     return {
         "corpus": self.corpus, "split": self.split, "shard_index": self.index, "num_shards": self.count,
-        "records_in": self.records_in, "records_out": self.records_out,
-        "rejected": dict(sorted(self.rejected.items())), "tokens": self.tokens, "text_chars": self.text_chars,
-        "audio_seconds": round(self.audio_seconds, 3),
+        **self.origin, "records_in": self.records_in, "records_out": self.records_out,
+        "rejected": dict(sorted(self.rejected.items())), "dropped_media": dict(sorted(self.dropped.items())),
+        "reject_examples": dict(sorted(self.examples.items())), "tokens": self.tokens,
+        "text_chars": self.text_chars, "audio_seconds": round(self.audio_seconds, 3),
     }
+
+
+# Work in progress lives here, where no shard glob (`{corpus}-{split}-*-of-*` beside the
+# shards) can see it; finished files are renamed out of it.
+TMP_DIR = ".tmp"
 
 
 def shard_paths(cfg: JobConfig, index: int) -> dict[str, pathlib.Path]:
@@ -257,22 +418,28 @@ def shard_paths(cfg: JobConfig, index: int) -> dict[str, pathlib.Path]:
 
 
 class ShardWriter:
-  """Writes one shard to temporary files; `commit` renames stats, rejects, then the shard."""
+  """Writes one shard under `<output_dir>/.tmp/`; `commit` renames stats, rejects, then the shard."""
 
-  def __init__(self, cfg: JobConfig, index: int):
+  def __init__(self, cfg: JobConfig, index: int, origin: dict | None = None):
     self.paths = shard_paths(cfg, index)
-    self.paths["shard"].parent.mkdir(parents=True, exist_ok=True)
-    self.tmp = {k: p.with_name(p.name + ".tmp") for k, p in self.paths.items()}
+    tmp_dir = self.paths["shard"].parent / TMP_DIR
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    self.tmp = {k: tmp_dir / p.name for k, p in self.paths.items()}
     self.writer = TFRecordWriter(str(self.tmp["shard"]))
     self.rejects = open(self.tmp["rejects"], "w", encoding="utf-8")
-    self.stats = ShardStats(cfg.corpus, cfg.split, index, cfg.num_shards)
+    self.stats = ShardStats(cfg.corpus, cfg.split, index, cfg.num_shards, origin)
+
+  def _reject_line(self, **fields) -> None:
+    self.rejects.write(json.dumps(fields, ensure_ascii=False) + "\n")
 
   def add(self, r: RecordResult) -> None:
     self.stats.add(r)
     if r.reason:
-      self.rejects.write(json.dumps({"id": r.id, "reason": r.reason, "source": r.source}, ensure_ascii=False) + "\n")
-    else:
-      self.writer.write(r.sample)
+      self._reject_line(id=r.id, reason=r.reason, detail=r.detail, source=r.source)
+      return
+    for d in r.dropped:  # the sample is kept without this medium
+      self._reject_line(id=r.id, reason=d["reason"], detail=d["detail"], source=r.source, dropped_part=d["part"])
+    self.writer.write(r.sample)
 
   def commit(self) -> dict:
     self.writer.close()
@@ -280,6 +447,7 @@ class ShardWriter:
     self.tmp["stats"].write_text(json.dumps(self.stats.to_json(), indent=2, sort_keys=True) + "\n")
     for key in ("stats", "rejects", "shard"):  # the shard last: its presence marks the shard done
       os.replace(self.tmp[key], self.paths[key])
+    # `.tmp/` stays: machines sharing the output directory may be writing other shards in it.
     return self.stats.to_json()
 
 
@@ -291,13 +459,14 @@ def finished_stats(cfg: JobConfig, index: int) -> dict | None:
   return None
 
 
-def run_local(cfg: JobConfig, make_records: Callable[[], Iterable[InputRecord]],
-              on_progress: Callable[[RecordResult], None] | None = None,
+def run_local(cfg: JobConfig, records_or_plan, on_progress: Callable[[RecordResult], None] | None = None,
               toks: Tokenizers | None = None) -> list[dict]:
   """Tokenizes every selected shard in this process; returns each shard's stats (skipped ones too).
 
-  `toks` lets a caller reuse already loaded tokenizer workers (e.g. across several jobs).
+  `records_or_plan`: a `ModuloPlan`/`InputShardPlan`, or a callable returning all records
+  (split modulo `cfg.num_shards`). `toks` lets a caller reuse loaded tokenizer workers.
   """
+  plan = as_plan(cfg, records_or_plan)
   toks = toks or Tokenizers(cfg)
   all_stats = []
   with concurrent.futures.ThreadPoolExecutor(max(1, cfg.workers)) as pool:
@@ -306,26 +475,26 @@ def run_local(cfg: JobConfig, make_records: Callable[[], Iterable[InputRecord]],
       if done is not None:
         all_stats.append(done)
         continue
-      writer = ShardWriter(cfg, index)
-      for window in windows(shard_records(make_records(), index, cfg.num_shards), cfg.window):
-        for result in process_window(window, toks, cfg, pool):
-          writer.add(result)
-          if on_progress:
-            on_progress(result)
+      writer = ShardWriter(cfg, index, plan.describe(index))
+      for result in prefetched_results(plan.records(index), toks, cfg, pool):
+        writer.add(result)
+        if on_progress:
+          on_progress(result)
       all_stats.append(writer.commit())
   return all_stats
 
 
 def summarize(all_stats: list[dict], seconds: float) -> dict:
   """Totals over shards, for the command line's last line."""
-  total = {"shards": len(all_stats), "records_in": 0, "records_out": 0, "rejected": {},
+  total = {"shards": len(all_stats), "records_in": 0, "records_out": 0, "rejected": {}, "dropped_media": {},
            "tokens": {k: 0 for k in TOKEN_KINDS}, "audio_seconds": 0.0, "wall_seconds": round(seconds, 2)}
   for s in all_stats:
     total["records_in"] += s["records_in"]
     total["records_out"] += s["records_out"]
     total["audio_seconds"] += s["audio_seconds"]
-    for k, n in s["rejected"].items():
-      total["rejected"][k] = total["rejected"].get(k, 0) + n
+    for key in ("rejected", "dropped_media"):
+      for k, n in s.get(key, {}).items():
+        total[key][k] = total[key].get(k, 0) + n
     for k, n in s["tokens"].items():
       total["tokens"][k] += n
   total["audio_seconds"] = round(total["audio_seconds"], 3)

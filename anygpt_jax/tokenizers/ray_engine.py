@@ -1,16 +1,18 @@
 """The tokenization job on Ray Data: the same windows, processed by a pool of tokenizer actors.
 
-The driver plans each shard's windows exactly as the local engine does, Ray Data maps them
-through `TokenizeActor`s (each holding the tokenizer models, on a GPU when `num_gpus` > 0),
-and the driver writes the results in window order with the local engine's `ShardWriter`.
-Same windows, same batches, same writer: the shard bytes equal the local engine's.
+The driver reads each shard's records through the same plan and readers as the local engine
+(records carry media references, a tar member's offset or an audio span, not media bytes),
+Ray Data maps the windows through `TokenizeActor`s (each holding the tokenizer models and
+reading the media itself, on a GPU when `num_gpus` > 0), and the driver writes the results in
+window order with the local engine's `ShardWriter`. Same windows, same batches, same writer:
+the shard bytes equal the local engine's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pickle
-from typing import Callable, Iterable
+from typing import Callable
 
 from anygpt_jax.tokenizers import job
 from anygpt_jax.tokenizers.inputs import InputRecord
@@ -32,15 +34,17 @@ class TokenizeActor:
     return {"window": batch["window"], "results": out}
 
 
-def run_ray(cfg: job.JobConfig, make_records: Callable[[], Iterable[InputRecord]], num_actors: int = 1,
+def run_ray(cfg: job.JobConfig, records_or_plan, num_actors: int = 1,
             num_cpus: int = 2, num_gpus_per_actor: float = 0.0, address: str | None = None,
             on_progress: Callable[[job.RecordResult], None] | None = None) -> list[dict]:
   """Tokenizes the selected shards through Ray Data; returns each shard's stats.
 
+  `records_or_plan` as for `job.run_local`.
   Starts a local Ray instance (`num_cpus` CPUs, no dashboard) unless `address` names a
   cluster or Ray is already initialised.
   """
   import ray
+  plan = job.as_plan(cfg, records_or_plan)
   started = False
   if not ray.is_initialized():
     if address:
@@ -57,10 +61,10 @@ def run_ray(cfg: job.JobConfig, make_records: Callable[[], Iterable[InputRecord]
       if done is not None:
         all_stats.append(done)
         continue
-      plan = list(job.windows(job.shard_records(make_records(), index, cfg.num_shards), cfg.window))
-      writer = job.ShardWriter(cfg, index)
-      if plan:
-        items = [{"window": i, "records": pickle.dumps([r.to_dict() for r in w])} for i, w in enumerate(plan)]
+      windows = list(job.windows(plan.records(index), cfg.window))
+      writer = job.ShardWriter(cfg, index, plan.describe(index))
+      if windows:
+        items = [{"window": i, "records": pickle.dumps([r.to_dict() for r in w])} for i, w in enumerate(windows)]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             TokenizeActor, fn_constructor_kwargs={"cfg_dict": dataclasses.asdict(cfg)}, batch_size=1,
             concurrency=num_actors, num_gpus=num_gpus_per_actor or None, num_cpus=1)

@@ -37,18 +37,33 @@ def prompts(lengths, seed=0):
   return [[1] + list(rng.integers(3, 300, size=n - 1)) for n in lengths]
 
 
-def full_forward_greedy(model, params, prompt, steps, stops=()):
+def full_forward(model, params, sequences, width=32):
+  """Logits float32 [N, width, V] of the whole sequences, right-padded to one compiled shape
+  (causality keeps the padding out of every real position's logits)."""
+  tokens = np.zeros((len(sequences), width), np.int32)
+  for i, s in enumerate(sequences):
+    tokens[i, :len(s)] = s
+  return np.asarray(_jitted_apply(model)({"params": params}, jnp.asarray(tokens)))
+
+
+_JITTED = {}
+
+
+def _jitted_apply(model):
+  if model not in _JITTED:
+    _JITTED[model] = jax.jit(model.apply)
+  return _JITTED[model]
+
+
+def full_forward_greedy(model, params, prompt, steps):
   """Greedy decoding that re-runs the whole sequence every step (no cache)."""
   ids = list(prompt)
   for _ in range(steps):
-    logits = model.apply({"params": params}, jnp.asarray([ids], jnp.int32))
-    ids.append(int(jnp.argmax(logits[0, -1])))
-    if ids[-1] in stops:
-      break
+    ids.append(int(np.argmax(full_forward(model, params, [ids])[0, len(ids) - 1])))
   return ids[len(prompt):]
 
 
-@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("scan", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_cache_greedy_equals_full_forward(scan):
   model, params = tiny_model(scan)
   gen = Generator(model, params)
@@ -103,17 +118,13 @@ def test_left_padded_batch_equals_transformers_batch(tmp_path):
 
 def brute_force(model, params, prompt, stops, max_new, vocab, length_penalty=1.0):
   """The best-scoring continuation over every sequence of ids < vocab (full forward, no cache)."""
-  best, best_score = None, -np.inf
-  for n in range(1, max_new + 1):
-    for seq in itertools.product(range(vocab), repeat=n):
-      if any(t in stops for t in seq[:-1]) or (n < max_new and seq[-1] not in stops):
-        continue
-      ids = jnp.asarray([list(prompt) + list(seq)], jnp.int32)
-      logp = jax.nn.log_softmax(model.apply({"params": params}, ids)[0, len(prompt) - 1:-1], axis=-1)
-      score = float(sum(logp[i, t] for i, t in enumerate(seq))) / n ** length_penalty
-      if score > best_score:
-        best, best_score = list(seq), score
-  return best, best_score
+  candidates = [seq for n in range(1, max_new + 1) for seq in itertools.product(range(vocab), repeat=n)
+                if not any(t in stops for t in seq[:-1]) and (n == max_new or seq[-1] in stops)]
+  logp = jax.nn.log_softmax(full_forward(model, params, [list(prompt) + list(s) for s in candidates]), axis=-1)
+  scores = [sum(float(logp[c, len(prompt) - 1 + i, t]) for i, t in enumerate(seq)) / len(seq) ** length_penalty
+            for c, seq in enumerate(candidates)]
+  best = int(np.argmax(scores))
+  return list(candidates[best]), scores[best]
 
 
 def test_beam_search_equals_brute_force():

@@ -32,6 +32,7 @@ setuptools.setup(
             "anygpt-train=tools.train:main",
             "anygpt-export=tools.export_hf:main",
             "anygpt-demo=tools.demo:main",
+            "anygpt-generate=tools.generate:main",
         ]
     },
 )

@@ -109,7 +109,9 @@ def process_logits(logits, step, rows: dict, seen, cstate, tables):
   if tables is not None:
     logits = cons.apply(tables, cstate, logits, rows["max_new_tokens"] - step, jnp)
   logits = sampling.repetition_penalty(logits, seen, rows["repetition_penalty"])
-  return sampling.mask_stop_ids(logits, rows["stop_ids"], step < rows["min_new_tokens"])
+  masked = sampling.mask_stop_ids(logits, rows["stop_ids"], step < rows["min_new_tokens"])
+  # A closed answer span allows only stop ids: there min_new_tokens yields to the constraints.
+  return jnp.where(jnp.any(masked > jnp.finfo(jnp.float32).min, axis=-1, keepdims=True), masked, logits)
 
 
 class Generator:
@@ -205,6 +207,10 @@ class Generator:
         raise GenerationError(f"request {i}: empty prompt (it needs at least <s>)")
       if max(r.prompt) >= self.config.predictable_vocab_size or min(r.prompt) < 0:
         raise GenerationError(f"request {i}: prompt ids outside [0, {self.config.predictable_vocab_size})")
+      if len(r.prompt) + r.settings.max_new_tokens > self.config.max_position_embeddings:
+        raise GenerationError(f"request {i}: prompt ({len(r.prompt)} tokens) + max_new_tokens "
+                              f"({r.settings.max_new_tokens}) exceed the model's max_position_embeddings="
+                              f"{self.config.max_position_embeddings}")
       if r.modality is not None and self.tables is None:
         raise SettingsError(f"request {i} asks for {r.modality} but this generator has no constraint tables")
 
@@ -228,9 +234,6 @@ class Generator:
     rows = round_up(len(expanded), math.lcm(beams, self.batch_multiple))
     prompt_len = round_up(max(map(len, prompts)), self.length_bucket)
     steps = round_up(max(r.settings.max_new_tokens for r in requests), self.length_bucket)
-    if prompt_len + steps > self.config.max_position_embeddings:
-      raise GenerationError(f"prompt ({prompt_len}) + new tokens ({steps}) exceed the model's "
-                            f"max_position_embeddings={self.config.max_position_embeddings}")
     tokens, positions, segments = left_pad(expanded, prompt_len, rows)
     settings = row_settings([r.settings for r in requests for _ in range(beams)], rows)
     modalities = [r.modality for r in requests for _ in range(beams)] + [None] * (rows - len(expanded))

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--music_model", help="Encodec 32 kHz directory (music in and out)")
   p.add_argument("--music_seconds", type=float, default=5.0, help="music input is cut to this (AnyGPT: 5 s clips)")
   p.add_argument("--image_steps", type=int, default=20, help="unCLIP denoising steps")
-  p.add_argument("--soundstorm_steps", type=int, default=None, help="SoundStorm steps (default: the de-tokenizer's)")
+  p.add_argument("--soundstorm_steps", type=int, default=3, help="SoundStorm passes (AnyGPT: vc_steps 3)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch_size", type=int, default=8, help="requests decoded together")
   for name, kind in SETTING_TYPES.items():

@@ -21,8 +21,10 @@ def repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: jax.Array) -
 
 def mask_stop_ids(logits: jax.Array, stop_ids: jax.Array, active: jax.Array) -> jax.Array:
   """Sets stop ids (int32 [B, K], -1 = none) to -inf on rows where active (bool [B])."""
-  vocab = jnp.arange(logits.shape[-1])
-  is_stop = jnp.any(vocab[None, :, None] == stop_ids[:, None, :], axis=-1)
+  batch, vocab = logits.shape
+  ids = jnp.where(stop_ids < 0, vocab, stop_ids)  # out of range: dropped by the scatter
+  rows = jnp.broadcast_to(jnp.arange(batch)[:, None], ids.shape)
+  is_stop = jnp.zeros((batch, vocab), bool).at[rows, ids].set(True, mode="drop")
   return jnp.where(is_stop & active[:, None], NEG_INF, logits)
 
 
@@ -47,7 +49,12 @@ def top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Ar
 def choose(logits: jax.Array, rng: jax.Array, do_sample: jax.Array, temperature: jax.Array,
            top_k: jax.Array, top_p: jax.Array) -> jax.Array:
   """int32 [B]: argmax where not do_sample, else a draw from the warped distribution."""
-  greedy = jnp.argmax(logits, axis=-1)
-  warped = top_k_top_p(logits / temperature[:, None], top_k, top_p)
-  sampled = jax.random.categorical(rng, warped, axis=-1)
-  return jnp.where(do_sample, sampled, greedy).astype(jnp.int32)
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  def sample(_):
+    warped = top_k_top_p(logits / temperature[:, None], top_k, top_p)
+    sampled = jax.random.categorical(rng, warped, axis=-1).astype(jnp.int32)
+    return jnp.where(do_sample, sampled, greedy)
+
+  # The vocabulary sorts of top-k/top-p only run when some row samples.
+  return jax.lax.cond(jnp.any(do_sample), sample, lambda _: greedy, None)

@@ -34,6 +34,7 @@ setuptools.setup(
             "anygpt-import=tools.import_weights:main",
             "anygpt-demo=tools.demo:main",
             "anygpt-compile=tools.compile:main",
+            "anygpt-generate=tools.generate:main",
         ]
     },
 )

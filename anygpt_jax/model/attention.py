@@ -73,9 +73,15 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+               cache_index: jax.Array | None = None) -> jax.Array:
     """x: [B, L, hidden]; positions: int32 [B, L]; mask: bool [B, 1, L, L] (`attention_mask`),
-    or for attention='splash' the int32 [B, L] segment ids (the kernel masks blockwise)."""
+    or for attention='splash' the int32 [B, L] segment ids (the kernel masks blockwise).
+
+    Decoding (cache_index, an int32 scalar, given): k/v are written into the 'cache' collection
+    at slots [cache_index, cache_index + L) and the queries attend over all S cache slots;
+    mask is then bool [B, 1, L, S] (`decode_attention_mask`), whatever the attention kind.
+    """
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     head_dim = cfg.resolved_head_dim
@@ -95,7 +101,10 @@ class Attention(nn.Module):
     k = checkpoint_name(rotary_embedding(k, positions, cfg.rope_theta), "key_proj")
     v = checkpoint_name(v, "value_proj")
 
-    if cfg.attention == "xla":
+    if cache_index is not None:
+      k, v = _update_kv_cache(self, k, v, cache_index)
+      out = xla_attention(q, k, v, mask)
+    elif cfg.attention == "xla":
       out = blockwise_causal_attention(q, k, v, mask, cfg.attention_chunk)
     elif cfg.attention == "splash":
       out = splash_attention(q, k, v, mask)
@@ -104,3 +113,21 @@ class Attention(nn.Module):
     out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
     return DenseGeneral((cfg.hidden_size,), ("heads", "kv", "embed"), in_dims=2, dtype=dtype, param_dtype=pdtype,
                         kernel_init=init, name="o_proj")(out)
+
+
+_CACHE_AXES = ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv")
+
+
+def _update_kv_cache(module: nn.Module, k: jax.Array, v: jax.Array, index: jax.Array):
+  """Writes k, v [B, L, kv_heads, head_dim] at cache slot `index`; returns the whole caches [B, S, ...].
+
+  The cache variables take their shape from the first call (`init` with [B, S] tokens).
+  """
+  zeros = nn.with_logical_partitioning(jnp.zeros, _CACHE_AXES)
+  cached_k = module.variable("cache", "cached_key", zeros, k.shape, k.dtype)
+  cached_v = module.variable("cache", "cached_value", zeros, v.shape, v.dtype)
+  start = (0, index, 0, 0)
+  cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), start)
+  cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), start)
+  return (nn.with_logical_constraint(cached_k.value, _CACHE_AXES),
+          nn.with_logical_constraint(cached_v.value, _CACHE_AXES))

@@ -89,8 +89,13 @@ class _DepthWiseConv1d(nn.Module):
     self.padding = (kernel_size // 2, kernel_size // 2 - (kernel_size + 1) % 2)
     self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels)
 
-  def forward(self, x):
-    return self.conv(F.pad(x, self.padding))
+  def forward(self, x, mask=None):
+    """x: (b, c, n); mask: bool (b, n), True on real frames: padding frames are zeroed before
+    and after the convolution, so they never leak into real frames' outputs."""
+    if mask is not None:
+      x = x.masked_fill(~mask[:, None], 0.0)
+    out = self.conv(F.pad(x, self.padding))
+    return out if mask is None else out.masked_fill(~mask[:, None], 0.0)
 
 
 class _ChanLayerNorm(nn.Module):
@@ -172,8 +177,12 @@ class _ConvModule(nn.Module):
         _DepthWiseConv1d(inner, kernel_size), _Swish(), _ChanLayerNorm(inner), nn.Conv1d(inner, dim, 1),
         _Transpose(), nn.Dropout(0.0))
 
-  def forward(self, x):
-    return self.net(x)
+  def forward(self, x, mask=None):
+    """x: (b, n, dim); mask: optional bool (b, n) key-padding mask (True on real frames)."""
+    depthwise = 4
+    for i, layer in enumerate(self.net):
+      x = layer(x, mask) if i == depthwise else layer(x)
+    return x
 
 
 class _ConformerBlock(nn.Module):
@@ -190,7 +199,7 @@ class _ConformerBlock(nn.Module):
   def forward(self, x, mask=None, rotary=None):
     x = self.ff1(x) + x
     x = self.attn(x, mask=mask, rotary=rotary) + x
-    x = self.conv(x) + x
+    x = self.conv(x, mask=mask) + x
     x = self.ff2(x) + x
     return self.post_norm(x)
 
@@ -265,8 +274,11 @@ class SoundStorm(nn.Module):
 
   @classmethod
   def from_checkpoint(cls, path, heads: int = 8) -> "SoundStorm":
-    """Loads AnyGPT's SoundStorm `.pt` (a plain state dict) with strict key checking."""
+    """Loads a SoundStorm `.pt` state dict, in AnyGPT's layout or ours (detected from the keys), strictly."""
     state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+      state = state["state_dict"]
+    state = state_dict_to_ours(state)
     model = cls(SoundStormConfig.from_state_dict(state, heads=heads))
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -277,55 +289,129 @@ class SoundStorm(nn.Module):
     return emb.masked_fill(pad[..., None], 0.0)
 
   @torch.no_grad()
-  def generate(self, semantic: torch.Tensor, prompt_codes: torch.Tensor | None = None, steps: int = 8,
-               temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Fills acoustic levels for `semantic` codes.
+  def generate(self, semantic: torch.Tensor, prompt_codes: torch.Tensor | None = None, steps: int = 3,
+               temperature: float = 1.0, top_k_keep: float = 0.7,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fills the acoustic levels of `semantic` codes as AnyGPT's `SoundStorm.generate` does.
+
+    The procedure (AnyGPT's soundstorm_speechtokenizer, with greedy=True as its voice_clone
+    calls it):
+      * level 1 takes steps + 1 passes; pass i re-masks floor(cos(pi/2 * i/steps) * n) codes,
+        n counting every frame, the voice prompt's included. Every pass but the last samples
+        from the top-k-filtered logits (k = ceil((1 - top_k_keep) * 1024)) with Gumbel noise at
+        temperature `temperature * i / steps` (0 on the first pass: rising, not decaying), and
+        writes its draws into every still-masked position of every level;
+      * the confidence of a draw is its probability under the filtered distribution; the
+        least confident positions are re-masked, ranked over all frames and all levels, the
+        levels above the current one always re-masked and the prompt's codes never;
+      * the last pass of level 1 and one pass per higher level are greedy; a level-q pass
+        rewrites the codes of levels q..7 of every frame, the prompt's too.
 
     Args:
       semantic: int64 (b, n) RVQ-1 codes in [0, 1024).
       prompt_codes: optional int64 (b, m, 1 + num_quantizers): the full codes of a voice
-        prompt, frame-major (as `SpeechTokenizer.encode(...)` transposed); never re-masked.
-      steps: MaskGIT iterations for the first acoustic level.
-      temperature: Gumbel temperature of the first level (decays linearly to 0).
-      generator: torch RNG for reproducible sampling.
+        prompt (AnyGPT uses the whole prompt clip), frame-major.
+      steps: passes of level 1 minus one (AnyGPT's generate_config: vc_steps 3).
+      temperature: scale of the rising Gumbel temperature; 0 makes every pass an argmax.
+      top_k_keep: AnyGPT's `topk_pres`.
+      generator: torch RNG for the Gumbel noise.
 
     Returns:
       int64 (b, n, 1 + num_quantizers): the semantic codes followed by the generated levels.
     """
     b, n = semantic.shape
     nq = self.cfg.num_quantizers
-    cond_ids, codes = semantic, torch.full((b, n, nq), self.mask_id, dtype=torch.long)
-    fixed = torch.zeros((b, n, nq), dtype=torch.bool)
+    codes = torch.full((b, n, nq), self.mask_id, dtype=torch.long)
+    todo = torch.ones((b, n, nq), dtype=torch.bool)
+    cond_ids = semantic
     if prompt_codes is not None:
       cond_ids = torch.cat([prompt_codes[:, :, 0], semantic], dim=1)
-      codes = torch.cat([prompt_codes[:, :, 1:], codes], dim=1)
-      fixed = torch.cat([torch.ones_like(prompt_codes[:, :, 1:], dtype=torch.bool), fixed], dim=1)
-    cond = self._condition(cond_ids)
-    codes = self._sample_level(codes, fixed, cond, 0, steps, temperature, generator)
-    for level in range(1, nq):
-      logits = self.net(codes, cond)[:, :, level]
-      codes[:, :, level] = torch.where(fixed[:, :, level], codes[:, :, level], logits.argmax(-1))
+      codes = torch.cat([prompt_codes[:, :, 1:].long(), codes], dim=1)
+      todo = torch.cat([torch.zeros_like(prompt_codes[:, :, 1:], dtype=torch.bool), todo], dim=1)
+    total = codes.shape[1]
+    generated = todo.clone()  # the positions AnyGPT may ever re-mask (not the prompt's)
+    cond = self.semantic_token_emb(cond_ids)
+    times = torch.linspace(0.0, 1.0, steps + 1)
+    remask_counts = (torch.cos(times * math.pi / 2) * total).long().tolist()
+    for level in range(nq):
+      counts = remask_counts if level == 0 else [0]
+      for i, count in enumerate(counts):
+        logits = self.net(codes, cond).reshape(b, total * nq, -1)
+        if level > 0 or count == 0:
+          sampled = logits.argmax(-1)
+        else:
+          logits = _top_k_filter(logits, top_k_keep)
+          sampled = _gumbel_argmax(logits, temperature * i / steps, generator)
+        sampled = sampled.reshape(b, total, nq)
+        if level > 0:
+          codes[:, :, level:] = sampled[:, :, level:]
+          todo[:, :, level] = False
+          continue
+        codes = torch.where(todo, sampled, codes)
+        if count == 0:
+          continue
+        # 1 - p(draw): the highest scores are re-masked first.
+        scores = 1 - logits.softmax(-1).gather(-1, sampled.reshape(b, -1, 1)).squeeze(-1)
+        ranks = scores.argsort(dim=-1, descending=True).argsort(dim=-1)
+        todo = (ranks < count).reshape(b, total, nq)
+        todo[:, :, level + 1:] = True
+        todo &= generated
+        codes = codes.masked_fill(todo, self.mask_id)
     return torch.cat([semantic[:, :, None], codes[:, -n:]], dim=-1)
 
-  def _sample_level(self, codes, fixed, cond, level, steps, temperature, generator):
-    """MaskGIT on one level: sample all masked codes, keep the confident ones, re-mask the rest."""
-    free = ~fixed[:, :, level]
-    num_free = free.sum(dim=1)  # (b,)
-    for step in range(steps):
-      logits = self.net(codes, cond)[:, :, level].float()
-      temp = temperature * (1 - step / steps)
-      sampled = _gumbel_argmax(logits, temp, generator)
-      masked_now = codes[:, :, level] == self.mask_id
-      codes[:, :, level] = torch.where(masked_now & free, sampled, codes[:, :, level])
-      remask = (num_free.float() * math.cos(math.pi / 2 * (step + 1) / steps)).long()
-      if int(remask.max()) == 0:
+
+def _top_k_filter(logits, keep: float):
+  """AnyGPT's top_k: the ceil((1 - keep) * vocab) largest logits, -inf elsewhere."""
+  k = math.ceil((1 - keep) * logits.shape[-1])
+  values, index = logits.topk(k, dim=-1)
+  return torch.full_like(logits, float("-inf")).scatter_(-1, index, values)
+
+
+# AnyGPT's conformer conv module splits upstream's `conv.net` Sequential in three around the
+# masked depthwise convolution: net1 = (LayerNorm, Rearrange, Conv1d, GLU), ds_conv,
+# net2 = (Swish, ChanLayerNorm, Conv1d, Rearrange, Dropout). Ours keeps upstream's indices.
+_ANYGPT_CONV_KEYS = {"conv.net1.0.": "conv.net.0.", "conv.net1.2.": "conv.net.2.", "conv.ds_conv.conv.": "conv.net.4.conv.",
+                     "conv.net2.1.": "conv.net.6.", "conv.net2.2.": "conv.net.7."}
+_LOGITS_BIAS = "net.to_logits.2.bias"
+
+
+def is_anygpt_layout(state: dict) -> bool:
+  """True for AnyGPT's `soundstorm_speechtokenizer` keys (`conv.net1`, `conv.ds_conv`), False for ours."""
+  anygpt = any(".conv.net1." in k or ".conv.ds_conv." in k for k in state)
+  ours = any(".conv.net.4.conv." in k for k in state)
+  if anygpt == ours:
+    raise ValueError("SoundStorm state dict: cannot tell its layout (expected AnyGPT's conv.net1/conv.ds_conv/"
+                     "conv.net2 keys or upstream's conv.net.{0,2,4.conv,6,7} keys)")
+  return anygpt
+
+
+def state_dict_to_ours(state: dict) -> dict:
+  """A state dict in our key layout: AnyGPT's conv keys renamed and its einops bias (1, 1, q, l) squeezed."""
+  if not is_anygpt_layout(state):
+    return dict(state)
+  out = {}
+  for key, value in state.items():
+    for theirs, ours in _ANYGPT_CONV_KEYS.items():
+      if theirs in key:
+        key = key.replace(theirs, ours)
         break
-      probs = logits.softmax(-1).gather(-1, codes[:, :, level, None]).squeeze(-1)
-      probs = probs.masked_fill(~free, float("inf"))  # prompt frames are never re-masked
-      order = probs.argsort(dim=1)
-      ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
-      codes[:, :, level] = codes[:, :, level].masked_fill(ranks < remask[:, None], self.mask_id)
-    return codes
+    out[key] = value
+  bias = out[_LOGITS_BIAS]
+  out[_LOGITS_BIAS] = bias.reshape(bias.shape[-2:])
+  return out
+
+
+def state_dict_to_anygpt(state: dict) -> dict:
+  """Our state dict in AnyGPT's layout (what its `load_soundstorm` reads)."""
+  out = {}
+  for key, value in state.items():
+    for theirs, ours in _ANYGPT_CONV_KEYS.items():
+      if ours in key:
+        key = key.replace(ours, theirs)
+        break
+    out[key] = value
+  out[_LOGITS_BIAS] = out[_LOGITS_BIAS].reshape(1, 1, *out[_LOGITS_BIAS].shape)
+  return out
 
 
 def _gumbel_argmax(logits, temperature, generator):

@@ -1,0 +1,96 @@
+"""`anygpt-generate` end to end: every base task string on the demo's tiny tokenizers, from an
+exported directory and from a training run; bad requests fail alone."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from anygpt_jax.export import save_hf_checkpoint
+from anygpt_jax.model import Transformer, get_config
+from anygpt_jax.tokenizers import audio_io, tiny
+from anygpt_jax.vocabulary import VocabularyLayout
+from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
+from tools import generate
+
+TEXTS = [f"a photo of {w} number {i} on a sunny day, spoken slowly" for i in range(200)
+         for w in ("cat", "dog", "violin", "street")]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("generate")
+  models = tiny.save_tiny_all(root / "tokenizers")
+  spm = train_llama_like_sentencepiece(TEXTS, str(root / "spm"), vocab_size=300)
+  layout = VocabularyLayout(text_vocab_size=300)
+  cfg = get_config("tiny", max_position_embeddings=1024).with_vocabulary(layout)
+  params = nn.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  export = save_hf_checkpoint(jax.tree.map(np.asarray, params), cfg, layout, str(root / "hf"), spm_path=spm)
+  media = root / "media"
+  media.mkdir()
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(media / "photo.png")
+  audio_io.write_wav(str(media / "speech.wav"), 0.3 * rng.standard_normal(16000).astype(np.float32), 16000)
+  audio_io.write_wav(str(media / "voice.wav"), 0.3 * rng.standard_normal(24000).astype(np.float32), 16000)
+  audio_io.write_wav(str(media / "music.wav"), 0.3 * rng.standard_normal(32000).astype(np.float32), 32000)
+  flags = [f"--image_model={models['image']}", f"--unclip_model={models['unclip']}",
+           f"--speech_model={models['speech']}", f"--soundstorm_model={models['soundstorm']}",
+           f"--music_model={models['music']}", "--image_steps=2", "--set=text.max_new_tokens=6",
+           "--set=speech.max_new_tokens=30", "--set=music.max_new_tokens=30", "--set=image.max_new_tokens=40"]
+  return {"root": root, "export": export, "media": media, "flags": flags}
+
+
+def records(out_dir):
+  return [json.loads(l) for l in open(out_dir / "generations.jsonl")]
+
+
+def test_every_task_string_from_an_export(setup):
+  media, out = setup["media"], setup["root"] / "out"
+  tasks = [f"text|image|a dog on the beach", f"image|text|{media / 'photo.png'}",
+           f"text|speech|hello there|{media / 'voice.wav'}", "text|speech|no voice prompt",
+           f"speech|text|{media / 'speech.wav'}", "text|music|a calm violin",
+           f"music|text|{media / 'music.wav'}",
+           "text|video|a cat", f"image|text|{media / 'missing.png'}", f"speech|text|{media / 'photo.png'}"]
+  assert generate.main([f"--model={setup['export']}", f"--output_dir={out}", *setup["flags"], *tasks]) == 1
+  got = records(out)
+  assert [r["index"] for r in got] == list(range(len(tasks)))
+  ok, bad = got[:7], got[7:]
+  for r in ok:
+    assert "error" not in r, r
+    assert r["prompt_ids"][0] == 1 and r["output_ids"] and set(r["timings"]) >= {"prefill_s", "decode_s"}
+  image = ok[0]["files"][0]
+  assert image["codes"] == 32 and Image.open(image["file"]).size == (image["width"], image["height"])
+  for r in ok[2:4]:
+    info = sf.info(r["files"][0]["file"])
+    assert info.samplerate == 16000 and info.frames == r["files"][0]["codes"] * 320
+  music = ok[5]["files"][0]
+  info = sf.info(music["file"])
+  assert info.samplerate == 32000 and music["codes"] % 4 == 0 and info.frames == music["codes"] // 4 * 640
+  for r in (ok[1], ok[4], ok[6]):
+    assert r["files"][0]["file"].endswith(".txt") and "[MMGPT]:" in r["prompt"]
+    assert r["prompt"].endswith("[MMGPT]:")
+  assert "unknown direction text|video" in bad[0]["error"]
+  assert "missing_file" in bad[1]["error"] and "missing.png" in bad[1]["error"]
+  assert "speech input" in bad[2]["error"]
+
+
+def test_unclosable_span_and_chat_from_a_file(setup, tmp_path):
+  chat = tmp_path / "chat.jsonl"
+  chat.write_text(json.dumps({"messages": [{"role": "user", "content": [
+      {"text": "What is in this picture?"}, {"image": str(setup["media"] / "photo.png")}]}]}) + "\n")
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("# one request per line\ntext|image|a red car\n")
+  out = tmp_path / "out"
+  code = generate.main([f"--model={setup['export']}", f"--output_dir={out}", f"--prompts_file={prompts}",
+                        f"--chat_file={chat}", *setup["flags"], "--set=image.max_new_tokens=20"])
+  got = records(out)
+  assert code == 1 and "cannot hold a image span" in got[0]["error"]
+  # The chat renderer's own format (anygpt_jax.data.rendering.chat_string), up to the reply.
+  assert "error" not in got[1] and "[Human]: What is in this picture?" in got[1]["prompt"]
+  assert got[1]["prompt"].count("\U0001F440") == 32 and got[1]["prompt"].endswith("[MMGPT]:")
+  assert open(got[1]["files"][0]["file"]).read().strip() == got[1]["text"].replace("<eos>", "").strip()

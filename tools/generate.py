@@ -1,0 +1,403 @@
+"""`anygpt-generate`: text, images, speech and music from a trained model.
+
+  anygpt-generate --model runs/pretrain --output_dir out \\
+      --image_model seed/ --unclip_model sd21-unclip/ --speech_model speechtokenizer/ \\
+      --soundstorm_model soundstorm/ --music_model encodec_32khz/ \\
+      "text|image|a dog on the beach" "image|text|cat.jpg" "text|speech|hello there|voice.wav" \\
+      "speech|text|hello.wav" "text|music|a calm piano piece" "music|text|song.wav"
+
+--model is a run directory of anygpt-train (orbax checkpoint + config.gin) or a directory
+written by anygpt-export. Requests are AnyGPT's base-model task strings
+(`{input modality}|{output modality}|{text or media path}[|{voice prompt wav}]`), given as
+arguments or one per line of --prompts_file; --chat_file holds chat requests for SFT models,
+one JSON object per line: {"messages": [{"role": "user", "content": [{"text": "..."},
+{"image": "a.jpg"}]}, ...]} (roles system/user/assistant; media items image/speech/music).
+
+Decoding uses AnyGPT's per-modality settings (paper Table 9 and its generate configs; see
+anygpt_jax.generation.settings) with the answer's span opened and kept well-formed by the
+modality constraints; flags override them for every request, `--set image.top_p=0.9` for one
+output modality. Every request writes {index:04d}-{output}.txt/.jpg/.wav into --output_dir and
+a JSON line to generations.jsonl (prompt, token ids, files, timings, or the error). A bad
+request (missing or unreadable file, unknown task, a span not closed within max_new_tokens)
+reports its error and the others still run; the exit status is 1 when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+TASK_MODALITIES = ("text", "image", "speech", "music")
+SETTING_TYPES = {"do_sample": lambda v: v.lower() in ("1", "true", "yes"), "temperature": float, "top_k": int,
+                 "top_p": float, "repetition_penalty": float, "min_new_tokens": int, "max_new_tokens": int,
+                 "num_beams": int, "length_penalty": float}
+PLACEHOLDER = "\x00"
+
+
+class RequestError(ValueError):
+  """One request that cannot be served; the message says why."""
+
+
+@dataclasses.dataclass
+class Task:
+  """One request: a base-model task string or a chat."""
+
+  raw: str
+  source: str = "text"
+  target: str = "text"
+  data: str = ""
+  voice_prompt: str | None = None
+  messages: list | None = None
+
+
+def parse_task(raw: str) -> Task:
+  """`in|out|data[|voice prompt]` -> Task; raises RequestError naming what is wrong."""
+  fields = raw.split("|")
+  if len(fields) < 3:
+    raise RequestError(f"task {raw!r}: expected 'input|output|data', e.g. 'text|image|a red car'")
+  source, target, data = fields[0].strip(), fields[1].strip(), fields[2].strip()
+  voice = fields[3].strip() if len(fields) > 3 and fields[3].strip() else None
+  pairs = {("text", m) for m in TASK_MODALITIES[1:]} | {(m, "text") for m in TASK_MODALITIES[1:]}
+  if (source, target) not in pairs:
+    raise RequestError(f"task {raw!r}: unknown direction {source}|{target}; the base model knows "
+                       + ", ".join(f"{a}|{b}" for a, b in sorted(pairs)))
+  if voice and (source, target) != ("text", "speech"):
+    raise RequestError(f"task {raw!r}: a voice prompt only goes with text|speech")
+  if not data:
+    raise RequestError(f"task {raw!r}: no input")
+  return Task(raw, source, target, data, voice)
+
+
+def parse_chat(line: str) -> Task:
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise RequestError(f"chat request is not JSON: {e}") from None
+  if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list) or not obj["messages"]:
+    raise RequestError("chat request needs a non-empty 'messages' list")
+  return Task(line, source="chat", target="chat", messages=obj["messages"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="anygpt-generate", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  p.add_argument("tasks", nargs="*", help="task strings such as 'text|image|a red car'")
+  p.add_argument("--model", required=True, help="run directory (config.gin) or exported HF directory")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: the latest)")
+  p.add_argument("--spm", default=None, help="SentencePiece model (default: the run's or the export's)")
+  p.add_argument("--output_dir", required=True)
+  p.add_argument("--prompts_file", action="append", default=[], help="one task string per line")
+  p.add_argument("--chat_file", action="append", default=[], help="one chat request (JSON) per line")
+  p.add_argument("--image_model", help="SEED tokenizer directory (images in and out)")
+  p.add_argument("--unclip_model", help="Stable Diffusion 2.1 unCLIP directory (images out)")
+  p.add_argument("--speech_model", help="SpeechTokenizer directory (speech in and out)")
+  p.add_argument("--soundstorm_model", help="SoundStorm checkpoint (speech out)")
+  p.add_argument("--music_model", help="Encodec 32 kHz directory (music in and out)")
+  p.add_argument("--music_seconds", type=float, default=5.0, help="music input is cut to this (AnyGPT: 5 s clips)")
+  p.add_argument("--image_steps", type=int, default=20, help="unCLIP denoising steps")
+  p.add_argument("--soundstorm_steps", type=int, default=3, help="SoundStorm passes (AnyGPT: vc_steps 3)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--batch_size", type=int, default=8, help="requests decoded together")
+  for name, kind in SETTING_TYPES.items():
+    p.add_argument(f"--{name}", type=kind, default=None, help=f"override {name} for every request")
+  p.add_argument("--set", action="append", default=[], metavar="MODALITY.NAME=VALUE",
+                 help="override a setting for one output modality, e.g. image.top_p=0.9")
+  return p
+
+
+def modality_overrides(args) -> dict[str, dict[str, Any]]:
+  """{'text'|'image'|...: {setting: value}} from the global flags and --set."""
+  common = {n: getattr(args, n) for n in SETTING_TYPES if getattr(args, n) is not None}
+  out = {m: dict(common) for m in TASK_MODALITIES}
+  for item in args.set:
+    try:
+      key, value = item.split("=", 1)
+      modality, name = key.split(".", 1)
+      if modality not in out or name not in SETTING_TYPES:
+        raise ValueError
+      out[modality][name] = SETTING_TYPES[name](value)
+    except ValueError:
+      raise SystemExit(f"anygpt-generate: --set {item!r}: expected MODALITY.NAME=VALUE with MODALITY in "
+                       f"{TASK_MODALITIES} and NAME in {sorted(SETTING_TYPES)}")
+  return out
+
+
+def load_model(path: str, step: int | None, spm_path: str | None):
+  """A run directory (config.gin) or an exported HF directory (config.json)."""
+  from anygpt_jax.generation.loading import LoadedModel, load_hf_directory
+
+  if os.path.exists(os.path.join(path, "config.gin")):
+    from tools.export_hf import load_run
+    config, params, layout, spm = load_run(path, spm_path, step)
+    return LoadedModel(config, params, layout, spm, path)
+  if os.path.exists(os.path.join(path, "config.json")):
+    loaded = load_hf_directory(path)
+    loaded.spm_path = spm_path or loaded.spm_path
+    return loaded
+  raise SystemExit(f"anygpt-generate: {path} is neither a run directory (config.gin) nor an exported "
+                   "HF directory (config.json)")
+
+
+class Media:
+  """The tokenizer workers and de-tokenizers given on the command line (PyTorch, no JAX)."""
+
+  def __init__(self, args):
+    self.args = args
+    self.image = self.unclip = self.speech = self.voice = self.music = None
+    if args.image_model:
+      from anygpt_jax.tokenizers.image import SeedImageWorker
+      self.image = SeedImageWorker(args.image_model)
+    if args.speech_model:
+      from anygpt_jax.tokenizers.speech import SpeechTokenizerWorker
+      self.speech = SpeechTokenizerWorker(args.speech_model)
+    if args.music_model:
+      from anygpt_jax.tokenizers.music import EncodecMusicWorker
+      self.music = EncodecMusicWorker(args.music_model, clip_seconds=args.music_seconds)
+
+  def _need(self, worker, flag: str):
+    if worker is None:
+      raise RequestError(f"this request needs {flag}")
+    return worker
+
+  def encode(self, kind: str, path: str):
+    """Local codes of a media file (image: 32 SEED codes; speech: RVQ-1; music: flattened Encodec)."""
+    from anygpt_jax.tokenizers import audio_io
+    from anygpt_jax.tokenizers.audio_io import MediaError
+    try:
+      if kind == "image":
+        from anygpt_jax.tokenizers.image import load_image
+        return self._need(self.image, "--image_model").encode_batch([load_image(path)])[0]
+      if kind == "speech":
+        worker = self._need(self.speech, "--speech_model")
+        return worker.encode_semantic([audio_io.load_audio(path, worker.sample_rate)])[0]
+      worker = self._need(self.music, "--music_model")
+      return worker.encode_batch([worker.clip(audio_io.load_audio(path, worker.sample_rate))])[0]
+    except MediaError as e:
+      raise RequestError(f"{kind} input {path!r}: {e}") from None
+
+  def write(self, kind: str, codes, stem: str, voice_prompt: str | None) -> dict:
+    """De-tokenizes `codes` into stem.jpg / stem.wav; returns what was written."""
+    import numpy as np
+
+    from anygpt_jax.tokenizers import audio_io
+    if kind == "image":
+      if self.unclip is None:
+        from anygpt_jax.tokenizers.image import ImageDetokenizer
+        self.unclip = ImageDetokenizer(self._need(self.image, "--image_model"),
+                                       self._need(self.args.unclip_model, "--unclip_model"))
+      image = self.unclip(np.asarray(codes), num_inference_steps=self.args.image_steps, seed=self.args.seed)
+      image.save(stem + ".jpg")
+      return {"file": stem + ".jpg", "width": image.width, "height": image.height, "codes": len(codes)}
+    if kind == "speech":
+      if self.voice is None:
+        from anygpt_jax.tokenizers.speech import SpeechDetokenizer
+        self.voice = SpeechDetokenizer(self._need(self.speech, "--speech_model"),
+                                       self._need(self.args.soundstorm_model, "--soundstorm_model"))
+      if voice_prompt and not os.path.isfile(voice_prompt):
+        raise RequestError(f"voice prompt {voice_prompt!r} does not exist")
+      kwargs = {"steps": self.args.soundstorm_steps} if self.args.soundstorm_steps else {}
+      wave = self.voice(np.asarray(codes), prompt_wav=voice_prompt, seed=self.args.seed, **kwargs)
+      rate = self.speech.sample_rate
+    else:
+      worker = self._need(self.music, "--music_model")
+      wave, rate = worker.decode(np.asarray(codes)), worker.sample_rate
+    audio_io.write_wav(stem + ".wav", wave, rate)
+    return {"file": stem + ".wav", "sample_rate": rate, "samples": int(len(wave)), "codes": len(codes)}
+
+
+class Prompts:
+  """Prompt ids in AnyGPT's templates, rendered by the data pipeline's own functions."""
+
+  def __init__(self, vocabulary, media: Media, seed: int):
+    from anygpt_jax.data import rendering
+    self.rendering = rendering
+    self.vocabulary = vocabulary
+    self.layout = vocabulary.layout
+    self.media = media
+    self.rng = random.Random(seed)
+
+  def _instruction(self, modality: str, direction: str) -> str:
+    return self.rng.choice(self.rendering.load_instructions(modality, direction))
+
+  def _encode(self, text: str) -> list[int]:
+    from anygpt_jax.vocabulary.seqio_vocabulary import BOS_ID
+    return [BOS_ID] + list(self.vocabulary.encode(text))
+
+  def base(self, task: Task) -> tuple[str, list[int], str | None]:
+    """(prompt string, ids, the modality the answer must be or None)."""
+    r = self.rendering
+    if task.source == "text":  # text -> X: the prompt is the training string up to X's start token
+      item = r.modality_string(self.layout, task.target, [])
+      full = r.pair_string(self._instruction(task.target, "from_text"), item, task.data, to_text=False)
+      ids = self._encode(full)
+      start = ids.index(self.layout.modality(task.target).start_id)
+      return self.vocabulary.decode(ids[1:start]), ids[:start], task.target
+    codes = self.media.encode(task.source, task.data)
+    item = r.modality_string(self.layout, task.source, codes)
+    full = r.pair_string(self._instruction(task.source, "to_text"), item, PLACEHOLDER, to_text=True)
+    text = full[:full.index(PLACEHOLDER)].rstrip()  # "... [MMGPT]:" as AnyGPT prompts
+    return text, self._encode(text), None
+
+  def chat(self, task: Task) -> tuple[str, list[int], str | None]:
+    from anygpt_jax.data.shards import Part
+    parts = []
+    for message in task.messages:
+      role = message.get("role")
+      if role not in ("system", "user", "assistant"):
+        raise RequestError(f"chat message role {role!r}: expected system, user or assistant")
+      content = message.get("content", [])
+      content = [{"text": content}] if isinstance(content, str) else content
+      for item in content:
+        (kind, value), = item.items()
+        if kind == "text":
+          parts.append(Part("text", text=value, role=role))
+        elif kind in TASK_MODALITIES:
+          parts.append(Part(kind, codes=[int(c) for c in self.media.encode(kind, value)], role=role))
+        else:
+          raise RequestError(f"chat content item {item!r}: expected text, image, speech or music")
+    parts.append(Part("text", text=PLACEHOLDER, role="assistant"))
+    full = self.rendering.chat_string(self.layout, parts)
+    text = full[:full.index(PLACEHOLDER)].rstrip()
+    return text, self._encode(text), None
+
+
+def write_outputs(task: Task, tokens: list[int], stem: str, prompts: Prompts, media: Media) -> dict:
+  """Text and every media span of an answer, written to files; raises RequestError if malformed."""
+  from anygpt_jax.generation import find_spans
+  from anygpt_jax.tokenizers.music import unflatten_codes
+
+  layout = prompts.layout
+  spans = find_spans(layout, tokens)
+  if task.target not in ("text", "chat"):
+    if not spans or spans[0].modality != task.target:
+      raise RequestError(f"no {task.target} span in the output")
+  if any(not s.closed for s in spans):
+    raise RequestError(f"the {spans[-1].modality} span was not closed within max_new_tokens={len(tokens)}; "
+                       "raise --max_new_tokens")
+  files = []
+  for i, span in enumerate(spans):
+    if span.modality == "music":
+      unflatten_codes(span.codes, media.music.num_codebooks if media.music else 4)  # whole frames, right blocks
+    suffix = "" if i == 0 else f"-{i}"
+    files.append(media.write(span.modality, list(span.codes), f"{stem}{suffix}", task.voice_prompt))
+  text = prompts.vocabulary.decode([t for t in tokens if t < layout.text_vocab_size or
+                                    layout.modality_of_id(t) == "special"])
+  if task.target in ("text", "chat"):
+    with open(stem + ".txt", "w", encoding="utf-8") as f:
+      f.write(text.replace("<eos>", "").strip() + "\n")
+    files.insert(0, {"file": stem + ".txt"})
+  return {"files": files, "text": text}
+
+
+def read_tasks(args) -> list[Task | RequestError]:
+  tasks: list[Task | RequestError] = []
+
+  def add(parse, raw):
+    try:
+      tasks.append(parse(raw))
+    except RequestError as e:
+      tasks.append(e)
+
+  for raw in args.tasks:
+    add(parse_task, raw)
+  for path in args.prompts_file:
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        if line.strip() and not line.lstrip().startswith("#"):
+          add(parse_task, line.rstrip("\n"))
+  for path in args.chat_file:
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        if line.strip():
+          add(parse_chat, line)
+  return tasks
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  overrides = modality_overrides(args)
+  tasks = read_tasks(args)
+  if not tasks:
+    print("anygpt-generate: no requests (give task strings, --prompts_file or --chat_file)", file=sys.stderr)
+    return 2
+
+  from anygpt_jax.generation import (DecodingSettings, Generator, Request, SettingsError, build_tables,
+                                     defaults_for)
+  from anygpt_jax.model import Transformer
+  from anygpt_jax.vocabulary.seqio_vocabulary import EOS_ID, AnyGPTVocabulary
+
+  loaded = load_model(args.model, args.step, args.spm)
+  if not loaded.spm_path or not os.path.exists(loaded.spm_path):
+    raise SystemExit(f"anygpt-generate: the SentencePiece model {loaded.spm_path!r} does not exist here; pass --spm")
+  layout = loaded.layout
+  vocabulary = AnyGPTVocabulary(loaded.spm_path, chat_tokens=layout.chat_tokens, pad_multiple=layout.pad_multiple)
+  media = Media(args)
+  stops = (EOS_ID, layout.eos_id)
+  tables = build_tables(layout, stops,
+                        image_length=media.image.codes_per_image if media.image else 32,
+                        music_codebooks=media.music.num_codebooks if media.music else 4)
+  generator = Generator(Transformer(loaded.config), loaded.params, constraints=tables)
+  prompts = Prompts(vocabulary, media, args.seed)
+  os.makedirs(args.output_dir, exist_ok=True)
+
+  records, pending = [], []
+  for index, task in enumerate(tasks):
+    record = {"index": index, "task": getattr(task, "raw", None)}
+    records.append(record)
+    if isinstance(task, RequestError):
+      record.update(task=None, error=str(task))
+      continue
+    start = time.perf_counter()
+    try:
+      prompt, ids, requested = prompts.chat(task) if task.messages is not None else prompts.base(task)
+      target = task.target if task.target != "chat" else "text"
+      settings = defaults_for(target, stops, **overrides[target])
+      if requested and settings.max_new_tokens < tables.min_span_tokens(requested) + 1:
+        raise RequestError(f"max_new_tokens={settings.max_new_tokens} cannot hold a {requested} span "
+                           f"({tables.min_span_tokens(requested)} tokens) and the stop token")
+      if len(ids) + settings.max_new_tokens > loaded.config.max_position_embeddings:
+        raise RequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({settings.max_new_tokens}) exceed the "
+                           f"model's max_position_embeddings={loaded.config.max_position_embeddings}")
+      if requested and settings.num_beams > 1:
+        settings = settings.replace(num_beams=1)
+    except (RequestError, SettingsError) as e:
+      record["error"] = str(e)
+      continue
+    record.update(prompt=prompt, prompt_ids=ids, settings=dataclasses.asdict(settings),
+                  timings={"tokenize_s": time.perf_counter() - start})
+    pending.append((task, record, Request(ids, settings, requested)))
+
+  for chunk_start in range(0, len(pending), args.batch_size):
+    chunk = pending[chunk_start:chunk_start + args.batch_size]
+    outputs = generator.generate([r for _, _, r in chunk], seed=args.seed + chunk_start)
+    for (task, record, _), out in zip(chunk, outputs):
+      record.update(output_ids=out.tokens, finish_reason=out.finish_reason, score=out.score)
+      record["timings"].update(prefill_s=out.prefill_s, decode_s=out.decode_s)
+      start = time.perf_counter()
+      stem = os.path.join(args.output_dir, f"{record['index']:04d}-{task.target}")
+      try:
+        record.update(write_outputs(task, out.tokens, stem, prompts, media))
+      except (RequestError, ValueError) as e:
+        record["error"] = str(e)
+      record["timings"]["detokenize_s"] = time.perf_counter() - start
+
+  with open(os.path.join(args.output_dir, "generations.jsonl"), "a", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+  failed = [r for r in records if "error" in r]
+  for r in records:
+    status = f"error: {r['error']}" if "error" in r else ", ".join(x["file"] for x in r.get("files", []))
+    print(f"[{r['index']}] {r['task']!r}: {status}")
+  print(f"anygpt-generate: {len(records) - len(failed)} of {len(records)} requests done; "
+        f"{os.path.join(args.output_dir, 'generations.jsonl')}")
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

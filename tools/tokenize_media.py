@@ -24,6 +24,8 @@ import sys
 import time
 import traceback
 
+from anygpt_jax.tokenizers.readers import FORMATS
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
 
 
@@ -36,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--anygpt-data", action="append", default=[], help="AnyGPT pair/chat/interleaved JSONL")
   src.add_argument("--input", action="append", default=[],
                    help="an input shard, a glob of them or a folder (repeatable); one output shard per input")
-  src.add_argument("--format", default="auto", help="format of --input files: auto or one of "
-                   "webdataset, mmc4, anyinstruct, mls, commonvoice, gigaspeech, manifest, anygpt")
+  src.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
+                   help="format of the --input files (auto: detected from each file's name and first record)")
   src.add_argument("--media-kind", choices=("image", "speech", "music"), default="image",
                    help="kind of the media in webdataset tars")
   src.add_argument("--images", action="append", default=[],
@@ -79,8 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _plan_inputs(args) -> tuple[list[str], str]:
   """(sorted input shards, their format) for --input; raises ValueError/FileNotFoundError."""
   from anygpt_jax.tokenizers import readers
-  if args.format != "auto" and args.format not in readers.FORMATS:
-    raise ValueError(f"--format {args.format!r} is not auto or one of {readers.FORMATS}")
   files = readers.expand_inputs(args.input, args.format)
   formats = {f: (args.format if args.format != "auto" else readers.detect_format(f)) for f in files}
   if len(set(formats.values())) > 1:

@@ -2,9 +2,10 @@
 
 The driver reads each shard's records through the same plan and readers as the local engine
 (records carry media references, a tar member's offset or an audio span, not media bytes),
-Ray Data maps the windows through `TokenizeActor`s (each holding the tokenizer models and
-reading the media itself, on a GPU when `num_gpus` > 0), and the driver writes the results in
-window order with the local engine's `ShardWriter`. Same windows, same batches, same writer:
+one Ray Data pipeline maps the windows of every unfinished shard through `TokenizeActor`s
+(each holding the tokenizer models, started once per job, reading the media itself, on a GPU
+when `num_gpus` > 0), and the driver writes the results in plan order with the local engine's
+`ShardWriter`, committing each shard at its last window. Same windows, same batches, same writer:
 the shard bytes equal the local engine's.
 """
 
@@ -31,7 +32,7 @@ class TokenizeActor:
       records = [InputRecord.from_dict(d) for d in pickle.loads(blob)]
       results = job.process_window(records, self.toks, self.cfg, pool=None)
       out.append(pickle.dumps([dataclasses.asdict(r) for r in results]))
-    return {"window": batch["window"], "results": out}
+    return {"shard": batch["shard"], "window": batch["window"], "results": out}
 
 
 def run_ray(cfg: job.JobConfig, records_or_plan, num_actors: int = 1,
@@ -55,31 +56,48 @@ def run_ray(cfg: job.JobConfig, records_or_plan, num_actors: int = 1,
   try:
     # Windows must come back in plan order for the bytes to match the local engine.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    all_stats = []
+    stats: dict[int, dict] = {}
+    todo = []
     for index in cfg.shards():
       done = job.finished_stats(cfg, index)
       if done is not None:
-        all_stats.append(done)
-        continue
-      windows = list(job.windows(plan.records(index), cfg.window))
-      writer = job.ShardWriter(cfg, index, plan.describe(index))
-      if windows:
-        items = [{"window": i, "records": pickle.dumps([r.to_dict() for r in w])} for i, w in enumerate(windows)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            TokenizeActor, fn_constructor_kwargs={"cfg_dict": dataclasses.asdict(cfg)}, batch_size=1,
-            concurrency=num_actors, num_gpus=num_gpus_per_actor or None, num_cpus=1)
-        expected = 0
-        for row in ds.iter_rows():  # in plan order (preserve_order above), streamed to the writer
-          if row["window"] != expected:
-            raise RuntimeError(f"shard {index}: Ray returned window {row['window']}, expected {expected}")
-          expected += 1
-          for d in pickle.loads(row["results"]):
-            result = job.RecordResult(**d)
-            writer.add(result)
-            if on_progress:
-              on_progress(result)
-      all_stats.append(writer.commit())
-    return all_stats
+        stats[index] = done
+      else:
+        todo.append(index)
+    # One pipeline for every unfinished shard, so the actors (and their models) start once per job.
+    items, counts = [], {}
+    for index in todo:
+      shard_windows = list(job.windows(plan.records(index), cfg.window))
+      counts[index] = len(shard_windows)
+      items += [{"shard": index, "window": i, "records": pickle.dumps([r.to_dict() for r in w])}
+                for i, w in enumerate(shard_windows)]
+    writers: dict[int, job.ShardWriter] = {}
+
+    def open_writer(index: int) -> job.ShardWriter:
+      writers[index] = job.ShardWriter(cfg, index, plan.describe(index))
+      return writers[index]
+
+    for index in todo:
+      if counts[index] == 0:  # an empty input still gets its (empty) shard, stats and rejects
+        stats[index] = open_writer(index).commit()
+    if items:
+      ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+          TokenizeActor, fn_constructor_kwargs={"cfg_dict": dataclasses.asdict(cfg)}, batch_size=1,
+          concurrency=num_actors, num_gpus=num_gpus_per_actor or None, num_cpus=1)
+      expected = iter([(it["shard"], it["window"]) for it in items])
+      for row in ds.iter_rows():  # in plan order (preserve_order above), streamed to the writers
+        index, window = row["shard"], row["window"]
+        if (index, window) != next(expected):
+          raise RuntimeError(f"Ray returned shard {index} window {window} out of plan order")
+        writer = writers.get(index) or open_writer(index)
+        for d in pickle.loads(row["results"]):
+          result = job.RecordResult(**d)
+          writer.add(result)
+          if on_progress:
+            on_progress(result)
+        if window == counts[index] - 1:  # the shard's last window: rename it into place now
+          stats[index] = writer.commit()
+    return [stats[i] for i in cfg.shards()]
   finally:
     if started:
       ray.shutdown()

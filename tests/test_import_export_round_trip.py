@@ -132,10 +132,16 @@ def test_meta_import_export_round_trip_is_bit_exact(tmp_path, spm):
             "vocab_size": layout.vocab_size}
   write_meta_checkpoint(_state_dict(model), params, str(tmp_path / "meta"), num_shards=2)
   _import(tmp_path / "meta", tmp_path / "run", spm)
+  # What a training run's config.gin adds: its packed length and the data pipeline's text mode.
+  with open(tmp_path / "run" / "config.gin", "a") as f:
+    f.write("TrainInput.task_feature_lengths = {'targets': 4500}\nregister_corpora.legacy = True\n")
   _export(tmp_path / "run", tmp_path / "hf")
   exported = _exported_tensors(tmp_path / "hf")
   for key, value in _state_dict(model).items():
     np.testing.assert_array_equal(exported[key], value, err_msg=key)
+  assert config.max_position_embeddings == 256
+  assert json.load(open(tmp_path / "hf" / "config.json"))["max_position_embeddings"] == 4500
+  assert json.load(open(tmp_path / "hf" / "tokenizer_config.json"))["legacy"] is True
 
 
 def test_sft_import_grows_the_chat_rows_and_exports_them(tmp_path, spm):

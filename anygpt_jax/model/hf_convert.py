@@ -23,7 +23,8 @@ class ConversionError(ValueError):
   """A state dict or parameter tree that does not match the configuration."""
 
 
-def _to_numpy(x) -> np.ndarray:
+def to_numpy(x) -> np.ndarray:
+  """A torch tensor (bf16 included, as float32) or array-like as numpy."""
   if hasattr(x, "detach"):  # a torch tensor; bf16 has no numpy dtype, so go through float32
     x = x.detach().cpu()
     if str(x.dtype) == "torch.bfloat16":
@@ -49,7 +50,7 @@ def _hf_layer_to_ours(sd: Mapping[str, Any], i: int, cfg: ModelConfig) -> dict:
     key = prefix + name
     if key not in sd:
       raise ConversionError(f"state dict has no {key!r}")
-    return _to_numpy(sd[key])
+    return to_numpy(sd[key])
 
   def projection(name, heads):
     w = get(f"self_attn.{name}.weight")  # [heads*hd, d]
@@ -86,10 +87,10 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], config: ModelConfig
   if f"model.layers.{config.num_layers}.input_layernorm.weight" in sd:
     raise ConversionError(f"state dict has more than num_layers={config.num_layers} layers")
   params = {
-      "embed_tokens": {"embedding": _pad_rows(_to_numpy(sd["model.embed_tokens.weight"]), config.vocab_size,
+      "embed_tokens": {"embedding": _pad_rows(to_numpy(sd["model.embed_tokens.weight"]), config.vocab_size,
                                               "model.embed_tokens.weight")},
-      "norm": {"scale": _to_numpy(sd["model.norm.weight"])},
-      "lm_head": {"kernel": _pad_rows(_to_numpy(sd["lm_head.weight"]), config.vocab_size, "lm_head.weight").T},
+      "norm": {"scale": to_numpy(sd["model.norm.weight"])},
+      "lm_head": {"kernel": _pad_rows(to_numpy(sd["lm_head.weight"]), config.vocab_size, "lm_head.weight").T},
   }
   if config.scan_layers:
     params["layers"] = _stack(layers)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 from etils import epath
 
+from anygpt_jax.model.hf_convert import to_numpy
 from anygpt_jax.weights import meta
 from anygpt_jax.weights.pickled import load_pickled_tensors
 
@@ -31,16 +32,6 @@ HF_CONFIG = "config.json"
 
 class WeightsFormatError(ValueError):
   """A directory that holds no recognised checkpoint layout, or an inconsistent one."""
-
-
-def _to_numpy(x) -> np.ndarray:
-  """A torch tensor (any float dtype, bf16 included) or array as numpy; bf16 becomes float32."""
-  if hasattr(x, "detach"):
-    x = x.detach().cpu()
-    if str(x.dtype) == "torch.bfloat16":
-      x = x.float()
-    return x.numpy()
-  return np.asarray(x)
 
 
 def _local(path: epath.Path) -> str | None:
@@ -76,7 +67,7 @@ class LazyStateDict(Mapping):
     self._readers = readers
 
   def __getitem__(self, key: str) -> np.ndarray:
-    return _to_numpy(self._readers[key]())
+    return to_numpy(self._readers[key]())
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._readers)
@@ -156,7 +147,7 @@ def _open_meta(directory: epath.Path, files: list[epath.Path]) -> SourceCheckpoi
     hf_key, dim = mapped
 
     def read(meta_key=meta_key, hf_key=hf_key, dim=dim):
-      parts = [_to_numpy(get(meta_key)) for _, get in shards]
+      parts = [to_numpy(get(meta_key)) for _, get in shards]
       joined = parts[0] if dim is None or len(parts) == 1 else np.concatenate(parts, axis=dim)
       return meta.to_hf_tensor(hf_key, joined, params)
 

@@ -1,5 +1,6 @@
 """`anygpt-generate` end to end: every base task string on the demo's tiny tokenizers, from an
-exported directory and from a training run; bad requests fail alone."""
+exported directory (a run directory is what the end of `anygpt-demo` generates from, in
+test_demo's slow test); bad requests fail alone; the README's commands."""
 
 import json
 
@@ -104,6 +105,7 @@ def readme_commands(program: str) -> list[str]:
   return [l.strip() for l in section.splitlines() if l.strip().startswith(program)]
 
 
+@pytest.mark.slow
 def test_readme_generate_command(setup, tmp_path, monkeypatch):
   """The README's command, verbatim, from a directory laid out as it assumes (relative paths)."""
   import shlex

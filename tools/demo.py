@@ -258,10 +258,14 @@ def main(argv: list[str] | None = None) -> int:
 # --- the end: one generated sample per direction ----------------------------------------------
 def sample_tasks(manifests) -> list[str]:
   """AnyGPT's six base task strings over the first held-out item of each modality."""
-  first = {k: json.loads(manifests[k]["validation"].read_text().splitlines()[0]) for k in KINDS}
-  return [f"text|image|{first['image']['text']}", f"image|text|{first['image']['path']}",
-          f"text|speech|{first['speech']['text']}|{first['speech']['path']}", f"speech|text|{first['speech']['path']}",
-          f"text|music|{first['music']['text']}", f"music|text|{first['music']['path']}"]
+  first, path = {}, {}
+  for kind in KINDS:
+    manifest = manifests[kind]["validation"]
+    first[kind] = json.loads(manifest.read_text().splitlines()[0])
+    path[kind] = manifest.parent / first[kind]["path"]  # manifest paths are relative to the manifest
+  return [f"text|image|{first['image']['text']}", f"image|text|{path['image']}",
+          f"text|speech|{first['speech']['text']}|{path['speech']}", f"speech|text|{path['speech']}",
+          f"text|music|{first['music']['text']}", f"music|text|{path['music']}"]
 
 
 def generate_samples(out: pathlib.Path, model_dir: pathlib.Path, models, manifests, args) -> None:

@@ -1,5 +1,6 @@
 """`anygpt-generate` end to end: every base task string on the demo's tiny tokenizers, from an
-exported directory and from a training run; bad requests fail alone."""
+exported directory (a run directory is what the end of `anygpt-demo` generates from, in
+test_demo's slow test); bad requests fail alone; the README's commands."""
 
 import json
 
@@ -94,3 +95,43 @@ def test_unclosable_span_and_chat_from_a_file(setup, tmp_path):
   assert "error" not in got[1] and "[Human]: What is in this picture?" in got[1]["prompt"]
   assert got[1]["prompt"].count("\U0001F440") == 32 and got[1]["prompt"].endswith("[MMGPT]:")
   assert open(got[1]["files"][0]["file"]).read().strip() == got[1]["text"].replace("<eos>", "").strip()
+
+
+def readme_commands(program: str) -> list[str]:
+  """The lines of README's '## Generation' section that start with `program`."""
+  import pathlib
+  text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+  section = text.split("## Generation", 1)[1].split("\n## ", 1)[0]
+  return [l.strip() for l in section.splitlines() if l.strip().startswith(program)]
+
+
+@pytest.mark.slow
+def test_readme_generate_command(setup, tmp_path, monkeypatch):
+  """The README's command, verbatim, from a directory laid out as it assumes (relative paths)."""
+  import shlex
+  (tmp_path / "exports").mkdir()
+  (tmp_path / "exports" / "demo").symlink_to(setup["export"])
+  (tmp_path / "tokenizers").symlink_to(setup["root"] / "tokenizers")
+  (tmp_path / "media").symlink_to(setup["media"])
+  monkeypatch.chdir(tmp_path)
+  commands = readme_commands("anygpt-generate")
+  assert len(commands) == 1
+  assert generate.main(shlex.split(commands[0])[1:]) == 0
+  got = records(tmp_path / "samples")
+  assert len(got) == 6 and not any("error" in r for r in got)
+  assert [pathlib_suffix(r["files"][0]["file"]) for r in got] == [".jpg", ".txt", ".wav", ".txt", ".wav", ".txt"]
+
+
+def pathlib_suffix(path):
+  import pathlib
+  return pathlib.Path(path).suffix
+
+
+def test_readme_bench_command_runs(capsys):
+  from tools import bench_generate
+  commands = readme_commands("`python -m tools.bench_generate`")
+  assert commands, "the README names the benchmark command"
+  assert bench_generate.main(["--config", "tiny", "--text_vocab_size", "300", "--batch", "1", "--batch", "2",
+                              "--prompt_len", "8", "--new_tokens", "4", "--repeats", "1"]) == 0
+  rows = [l for l in capsys.readouterr().out.splitlines() if l.strip().split("|")[0].strip() in ("1", "2")]
+  assert len(rows) == 2 and all(len(r.split("|")[2].split()) == 3 for r in rows)

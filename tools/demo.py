@@ -251,7 +251,53 @@ def main(argv: list[str] | None = None) -> int:
   _log(f"loss plot:         {plot_path}")
   _log(f"operative config:  {model_dir / 'config.gin'}")
   _log(f"summary:           {out / 'demo_summary.json'}")
+  generate_samples(out, model_dir, models, manifests, args)
   return 0
+
+
+# --- the end: one generated sample per direction ----------------------------------------------
+def sample_tasks(manifests) -> list[str]:
+  """AnyGPT's six base task strings over the first held-out item of each modality."""
+  first, path = {}, {}
+  for kind in KINDS:
+    manifest = manifests[kind]["validation"]
+    first[kind] = json.loads(manifest.read_text().splitlines()[0])
+    path[kind] = manifest.parent / first[kind]["path"]  # manifest paths are relative to the manifest
+  return [f"text|image|{first['image']['text']}", f"image|text|{path['image']}",
+          f"text|speech|{first['speech']['text']}|{path['speech']}", f"speech|text|{path['speech']}",
+          f"text|music|{first['music']['text']}", f"music|text|{path['music']}"]
+
+
+def generate_samples(out: pathlib.Path, model_dir: pathlib.Path, models, manifests, args) -> None:
+  """Runs anygpt-generate on the trained model for every direction and prints what it wrote."""
+  if args.image_model or args.speech_model or args.music_model:
+    _log("samples: skipped (real tokenizers need real unCLIP and SoundStorm checkpoints: run anygpt-generate)")
+    return
+  from anygpt_jax.tokenizers import tiny
+
+  decoders = out / "tokenizer_models"
+  unclip, soundstorm = decoders / "stable-diffusion-2-1-unclip", decoders / "soundstorm"
+  if not (unclip / "model_index.json").exists():
+    tiny.save_tiny_unclip(unclip, seed=args.seed)
+  if not (soundstorm / tiny.SOUNDSTORM_FILE).exists():
+    tiny.save_tiny_soundstorm(soundstorm, seed=args.seed)
+  samples = out / "samples"
+  if (samples / "generations.jsonl").exists():
+    (samples / "generations.jsonl").unlink()
+  tasks = sample_tasks(manifests)
+  cmd = [sys.executable, "-m", "tools.generate", f"--model={model_dir}", f"--output_dir={samples}",
+         f"--image_model={models['image']}", f"--unclip_model={unclip}", f"--speech_model={models['speech']}",
+         f"--soundstorm_model={soundstorm / tiny.SOUNDSTORM_FILE}", f"--music_model={models['music']}",
+         f"--music_seconds={args.music_seconds}", "--image_steps=2", "--set=text.max_new_tokens=24",
+         "--set=speech.max_new_tokens=100", "--set=music.max_new_tokens=200", *tasks]
+  _log("samples: anygpt-generate " + " ".join(f"'{c}'" if " " in c else c for c in cmd[3:]))
+  _run(cmd, "generation")
+  _log(f"samples (random tokenizers: noise, but well-formed files) in {samples}:")
+  for line in (samples / "generations.jsonl").read_text().splitlines():
+    r = json.loads(line)
+    files = ", ".join(pathlib.Path(f["file"]).name for f in r.get("files", []))
+    text = r.get("text", "").replace("<eos>", "").strip()
+    _log(f"    {r['task'].split('|')[0]}->{r['task'].split('|')[1]}: {files}" + (f"  {text[:60]!r}" if text else ""))
 
 
 if __name__ == "__main__":

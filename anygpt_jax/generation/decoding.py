@@ -258,8 +258,7 @@ class Generator:
       decode_s = time.perf_counter() - start
     results = []
     for i, r in enumerate(requests):
-      row = out[i] if beams > 1 else out[i]
-      generated = [int(t) for t in row if t >= 0][:r.settings.max_new_tokens]
+      generated = [int(t) for t in out[i] if t >= 0][:r.settings.max_new_tokens]
       stopped = bool(generated) and generated[-1] in r.settings.stop_ids
       results.append(Output(generated, "stop" if stopped else "length", prefill_s, decode_s,
                             None if scores is None else float(scores[i])))

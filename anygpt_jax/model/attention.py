@@ -80,7 +80,7 @@ class Attention(nn.Module):
 
     Decoding (cache_index, an int32 scalar, given): k/v are written into the 'cache' collection
     at slots [cache_index, cache_index + L) and the queries attend over all S cache slots;
-    mask is then bool [B, 1, L, S] (`decode_attention_mask`), whatever the attention kind.
+    mask is then bool [B, 1, L, S] (built by `Transformer` for decoding), whatever the attention kind.
     """
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)

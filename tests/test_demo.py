@@ -6,7 +6,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -61,9 +60,7 @@ def test_demo_end_to_end_then_resume(tmp_path):
     assert line in result.stdout
 
   # Same command, more steps: the data is reused and training resumes from step 6.
-  start = time.monotonic()
   result = subprocess.run(cmd + ["--steps=8"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert "resumed from step 6" in result.stdout
-  assert time.monotonic() - start < 300
   assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == 8

@@ -144,7 +144,8 @@ def test_detokenizer_with_and_without_voice_prompt(models, tmp_path):
   assert wave.dtype == np.float32 and wave.shape == (60 * 320,)  # 1.2 s at 16 kHz
   prompt = tmp_path / "prompt.wav"
   sf.write(prompt, _speech(4.0, seed=9), 16000)
-  assert detok.prompt_codes(str(prompt)).shape == (150, 8)  # only the first 3 s
+  assert detok.prompt_codes(str(prompt)).shape == (200, 8)  # the whole 4 s prompt, as AnyGPT takes it
+  assert detok.prompt_codes(str(prompt), max_seconds=3.0).shape == (150, 8)
   cloned = detok(semantic, prompt_wav=str(prompt), steps=3)
   assert cloned.shape == wave.shape and np.all(np.isfinite(cloned))
 

@@ -129,7 +129,7 @@ class SpeechTokenizerWorker:
 class SpeechDetokenizer:
   """RVQ-1 codes -> audio: SoundStorm fills levels 2..8, the SpeechTokenizer decoder synthesises.
 
-  With a voice prompt (a ~3 s wav) the prompt's full 8-level codes condition SoundStorm
+  With a voice prompt (a short wav, used whole as AnyGPT does) the prompt's full 8-level codes condition SoundStorm
   (zero-shot voice cloning); without one SoundStorm samples its own default voice.
   """
 
@@ -141,15 +141,19 @@ class SpeechDetokenizer:
       raise ValueError(f"SoundStorm fills {self.soundstorm.cfg.num_quantizers} levels, the SpeechTokenizer "
                        f"has {tokenizer.num_quantizers} (needs {expected})")
 
-  def prompt_codes(self, prompt_wav: str, max_seconds: float = 3.0) -> np.ndarray:
-    """Full codes of the first `max_seconds` of a voice prompt: int64 (frames, num_quantizers)."""
+  def prompt_codes(self, prompt_wav: str, max_seconds: float | None = None) -> np.ndarray:
+    """Full codes of a voice prompt (AnyGPT's voice cloning takes all of it; `max_seconds` cuts
+    it): int64 (frames, num_quantizers)."""
     wave = audio_io.load_audio(prompt_wav, self.tokenizer.sample_rate)
-    wave = wave[:int(max_seconds * self.tokenizer.sample_rate)]
+    if max_seconds is not None:
+      wave = wave[:int(max_seconds * self.tokenizer.sample_rate)]
     return self.tokenizer.encode_batch([wave], num_quantizers=self.tokenizer.num_quantizers)[0].T
 
-  def __call__(self, semantic: np.ndarray, prompt_wav: str | None = None, steps: int = 8,
+  def __call__(self, semantic: np.ndarray, prompt_wav: str | None = None, steps: int = 3,
                seed: int = 0) -> np.ndarray:
-    """int (frames,) RVQ-1 codes -> float32 (frames * hop,) audio at the tokenizer's rate."""
+    """int (frames,) RVQ-1 codes -> float32 (frames * hop,) audio at the tokenizer's rate.
+
+    `steps` defaults to AnyGPT's 3 SoundStorm passes per level."""
     semantic = torch.as_tensor(np.asarray(semantic), dtype=torch.long)[None]
     prompt = None
     if prompt_wav is not None:

@@ -78,7 +78,7 @@ def tokenized(tmp_path_factory):
   _tokenize(root / "raw", data, "validation", 6, rng)
   (data / "pairs" / "pairs-train-00001-of-00002.tmp").write_bytes(b"what a killed job leaves")
   spm = train_llama_like_sentencepiece([f"the cat number {i} sits" for i in range(50)] * 3,
-                                       str(root / "spm" / "m"), 200)
+                                       str(root / "spm" / "m"), 400)
   return root, data, spm
 
 

@@ -2,6 +2,7 @@
 
   shards.py         the pretokenized TFRecord schema (shared with the tokenizer workers)
   rendering.py      templates, chats and interleaved documents -> ids and loss weights (tf.data)
+  sources.py        which files are shards, how hosts share them, the SeqIO data source
   preprocessors.py  SeqIO preprocessors: read shards with their file names, parse, render
   packing.py        first-fit-decreasing packing of one corpus into LM-feature rows
   mixing.py         token counts from the tokenization stats, rate functions

@@ -150,7 +150,8 @@ class ShardSource(seqio.FileDataSource):
     del sequence_length, use_cached, num_epochs
     plan = self.host_plan(split, *((shard_info.index, shard_info.num_shards) if shard_info else (0, 1)))
     files_ds = tf.data.Dataset.from_tensor_slices(list(plan.files))
-    if shuffle:  # the same order on every host (same seed), so record striding stays disjoint
+    # Hosts striding over the same files need the same file order: a seed, or none at all.
+    if shuffle and (seed is not None or plan.record_stride == 1):
       files_ds = files_ds.shuffle(len(plan.files), seed=seed)
     ds = files_ds.interleave(self._reader, cycle_length=self._cycle_length, block_length=self._block_length,
                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -18,7 +18,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   size = parser.add_mutually_exclusive_group(required=True)
   size.add_argument("--text-vocab-size", type=int, help="SentencePiece pieces (32000 for LLaMA-2)")
   size.add_argument("--spm", help="a SentencePiece model; its piece count is the text vocabulary size")
-  parser.add_argument("--chat-tokens", action="store_true", help="add <-Ins-> and <-Res-> (the chat model)")
+  parser.add_argument("--chat-tokens", action="store_true", help="add <-Res-> (then) <-Ins->, the chat model's tokens, in AnyGPT's order")
   parser.add_argument("--pad-multiple", type=int, default=128, help="embedding rows padded to a multiple of this")
   return parser.parse_args(argv)
 

@@ -80,7 +80,7 @@ class VocabularyLayout:
 
   Attributes:
     text_vocab_size: SentencePiece pieces (32000 for LLaMA-2).
-    chat_tokens: whether `<-Ins->`/`<-Res->` (the chat model's extra tokens) follow.
+    chat_tokens: whether `<-Res->`/`<-Ins->` (the chat model's extra tokens) follow.
     pad_multiple: embedding rows are padded up to a multiple of this (128 x tensor
       parallelism is the usual choice) so the vocab axis shards evenly.
   """

@@ -194,7 +194,7 @@ def _legacy_tokenizer_json(path: str) -> None:
     json.dump(tok, f, ensure_ascii=False)
 
 
-def save_tokenizer(spm_path: str, layout: VocabularyLayout, out_dir: str, legacy: bool = False) -> None:
+def save_tokenizer(spm_path: str, layout: VocabularyLayout, out_dir: str, legacy: bool = True) -> None:
   """tokenizer.model plus AnyGPT's added tokens, in order, as HF tokenizer files, the mode stated.
 
   legacy=False: the `LlamaTokenizer` of transformers 5 (and 4.x's with `legacy: false`).
@@ -222,7 +222,7 @@ def save_tokenizer(spm_path: str, layout: VocabularyLayout, out_dir: str, legacy
 
 
 def write_metadata(config: ModelConfig, layout: VocabularyLayout, out_dir: epath.PathLike, dtype: str,
-                   spm_path: str | None = None, legacy: bool = False, trained_length: int | None = None,
+                   spm_path: str | None = None, legacy: bool = True, trained_length: int | None = None,
                    ids: TokenIds | None = None) -> None:
   """Everything but the weights: config.json, generation configs, tokenizer, vocabulary layout.
 
@@ -266,7 +266,7 @@ def _check_vocabulary(config: ModelConfig, layout: VocabularyLayout) -> None:
 # --- entry points ----------------------------------------------------------------------------------
 def save_hf_checkpoint(params: Any, config: ModelConfig, layout: VocabularyLayout, out_dir: str,
                        spm_path: str | None = None, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30,
-                       legacy: bool = False, trained_length: int | None = None) -> str:
+                       legacy: bool = True, trained_length: int | None = None) -> str:
   """Exports `params` (in memory) as a HuggingFace LLaMA directory; returns `out_dir`.
 
   Args:
@@ -288,7 +288,7 @@ def save_hf_checkpoint(params: Any, config: ModelConfig, layout: VocabularyLayou
 
 def export_checkpoint(model_dir: epath.PathLike, out_dir: epath.PathLike, config: ModelConfig,
                       layout: VocabularyLayout, step: int | None = None, spm_path: str | None = None,
-                      dtype: str = "bfloat16", max_shard_bytes: int = 5 * 2**30, legacy: bool = False,
+                      dtype: str = "bfloat16", max_shard_bytes: int = 5 * 2**30, legacy: bool = True,
                       trained_length: int | None = None, ids: TokenIds | None = None) -> int:
   """Streams a run's orbax checkpoint into a HuggingFace directory; returns the step exported.
 

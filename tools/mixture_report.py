@@ -18,7 +18,6 @@ consumes and how many epochs of the corpus that is; then totals per modality.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from anygpt_jax.data import mixing, pipeline
@@ -109,15 +108,10 @@ def _register_from_run_files(args) -> None:
   import gin
 
   from anygpt_jax.training.input import sequence_length_of
-  from tools.train import REPO_ROOT, import_configurables
+  from tools.train import import_configurables, parse_gin
   import_configurables()
-  # Parsed like anygpt-train parses them, without finalizing: the report needs no MODEL_DIR.
-  for path in (str(REPO_ROOT), os.getcwd()):
-    gin.add_config_file_search_path(path)
-  for gin_file in args.gin_file:
-    gin.parse_config_file(gin_file)
-  for binding in args.bindings:
-    gin.parse_config(binding)
+  # Parsed as anygpt-train parses them; the report calls no configurable that needs MODEL_DIR.
+  parse_gin(args.gin_file, args.bindings)
   args.mixture = args.mixture or gin.query_parameter("%MIXTURE_OR_TASK_NAME")
   args.steps = args.steps or gin.query_parameter("%TRAIN_STEPS")
   args.batch = args.batch or gin.query_parameter("%BATCH_SIZE")

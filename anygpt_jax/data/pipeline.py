@@ -33,25 +33,6 @@ from anygpt_jax.data.shards import deserialize_sample
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES, VocabularyError, VocabularyLayout
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
 
-class _GinPackagePathNoise(logging.Filter):
-  """Drops gin's `ERROR:root:Path not found: gin/runs/...` lines.
-
-  Gin looks for every gin file (and include) first under each search prefix and, where it is not
-  there, as a resource of a Python package: `gin/runs/base.gin` reads as package `gin.runs`,
-  which the gin library itself does not have, so it logs an error on the root logger although
-  the next search prefix (the repository root) then finds the file. Real failures still raise
-  ("Unable to open file"). Installed on import, i.e. before `anygpt-train`,
-  `anygpt-mixture-report` or `anygpt-export` parse run files.
-  """
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno == logging.ERROR and record.module == "resource_reader"
-                and str(record.msg).startswith("Path not found"))
-
-
-if not any(isinstance(f, _GinPackagePathNoise) for f in logging.getLogger().filters):
-  logging.getLogger().addFilter(_GinPackagePathNoise())
-
 SPLITS = ("train", "validation")
 DEFAULT_PATTERN = "{name}/{name}-{split}-*-of-*"
 

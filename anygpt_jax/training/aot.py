@@ -15,6 +15,13 @@ with 1 and 2 *unrolled* layers and one microbatch of B/M rows: a layer costs c2 
 cost c1 + (L - 1)(c2 - c1), and M microbatches M times that (the optimizer update, a few
 elementwise passes over the state shards, is then counted M times: a slight overestimate).
 `tests/test_aot.py` checks the extrapolation against a directly compiled unrolled model.
+
+Two more things XLA's count misses: Pallas kernels (splash attention) are opaque custom calls,
+whose matmuls `splash_kernel_flops` adds from the kernel calls in the HLO; and the loops XLA makes
+itself (collective matmuls of FSDP-sharded weights, the tiled loss's chunks), whose bodies are also
+counted once. For the latter `report` scales the modelled time by the FLOPs the step must execute
+(`required_flops_per_device`) over the FLOPs XLA counted. README "Pod scale" calibrates the result
+against a configuration whose MFU MaxText measured.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def spec_from_gin(text_vocab_size: int = LLAMA2_TEXT_VOCAB_SIZE):
   if "model" not in train:
     raise GinConfigError("the run binds no model: set train.model (e.g. include 'gin/models/llama2_7b.gin')")
   model = _resolve(train["model"])
-  layout_binding = _argument(loop.train, "layout", {}) if "layout" not in train else train["layout"]
+  layout_binding = train.get("layout")
   if layout_binding is None:
     raise GinConfigError("anygpt-compile needs train.layout (e.g. @vocabulary_layout()); the data's registered "
                          "vocabulary is not read")

@@ -143,10 +143,15 @@ def compile_run(spec, topology: str, output_dir: str, estimate_cost: bool = True
     report = aot.report(topology, devices, None, None, spec=spec, refused=refused)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     return report
-  cost = aot.estimate_step_cost(spec, devices, aot.peak_flops_per_device(topology, devices)) if estimate_cost else None
-  report = aot.report(topology, devices, step, cost)
   (out / "train_step.hlo.txt").write_text(step.compiled.as_text())
+  # The memory part first: the cost compiles take as long again, and memory is what decides a slice.
+  report = aot.report(topology, devices, step, None)
   (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+  if estimate_cost:
+    print(aot.format_report(report) + "\n[anygpt-compile] estimating the step time ...", flush=True)
+    cost = aot.estimate_step_cost(spec, devices, aot.peak_flops_per_device(topology, devices))
+    report = aot.report(topology, devices, step, cost)
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
   return report
 
 

@@ -87,7 +87,7 @@ def spec_from_gin(text_vocab_size: int = LLAMA2_TEXT_VOCAB_SIZE):
   if "model" not in train:
     raise GinConfigError("the run binds no model: set train.model (e.g. include 'gin/models/llama2_7b.gin')")
   model = _resolve(train["model"])
-  layout_binding = _argument(loop.train, "layout", {}) if "layout" not in train else train["layout"]
+  layout_binding = train.get("layout")
   if layout_binding is None:
     raise GinConfigError("anygpt-compile needs train.layout (e.g. @vocabulary_layout()); the data's registered "
                          "vocabulary is not read")
@@ -134,13 +134,24 @@ def compile_run(spec, topology: str, output_dir: str, estimate_cost: bool = True
   from anygpt_jax.training import aot
 
   _, devices = aot.topology_devices(topology)
-  step = aot.compile_train_step(spec, devices)
-  cost = aot.estimate_step_cost(spec, devices, aot.peak_flops_per_device(topology, devices)) if estimate_cost else None
-  report = aot.report(topology, devices, step, cost)
   out = epath.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
+  try:
+    step = aot.compile_train_step(spec, devices)
+  except aot.DoesNotFit as refused:
+    # No executable, so no cost either: the report says what XLA asked for.
+    report = aot.report(topology, devices, None, None, spec=spec, refused=refused)
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    return report
   (out / "train_step.hlo.txt").write_text(step.compiled.as_text())
+  # The memory part first: the cost compiles take as long again, and memory is what decides a slice.
+  report = aot.report(topology, devices, step, None)
   (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+  if estimate_cost:
+    print(aot.format_report(report) + "\n[anygpt-compile] estimating the step time ...", flush=True)
+    cost = aot.estimate_step_cost(spec, devices, aot.peak_flops_per_device(topology, devices))
+    report = aot.report(topology, devices, step, cost)
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
   return report
 
 
@@ -170,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"anygpt-compile: {e}", file=sys.stderr)
     return 2
   print(aot.format_report(report), flush=True)
-  print(f"[anygpt-compile] wrote {args.output_dir}/train_step.hlo.txt and report.json", flush=True)
+  written = "report.json" if report["memory"].get("refused_by_xla") else "train_step.hlo.txt and report.json"
+  print(f"[anygpt-compile] wrote {written} into {args.output_dir}", flush=True)
   return 0 if report["fits"] else 1
 
 

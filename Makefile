@@ -24,8 +24,10 @@ $(VENV)/.installed: setup.py requirements.lock requirements-tpu.in constraints.t
 
 install: $(VENV)/.installed
 
+# The demo runs on CPU; naming the platform keeps JAX from probing for a TPU through libtpu
+# (installed for the AOT tests), which logs a spurious ERROR on machines without one.
 demo: install
-	$(VENV)/bin/anygpt-demo
+	JAX_PLATFORMS=cpu $(VENV)/bin/anygpt-demo
 
 model-check: install
 	$(VENV)/bin/anygpt-model-check

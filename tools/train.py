@@ -93,8 +93,12 @@ def _quiet_gin_lookups():
     root.removeFilter(quiet)
 
 
-def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
-  """Parses files then bindings; an error names the file or the binding at fault."""
+def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = (),
+              finalize: bool = True) -> None:
+  """Parses files then bindings; an error names the file or the binding at fault.
+
+  finalize=False leaves `%gin.REQUIRED` macros unchecked, for tools that read a run file's
+  settings without running it (anygpt-mixture-report needs no MODEL_DIR)."""
   import gin
 
   for path in [*search_paths, str(REPO_ROOT), os.getcwd()]:
@@ -112,6 +116,8 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
       gin.parse_config(binding)
     except Exception as e:  # noqa: BLE001
       raise GinConfigError(f"gin binding {binding!r}: {type(e).__name__}: {e}") from e
+  if not finalize:
+    return
   try:
     gin.finalize()
   except ValueError as e:

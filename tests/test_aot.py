@@ -52,6 +52,7 @@ def test_compile_tiny_splash_tiled_loss_for_v5p(tmp_path, capsys):
   assert "not needed to compile, left unset: MODEL_DIR, SENTENCEPIECE_MODEL" in printed
 
 
+@pytest.mark.slow  # three extra compiles (about 40 s); a check of the estimate, run by make test-slow
 def test_scanned_cost_extrapolation_matches_an_unrolled_compile(tmp_path):
   """The estimate from 1- and 2-layer compiles equals a 4-layer unrolled compile's own cost."""
   compile_cli.parse_gin_for_compile(["gin/runs/demo.gin"], [

@@ -3,8 +3,8 @@
 The commands are read from the fenced block under "### The real run" in README.md and run one
 after the other with bash in a scratch directory. Only two things differ from what a user types:
 the first line's four locations (RAW, MODELS, DATA, RUN) point into the scratch directory (RUN
-is relative), and every `anygpt-train` gets `--gin.` overrides for the tiny model, a CPU mesh,
-short rows, batch 2 and 2 steps. The raw data is what the commands expect there: AnyGPT JSONL
+is relative), and every `anygpt-train` gets `--gin.` overrides for the tiny model, a CPU mesh
+(XLA attention, one microbatch), short rows, batch 2 and 2 steps. The raw data is what the commands expect there: AnyGPT JSONL
 files per corpus and split (pairs, interleaved documents, AnyInstruct chats), a manifest of
 images, tiny random-weight SEED tokenizer files, a SentencePiece model, and a LLaMA saved by
 transformers in its HF layout; every corpus has a record the tokenization job rejects.
@@ -22,7 +22,10 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 LOCATIONS = ("RAW", "MODELS", "DATA", "RUN")
+# The pod's mesh file picks the TPU splash kernel and the run files 15 microbatches of one row per
+# chip; on this CPU the tiny model takes XLA attention and the 2-row batch one microbatch.
 TRAIN_OVERRIDES = ("--gin.model_config.name=tiny", "--gin.train.mesh_axes=\"{'data': -1, 'fsdp': 1, 'tensor': 1}\"",
+                   "--gin.model_config.overrides=\"{'attention': 'xla'}\"", "--gin.train.num_microbatches=1",
                    "--gin.BATCH_SIZE=2", "--gin.TASK_FEATURE_LENGTHS=\"{'targets': 256}\"", "--gin.TRAIN_STEPS=2")
 PAIRS = {"laion_2b": "image", "journeydb": "image", "laion_aesthetics": "image", "mls": "speech",
          "commonvoice": "speech", "gigaspeech": "speech", "music": "music"}
@@ -130,7 +133,8 @@ def real_run(tmp_path_factory):
   llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
       vocab_size=pieces, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
       num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads, num_key_value_heads=tiny.num_kv_heads,
-      max_position_embeddings=tiny.max_position_embeddings))
+      max_position_embeddings=tiny.max_position_embeddings, rms_norm_eps=tiny.rms_norm_eps,
+      rope_theta=tiny.rope_theta))  # the warm start checks the source config field by field
   llama.save_pretrained(models / "llama2-7b-hf")
   (models / "llama2" / "tokenizer.model").write_bytes(pathlib.Path(spm).read_bytes())
 

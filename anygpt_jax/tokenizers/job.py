@@ -11,7 +11,9 @@ Per shard `{corpus}-{split}-{i:05d}-of-{n:05d}` the job writes `<shard>.stats.js
 rejections by category with example details, the shard's inputs) and `<shard>.rejects.jsonl`
 (one line per rejected record or dropped medium: id, reason, detail, source). All three are
 written under `<output_dir>/.tmp/`, which no shard glob matches, and renamed into place,
-stats and rejects first and the shard last: an existing shard file means a finished shard,
+stats and rejects first and the shard last (for a `gs://`-style output directory: written in a
+local temporary directory and copied up through `anygpt_jax.filesystem` in the same order, since
+object stores have no rename): an existing shard file means a finished shard,
 a rerun skips it, and a rerun after `kill -9` ends with the same bytes as an uninterrupted
 run (record order and batching are deterministic).
 """
@@ -25,11 +27,15 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+from etils import epath
 
+from anygpt_jax import filesystem
 from anygpt_jax.data.shards import Part, Sample, serialize_sample, shard_filename
 from anygpt_jax.tokenizers import anygpt_data, audio_io, image as image_lib
 from anygpt_jax.tokenizers.media import MediaError, MediaRef
@@ -411,19 +417,24 @@ class ShardStats:
 TMP_DIR = ".tmp"
 
 
-def shard_paths(cfg: JobConfig, index: int) -> dict[str, pathlib.Path]:
-  base = pathlib.Path(cfg.output_dir) / shard_filename(cfg.corpus, cfg.split, index, cfg.num_shards)
+def shard_paths(cfg: JobConfig, index: int) -> dict[str, epath.Path]:
+  base = filesystem.resolve(cfg.output_dir) / shard_filename(cfg.corpus, cfg.split, index, cfg.num_shards)
   return {"shard": base, "stats": base.with_name(base.name + ".stats.json"),
           "rejects": base.with_name(base.name + ".rejects.jsonl")}
 
 
 class ShardWriter:
-  """Writes one shard under `<output_dir>/.tmp/`; `commit` renames stats, rejects, then the shard."""
+  """Writes one shard under `<output_dir>/.tmp/` (a local temporary directory when the output is a
+  URL); `commit` moves stats, rejects, then the shard into place."""
 
   def __init__(self, cfg: JobConfig, index: int, origin: dict | None = None):
     self.paths = shard_paths(cfg, index)
-    tmp_dir = self.paths["shard"].parent / TMP_DIR
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    self.remote = not filesystem.is_local(self.paths["shard"])
+    if self.remote:
+      tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix="anygpt-tokenize-"))
+    else:
+      tmp_dir = pathlib.Path(self.paths["shard"].parent) / TMP_DIR
+      tmp_dir.mkdir(parents=True, exist_ok=True)
     self.tmp = {k: tmp_dir / p.name for k, p in self.paths.items()}
     self.writer = TFRecordWriter(str(self.tmp["shard"]))
     self.rejects = open(self.tmp["rejects"], "w", encoding="utf-8")
@@ -446,8 +457,13 @@ class ShardWriter:
     self.rejects.close()
     self.tmp["stats"].write_text(json.dumps(self.stats.to_json(), indent=2, sort_keys=True) + "\n")
     for key in ("stats", "rejects", "shard"):  # the shard last: its presence marks the shard done
-      os.replace(self.tmp[key], self.paths[key])
-    # `.tmp/` stays: machines sharing the output directory may be writing other shards in it.
+      if self.remote:
+        filesystem.copy_file(self.tmp[key], self.paths[key])
+      else:
+        os.replace(self.tmp[key], self.paths[key])
+    if self.remote:
+      shutil.rmtree(self.tmp["shard"].parent, ignore_errors=True)
+    # A local `.tmp/` stays: machines sharing the output directory may be writing other shards in it.
     return self.stats.to_json()
 
 

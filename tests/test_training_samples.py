@@ -1,0 +1,102 @@
+"""Samples during training: a short `anygpt-train` run whose evaluation generates for AnyGPT task
+strings and writes text, image and audio summaries to TensorBoard and `samples.jsonl`."""
+
+import io
+import json
+
+import gin
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from anygpt_jax.tokenizers import audio_io, tiny
+from anygpt_jax.training.samples import SamplesConfigError, TrainingSamples
+from test_train_cli import run_gin_text, write_run_inputs
+from tools import train as train_cli
+
+ROLE_TOKENS = ("[Human]", "[MMGPT]", "<eoh>", "<eos>")
+
+
+@pytest.fixture
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def summaries(log_dir) -> dict[str, tuple[str, object]]:
+  """{tag: (plugin name, tensor)} of every summary in the run's event files."""
+  import tensorflow as tf
+  found = {}
+  for path in sorted(log_dir.glob("events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        found[value.tag] = (value.metadata.plugin_data.plugin_name, tf.make_ndarray(value.tensor), event.step)
+  return found
+
+
+def test_a_short_run_writes_text_image_and_audio_samples(tmp_path, clean_gin):
+  inputs = write_run_inputs(tmp_path, records=24)
+  # Image and music de-tokenizers; none for speech, whose answer is then shown as tokens.
+  models = {"image": tiny.save_tiny_seed(tmp_path / "seed"), "unclip": tiny.save_tiny_unclip(tmp_path / "unclip"),
+            "music": tiny.save_tiny_encodec(tmp_path / "encodec")}
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+  audio_io.write_wav(str(tmp_path / "music.wav"), 0.3 * rng.standard_normal(16000).astype(np.float32), 32000)
+  prompts = ["text|image|a dog on a beach", "text|speech|hello", "text|music|calm piano",
+             f"image|text|{tmp_path / 'photo.png'}", f"music|text|{tmp_path / 'music.wav'}"]
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=2, extra=f"""
+train.evaluator = @Evaluator
+train.eval_every_steps = 2
+Evaluator.tasks = []  # samples only, no held-out losses
+Evaluator.task_feature_lengths = %TASK_FEATURE_LENGTHS
+Evaluator.batch_size = 8
+Evaluator.num_batches = 1
+Evaluator.samples = @TrainingSamples()
+TrainingSamples.prompts = {prompts!r}
+TrainingSamples.sentencepiece_model = %SENTENCEPIECE_MODEL
+TrainingSamples.max_new_tokens = {{'text': 6, 'image': 36, 'speech': 12, 'music': 12}}
+TrainingSamples.settings = {{'text': {{'num_beams': 1}}}}
+TrainingSamples.image_model = '{models["image"]}'
+TrainingSamples.unclip_model = '{models["unclip"]}'
+TrainingSamples.music_model = '{models["music"]}'
+TrainingSamples.image_steps = 1
+"""))
+  model_dir = tmp_path / "run"
+  assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={model_dir}"]) == 0
+
+  records = [json.loads(l) for l in (model_dir / "samples.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["task"]) for r in records] == [(2, p) for p in prompts]
+  for r in records:
+    assert "error" not in r, r
+    assert r["prompt_ids"][0] == 1 and r["output_ids"] and not any(t in r["text"] for t in ROLE_TOKENS)
+  image, speech, music = (r["spans"][0] for r in records[:3])
+  assert image["modality"] == "image" and image["closed"] and len(image["codes"]) == 32
+  assert speech["modality"] == "speech" and speech["closed"] and 1 <= len(speech["codes"]) <= 12 - 3
+  assert music["modality"] == "music" and music["closed"] and len(music["codes"]) % 4 == 0 and music["codes"]
+  assert all(0 <= c < 2048 * (i % 4 + 1) and c >= 2048 * (i % 4) for i, c in enumerate(music["codes"]))
+  assert all(r["prompt"].endswith("[MMGPT]:") for r in records[3:])
+
+  found = summaries(model_dir / "tensorboard")
+  kinds = {tag: plugin for tag, (plugin, _, step) in found.items() if tag.startswith("samples/") and step == 2}
+  assert kinds == {"samples/00_text_to_image/text": "text", "samples/00_text_to_image/image": "images",
+                   "samples/01_text_to_speech/text": "text",
+                   "samples/02_text_to_music/text": "text", "samples/02_text_to_music/audio": "audio",
+                   "samples/03_image_to_text/text": "text", "samples/04_music_to_text/text": "text"}
+  width, height, png = found["samples/00_text_to_image/image"][1][:3]
+  assert Image.open(io.BytesIO(png)).size == (int(width), int(height))
+  wave, rate = sf.read(io.BytesIO(found["samples/02_text_to_music/audio"][1].reshape(-1)[0]))
+  assert rate == 32000 and len(wave) == len(music["codes"]) // 4 * 640  # Encodec 32 kHz: 640 samples a frame
+  text = lambda tag: found[f"samples/{tag}/text"][1].reshape(-1)[0].decode()
+  assert records[3]["task"] in text("03_image_to_text") and f"answer: {records[3]['text']}" in text("03_image_to_text")
+  speech_tokens = "".join(f"<\U0001F5E3\ufe0f{c}>" for c in speech["codes"])
+  assert f"<sosp>{speech_tokens}<eosp>" in text("01_text_to_speech") and "tokens only" in text("01_text_to_speech")
+
+
+def test_bad_bindings_are_named():
+  with pytest.raises(SamplesConfigError, match=r"prompts\[1\].*unknown direction text\|video"):
+    TrainingSamples(prompts=["text|image|a cat", "text|video|a cat"], sentencepiece_model="x.model")
+  with pytest.raises(SamplesConfigError, match="max_new_tokens: unknown modalities"):
+    TrainingSamples(prompts=["text|image|a cat"], sentencepiece_model="x.model", max_new_tokens={"video": 3})

@@ -100,3 +100,18 @@ def test_bad_bindings_are_named():
     TrainingSamples(prompts=["text|image|a cat", "text|video|a cat"], sentencepiece_model="x.model")
   with pytest.raises(SamplesConfigError, match="max_new_tokens: unknown modalities"):
     TrainingSamples(prompts=["text|image|a cat"], sentencepiece_model="x.model", max_new_tokens={"video": 3})
+
+
+@pytest.mark.parametrize("run_file", ["pretrain_llama2_7b.gin", "continue.gin"])
+def test_real_run_files_sample_block_works_uncommented(run_file, tmp_path, clean_gin):
+  """The real run files ship samples commented out; uncommented, the block parses and configures."""
+  text = (train_cli.REPO_ROOT / "gin" / "runs" / run_file).read_text()
+  head, block = text.split("# Evaluator.samples", 1)
+  uncommented = tmp_path / run_file
+  uncommented.write_text(head + "\n".join(l[2:] for l in ("# Evaluator.samples" + block).splitlines()) + "\n")
+  train_cli.import_configurables()
+  train_cli.parse_gin([str(uncommented)], ["MODEL_DIR = '/r'", "SENTENCEPIECE_MODEL = '/t.model'", "DATA_DIR = '/d'",
+                                           "LLAMA2_HF_DIR = '/h'", "PRETRAIN_DIR = '/p'"])
+  samples = gin.get_bindings("Evaluator")["samples"]  # gin calls @TrainingSamples() here
+  assert isinstance(samples, TrainingSamples) and samples.sentencepiece_model == "/t.model"
+  assert [t.target for t in samples.tasks] == ["image", "speech", "music"] and samples.every_evals == 5

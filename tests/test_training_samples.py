@@ -36,34 +36,36 @@ def summaries(log_dir) -> dict[str, tuple[str, object]]:
   return found
 
 
-def test_a_short_run_writes_text_image_and_audio_samples(tmp_path, clean_gin):
+def readme_sample_bindings() -> str:
+  """The gin block of README's '## Generation' section (samples during training)."""
+  text = (train_cli.REPO_ROOT / "README.md").read_text()
+  section = text.split("## Generation", 1)[1].split("\n## ", 1)[0]
+  return section.split("```gin\n", 1)[1].split("```", 1)[0]
+
+
+def test_a_short_run_writes_text_image_and_audio_samples(tmp_path, clean_gin, monkeypatch):
+  """README's bindings, verbatim, from a directory laid out as they assume (relative paths)."""
   inputs = write_run_inputs(tmp_path, records=24)
   # Image and music de-tokenizers; none for speech, whose answer is then shown as tokens.
-  models = {"image": tiny.save_tiny_seed(tmp_path / "seed"), "unclip": tiny.save_tiny_unclip(tmp_path / "unclip"),
-            "music": tiny.save_tiny_encodec(tmp_path / "encodec")}
+  tiny.save_tiny_seed(tmp_path / "tokenizers" / "seed_tokenizer")
+  tiny.save_tiny_unclip(tmp_path / "tokenizers" / "stable-diffusion-2-1-unclip")
+  tiny.save_tiny_encodec(tmp_path / "tokenizers" / "encodec_32khz")
   rng = np.random.default_rng(0)
-  Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
-  audio_io.write_wav(str(tmp_path / "music.wav"), 0.3 * rng.standard_normal(16000).astype(np.float32), 32000)
-  prompts = ["text|image|a dog on a beach", "text|speech|hello", "text|music|calm piano",
-             f"image|text|{tmp_path / 'photo.png'}", f"music|text|{tmp_path / 'music.wav'}"]
+  (tmp_path / "media").mkdir()
+  Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "media" / "photo.png")
+  audio_io.write_wav(str(tmp_path / "media" / "music.wav"), 0.3 * rng.standard_normal(16000).astype(np.float32),
+                     32000)
+  prompts = ["text|image|a dog on a beach", "text|speech|hello", "text|music|calm piano", "image|text|media/photo.png",
+             "music|text|media/music.wav"]
   run_file = tmp_path / "run.gin"
   run_file.write_text(run_gin_text(inputs, steps=2, extra=f"""
 train.evaluator = @Evaluator
-train.eval_every_steps = 2
 Evaluator.tasks = []  # samples only, no held-out losses
 Evaluator.task_feature_lengths = %TASK_FEATURE_LENGTHS
 Evaluator.batch_size = 8
-Evaluator.num_batches = 1
-Evaluator.samples = @TrainingSamples()
-TrainingSamples.prompts = {prompts!r}
-TrainingSamples.sentencepiece_model = %SENTENCEPIECE_MODEL
-TrainingSamples.max_new_tokens = {{'text': 6, 'image': 36, 'speech': 12, 'music': 12}}
-TrainingSamples.settings = {{'text': {{'num_beams': 1}}}}
-TrainingSamples.image_model = '{models["image"]}'
-TrainingSamples.unclip_model = '{models["unclip"]}'
-TrainingSamples.music_model = '{models["music"]}'
-TrainingSamples.image_steps = 1
+{readme_sample_bindings()}
 """))
+  monkeypatch.chdir(tmp_path)
   model_dir = tmp_path / "run"
   assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={model_dir}"]) == 0
 

@@ -152,6 +152,11 @@ class TrainingSamples:
           raise SamplesConfigError(
               f"TrainingSamples.max_new_tokens for {requested}: {settings.max_new_tokens} cannot hold a "
               f"{requested} span ({tables.min_span_tokens(requested)} tokens) and the stop id")
+      if len(ids) + settings.max_new_tokens > run.config.max_position_embeddings:
+        raise SamplesConfigError(
+            f"TrainingSamples.prompts[{i}] {task.raw!r}: the prompt ({len(ids)} tokens) + max_new_tokens "
+            f"({settings.max_new_tokens}) exceed the model's max_position_embeddings="
+            f"{run.config.max_position_embeddings}")
       prompts.append(text)
       requests.append(Request(ids, settings, requested))
     generator = Generator(run.transformer, params, mesh=run.mesh, rules=run.rules, constraints=tables)

@@ -215,7 +215,8 @@ class TrainingSamples:
     if task.target == "text":
       lines.append(f"answer: {record['text']}")
     else:
-      lines.append("tokens: " + self._prepared.vocabulary.decode(record["output_ids"]))
+      # In a code span: TensorBoard renders markdown and would drop '<soim>' as an unknown HTML tag.
+      lines.append(f"tokens: `{self._prepared.vocabulary.decode(record['output_ids'])}`")
       if "error" not in record:
         span = record["spans"][0]
         if not self.media.available(task.target):

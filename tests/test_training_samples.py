@@ -13,6 +13,7 @@ from PIL import Image
 from anygpt_jax.tokenizers import audio_io, tiny
 from anygpt_jax.training.samples import SamplesConfigError, TrainingSamples
 from test_train_cli import run_gin_text, write_run_inputs
+from test_train_paths import gcs  # noqa: F401  (the GCS emulator fixture)
 from tools import train as train_cli
 
 ROLE_TOKENS = ("[Human]", "[MMGPT]", "<eoh>", "<eos>")
@@ -117,3 +118,24 @@ def test_real_run_files_sample_block_works_uncommented(run_file, tmp_path, clean
   samples = gin.get_bindings("Evaluator")["samples"]  # gin calls @TrainingSamples() here
   assert isinstance(samples, TrainingSamples) and samples.sentencepiece_model == "/t.model"
   assert [t.target for t in samples.tasks] == ["image", "speech", "music"] and samples.every_evals == 5
+
+
+def test_sample_lines_append_in_a_gs_bucket(gcs, tmp_path):
+  """samples.jsonl goes through epath: appended (rewritten whole) in a gs:// run directory."""
+  import os
+  import subprocess
+  import sys
+  bucket, env = gcs
+  code = f"""
+from anygpt_jax import filesystem
+from anygpt_jax.training.samples import _append_lines
+path = filesystem.resolve("gs://{bucket.name}/run") / "samples.jsonl"
+_append_lines(path, [{{"step": 2, "index": 0}}, {{"step": 2, "index": 1}}])
+_append_lines(path, [{{"step": 4, "index": 0}}])
+"""
+  result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(train_cli.REPO_ROOT), **env), timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(l) for l in bucket.read("run/samples.jsonl").decode().splitlines()]
+  assert [(l["step"], l["index"]) for l in lines] == [(2, 0), (2, 1), (4, 0)]
+  assert not (tmp_path / "gs:").exists()

@@ -301,6 +301,8 @@ def generate_samples(out: pathlib.Path, model_dir: pathlib.Path, models, manifes
     source, target = r["task"].split("|")[:2]
     # The answer as a user reads it (anygpt-generate strips role and modality tokens; the ids are in the JSON).
     text = f"  {r.get('text', '')[:60]!r}" if target == "text" else ""
+    if target == "text" and "output_ids" in r and not r.get("text"):
+      text += f" (no text among its {len(r['output_ids'])} generated ids)"
     _log(f"    {source}->{target}: {files}{text}")
 
 

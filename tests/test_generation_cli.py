@@ -3,6 +3,7 @@ exported directory (a run directory is what the end of `anygpt-demo` generates f
 test_demo's slow test); bad requests fail alone; the README's commands."""
 
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -75,9 +76,25 @@ def test_every_task_string_from_an_export(setup):
   for r in (ok[1], ok[4], ok[6]):
     assert r["files"][0]["file"].endswith(".txt") and "[MMGPT]:" in r["prompt"]
     assert r["prompt"].endswith("[MMGPT]:")
+    assert not any(t in r["text"] for t in ("[Human]", "[MMGPT]", "<eoh>", "<eos>", "<soim>", "<sosp>", "<somu>"))
   assert "unknown direction text|video" in bad[0]["error"]
   assert "missing_file" in bad[1]["error"] and "missing.png" in bad[1]["error"]
   assert "speech input" in bad[2]["error"]
+
+
+def test_answer_text_is_the_text_up_to_the_first_stop_without_role_or_modality_tokens(setup):
+  """As AnyGPT's CLI reads an answer: special tokens skipped, the text up to <eos>."""
+  from anygpt_jax.generation.requests import answer_text
+  from anygpt_jax.vocabulary.seqio_vocabulary import EOS_ID, AnyGPTVocabulary
+  vocabulary = AnyGPTVocabulary(os.path.join(setup["export"], "tokenizer.model"))
+  layout = vocabulary.layout
+  first, second, after = (vocabulary.encode(t) for t in ("a photo of", "a cat", "never read"))
+  image = layout.code_to_id("image", [3, 4])
+  tokens = [layout.mmgpt_id, *first, layout.eoh_id, layout.modality("image").start_id, *image,
+            layout.modality("image").end_id, *second, layout.eos_id, *after, EOS_ID]
+  assert "[MMGPT]" in vocabulary.decode(tokens) and "<eoh>" in vocabulary.decode(tokens)
+  assert answer_text(vocabulary, tokens, (EOS_ID, layout.eos_id)) == vocabulary.decode(first + second).strip()
+  assert answer_text(vocabulary, [layout.eoh_id] * 5 + [EOS_ID], (EOS_ID, layout.eos_id)) == ""
 
 
 def test_unclosable_span_and_chat_from_a_file(setup, tmp_path):

@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
   _log(f"checkpoint:        {checkpoints[-1] if checkpoints else '(none)'}")
   _log(f"TensorBoard logs:  {model_dir / 'tensorboard'}   (tensorboard --logdir {model_dir / 'tensorboard'})")
   _log(f"loss plot:         {plot_path}")
+  if (model_dir / "samples.jsonl").exists():  # gin/runs/demo.gin's samples during training
+    _log(f"training samples:  {model_dir / 'samples.jsonl'}   (TensorBoard: 'samples/' under Text)")
   _log(f"operative config:  {model_dir / 'config.gin'}")
   _log(f"summary:           {out / 'demo_summary.json'}")
   generate_samples(out, model_dir, models, manifests, args)
@@ -296,8 +298,12 @@ def generate_samples(out: pathlib.Path, model_dir: pathlib.Path, models, manifes
   for line in (samples / "generations.jsonl").read_text().splitlines():
     r = json.loads(line)
     files = ", ".join(pathlib.Path(f["file"]).name for f in r.get("files", []))
-    text = r.get("text", "").replace("<eos>", "").strip()
-    _log(f"    {r['task'].split('|')[0]}->{r['task'].split('|')[1]}: {files}" + (f"  {text[:60]!r}" if text else ""))
+    source, target = r["task"].split("|")[:2]
+    # The answer as a user reads it (anygpt-generate strips role and modality tokens; the ids are in the JSON).
+    text = f"  {r.get('text', '')[:60]!r}" if target == "text" else ""
+    if target == "text" and "output_ids" in r and not r.get("text"):
+      text += f" (no text among its {len(r['output_ids'])} generated ids)"
+    _log(f"    {source}->{target}: {files}{text}")
 
 
 if __name__ == "__main__":

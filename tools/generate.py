@@ -28,60 +28,16 @@ import argparse
 import dataclasses
 import json
 import os
-import random
 import sys
 import time
 from typing import Any
 
-TASK_MODALITIES = ("text", "image", "speech", "music")
+from anygpt_jax.generation.requests import (TASK_MODALITIES, Prompts, RequestError, Task, answer_text,
+                                           checked_spans, parse_chat, parse_task)
+
 SETTING_TYPES = {"do_sample": lambda v: v.lower() in ("1", "true", "yes"), "temperature": float, "top_k": int,
                  "top_p": float, "repetition_penalty": float, "min_new_tokens": int, "max_new_tokens": int,
                  "num_beams": int, "length_penalty": float}
-PLACEHOLDER = "\x00"
-
-
-class RequestError(ValueError):
-  """One request that cannot be served; the message says why."""
-
-
-@dataclasses.dataclass
-class Task:
-  """One request: a base-model task string or a chat."""
-
-  raw: str
-  source: str = "text"
-  target: str = "text"
-  data: str = ""
-  voice_prompt: str | None = None
-  messages: list | None = None
-
-
-def parse_task(raw: str) -> Task:
-  """`in|out|data[|voice prompt]` -> Task; raises RequestError naming what is wrong."""
-  fields = raw.split("|")
-  if len(fields) < 3:
-    raise RequestError(f"task {raw!r}: expected 'input|output|data', e.g. 'text|image|a red car'")
-  source, target, data = fields[0].strip(), fields[1].strip(), fields[2].strip()
-  voice = fields[3].strip() if len(fields) > 3 and fields[3].strip() else None
-  pairs = {("text", m) for m in TASK_MODALITIES[1:]} | {(m, "text") for m in TASK_MODALITIES[1:]}
-  if (source, target) not in pairs:
-    raise RequestError(f"task {raw!r}: unknown direction {source}|{target}; the base model knows "
-                       + ", ".join(f"{a}|{b}" for a, b in sorted(pairs)))
-  if voice and (source, target) != ("text", "speech"):
-    raise RequestError(f"task {raw!r}: a voice prompt only goes with text|speech")
-  if not data:
-    raise RequestError(f"task {raw!r}: no input")
-  return Task(raw, source, target, data, voice)
-
-
-def parse_chat(line: str) -> Task:
-  try:
-    obj = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise RequestError(f"chat request is not JSON: {e}") from None
-  if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list) or not obj["messages"]:
-    raise RequestError("chat request needs a non-empty 'messages' list")
-  return Task(line, source="chat", target="chat", messages=obj["messages"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,153 +100,28 @@ def load_model(path: str, step: int | None, spm_path: str | None):
                    "HF directory (config.json)")
 
 
-class Media:
-  """The tokenizer workers and de-tokenizers given on the command line (PyTorch, no JAX)."""
-
-  def __init__(self, args):
-    self.args = args
-    self.image = self.unclip = self.speech = self.voice = self.music = None
-    if args.image_model:
-      from anygpt_jax.tokenizers.image import SeedImageWorker
-      self.image = SeedImageWorker(args.image_model)
-    if args.speech_model:
-      from anygpt_jax.tokenizers.speech import SpeechTokenizerWorker
-      self.speech = SpeechTokenizerWorker(args.speech_model)
-    if args.music_model:
-      from anygpt_jax.tokenizers.music import EncodecMusicWorker
-      self.music = EncodecMusicWorker(args.music_model, clip_seconds=args.music_seconds)
-
-  def _need(self, worker, flag: str):
-    if worker is None:
-      raise RequestError(f"this request needs {flag}")
-    return worker
-
-  def encode(self, kind: str, path: str):
-    """Local codes of a media file (image: 32 SEED codes; speech: RVQ-1; music: flattened Encodec)."""
-    from anygpt_jax.tokenizers import audio_io
-    from anygpt_jax.tokenizers.audio_io import MediaError
-    try:
-      if kind == "image":
-        from anygpt_jax.tokenizers.image import load_image
-        return self._need(self.image, "--image_model").encode_batch([load_image(path)])[0]
-      if kind == "speech":
-        worker = self._need(self.speech, "--speech_model")
-        return worker.encode_semantic([audio_io.load_audio(path, worker.sample_rate)])[0]
-      worker = self._need(self.music, "--music_model")
-      return worker.encode_batch([worker.clip(audio_io.load_audio(path, worker.sample_rate))])[0]
-    except MediaError as e:
-      raise RequestError(f"{kind} input {path!r}: {e}") from None
-
-  def write(self, kind: str, codes, stem: str, voice_prompt: str | None) -> dict:
-    """De-tokenizes `codes` into stem.jpg / stem.wav; returns what was written."""
-    import numpy as np
-
-    from anygpt_jax.tokenizers import audio_io
-    if kind == "image":
-      if self.unclip is None:
-        from anygpt_jax.tokenizers.image import ImageDetokenizer
-        self.unclip = ImageDetokenizer(self._need(self.image, "--image_model"),
-                                       self._need(self.args.unclip_model, "--unclip_model"))
-      image = self.unclip(np.asarray(codes), num_inference_steps=self.args.image_steps, seed=self.args.seed)
-      image.save(stem + ".jpg")
-      return {"file": stem + ".jpg", "width": image.width, "height": image.height, "codes": len(codes)}
-    if kind == "speech":
-      if self.voice is None:
-        from anygpt_jax.tokenizers.speech import SpeechDetokenizer
-        self.voice = SpeechDetokenizer(self._need(self.speech, "--speech_model"),
-                                       self._need(self.args.soundstorm_model, "--soundstorm_model"))
-      if voice_prompt and not os.path.isfile(voice_prompt):
-        raise RequestError(f"voice prompt {voice_prompt!r} does not exist")
-      kwargs = {"steps": self.args.soundstorm_steps} if self.args.soundstorm_steps else {}
-      wave = self.voice(np.asarray(codes), prompt_wav=voice_prompt, seed=self.args.seed, **kwargs)
-      rate = self.speech.sample_rate
-    else:
-      worker = self._need(self.music, "--music_model")
-      wave, rate = worker.decode(np.asarray(codes)), worker.sample_rate
-    audio_io.write_wav(stem + ".wav", wave, rate)
-    return {"file": stem + ".wav", "sample_rate": rate, "samples": int(len(wave)), "codes": len(codes)}
+def media_from_args(args):
+  """The tokenizers and de-tokenizers named on the command line (loaded when first needed)."""
+  from anygpt_jax.generation.media import Media
+  return Media(image_model=args.image_model, unclip_model=args.unclip_model, speech_model=args.speech_model,
+               soundstorm_model=args.soundstorm_model, music_model=args.music_model,
+               music_seconds=args.music_seconds, image_steps=args.image_steps,
+               soundstorm_steps=args.soundstorm_steps, seed=args.seed)
 
 
-class Prompts:
-  """Prompt ids in AnyGPT's templates, rendered by the data pipeline's own functions."""
+def write_outputs(task: Task, tokens: list[int], stem: str, prompts: Prompts, media, stop_ids) -> dict:
+  """Text and every media span of an answer, written to files; raises RequestError if malformed.
 
-  def __init__(self, vocabulary, media: Media, seed: int):
-    from anygpt_jax.data import rendering
-    self.rendering = rendering
-    self.vocabulary = vocabulary
-    self.layout = vocabulary.layout
-    self.media = media
-    self.rng = random.Random(seed)
-
-  def _instruction(self, modality: str, direction: str) -> str:
-    return self.rng.choice(self.rendering.load_instructions(modality, direction))
-
-  def _encode(self, text: str) -> list[int]:
-    from anygpt_jax.vocabulary.seqio_vocabulary import BOS_ID
-    return [BOS_ID] + list(self.vocabulary.encode(text))
-
-  def base(self, task: Task) -> tuple[str, list[int], str | None]:
-    """(prompt string, ids, the modality the answer must be or None)."""
-    r = self.rendering
-    if task.source == "text":  # text -> X: the prompt is the training string up to X's start token
-      item = r.modality_string(self.layout, task.target, [])
-      full = r.pair_string(self._instruction(task.target, "from_text"), item, task.data, to_text=False)
-      ids = self._encode(full)
-      start = ids.index(self.layout.modality(task.target).start_id)
-      return self.vocabulary.decode(ids[1:start]), ids[:start], task.target
-    codes = self.media.encode(task.source, task.data)
-    item = r.modality_string(self.layout, task.source, codes)
-    full = r.pair_string(self._instruction(task.source, "to_text"), item, PLACEHOLDER, to_text=True)
-    text = full[:full.index(PLACEHOLDER)].rstrip()  # "... [MMGPT]:" as AnyGPT prompts
-    return text, self._encode(text), None
-
-  def chat(self, task: Task) -> tuple[str, list[int], str | None]:
-    from anygpt_jax.data.shards import Part
-    parts = []
-    for message in task.messages:
-      role = message.get("role")
-      if role not in ("system", "user", "assistant"):
-        raise RequestError(f"chat message role {role!r}: expected system, user or assistant")
-      content = message.get("content", [])
-      content = [{"text": content}] if isinstance(content, str) else content
-      for item in content:
-        (kind, value), = item.items()
-        if kind == "text":
-          parts.append(Part("text", text=value, role=role))
-        elif kind in TASK_MODALITIES:
-          parts.append(Part(kind, codes=[int(c) for c in self.media.encode(kind, value)], role=role))
-        else:
-          raise RequestError(f"chat content item {item!r}: expected text, image, speech or music")
-    parts.append(Part("text", text=PLACEHOLDER, role="assistant"))
-    full = self.rendering.chat_string(self.layout, parts)
-    text = full[:full.index(PLACEHOLDER)].rstrip()
-    return text, self._encode(text), None
-
-
-def write_outputs(task: Task, tokens: list[int], stem: str, prompts: Prompts, media: Media) -> dict:
-  """Text and every media span of an answer, written to files; raises RequestError if malformed."""
-  from anygpt_jax.generation import find_spans
-  from anygpt_jax.tokenizers.music import unflatten_codes
-
-  layout = prompts.layout
-  spans = find_spans(layout, tokens)
-  if task.target not in ("text", "chat"):
-    if not spans or spans[0].modality != task.target:
-      raise RequestError(f"no {task.target} span in the output")
-  if any(not s.closed for s in spans):
-    raise RequestError(f"the {spans[-1].modality} span was not closed within max_new_tokens={len(tokens)}; "
-                       "raise --max_new_tokens")
+  `text` is the answer as a user reads it (`requests.answer_text`: no role or modality tokens)."""
+  spans = checked_spans(prompts.layout, task.target, tokens, media.music_codebooks)
   files = []
   for i, span in enumerate(spans):
-    if span.modality == "music":
-      unflatten_codes(span.codes, media.music.num_codebooks if media.music else 4)  # whole frames, right blocks
     suffix = "" if i == 0 else f"-{i}"
     files.append(media.write(span.modality, list(span.codes), f"{stem}{suffix}", task.voice_prompt))
-  text = prompts.vocabulary.decode([t for t in tokens if t < layout.text_vocab_size or
-                                    layout.modality_of_id(t) == "special"])
+  text = answer_text(prompts.vocabulary, tokens, stop_ids)
   if task.target in ("text", "chat"):
     with open(stem + ".txt", "w", encoding="utf-8") as f:
-      f.write(text.replace("<eos>", "").strip() + "\n")
+      f.write(text + "\n")
     files.insert(0, {"file": stem + ".txt"})
   return {"files": files, "text": text}
 
@@ -337,11 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     raise SystemExit(f"anygpt-generate: the SentencePiece model {loaded.spm_path!r} does not exist here; pass --spm")
   layout = loaded.layout
   vocabulary = AnyGPTVocabulary(loaded.spm_path, chat_tokens=layout.chat_tokens, pad_multiple=layout.pad_multiple)
-  media = Media(args)
+  media = media_from_args(args)
   stops = (EOS_ID, layout.eos_id)
-  tables = build_tables(layout, stops,
-                        image_length=media.image.codes_per_image if media.image else 32,
-                        music_codebooks=media.music.num_codebooks if media.music else 4)
+  tables = build_tables(layout, stops, image_length=media.image_length, music_codebooks=media.music_codebooks)
   generator = Generator(Transformer(loaded.config), loaded.params, constraints=tables)
   prompts = Prompts(vocabulary, media, args.seed)
   os.makedirs(args.output_dir, exist_ok=True)
@@ -355,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
       continue
     start = time.perf_counter()
     try:
-      prompt, ids, requested = prompts.chat(task) if task.messages is not None else prompts.base(task)
+      prompt, ids, requested = prompts.prompt(task)
       target = task.target if task.target != "chat" else "text"
       settings = defaults_for(target, stops, **overrides[target])
       if requested and settings.max_new_tokens < tables.min_span_tokens(requested) + 1:
@@ -382,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
       start = time.perf_counter()
       stem = os.path.join(args.output_dir, f"{record['index']:04d}-{task.target}")
       try:
-        record.update(write_outputs(task, out.tokens, stem, prompts, media))
+        record.update(write_outputs(task, out.tokens, stem, prompts, media, stops))
       except (RequestError, ValueError) as e:
         record["error"] = str(e)
       record["timings"]["detokenize_s"] = time.perf_counter() - start

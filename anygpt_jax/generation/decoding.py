@@ -114,6 +114,14 @@ def process_logits(logits, step, rows: dict, seen, cstate, tables):
   return jnp.where(jnp.any(masked > jnp.finfo(jnp.float32).min, axis=-1, keepdims=True), masked, logits)
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly multi-process) array as numpy."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 class Generator:
   """Decodes requests with `model` (a `Transformer`) and its parameters.
 
@@ -136,8 +144,9 @@ class Generator:
     self.length_bucket = length_bucket
     self.batch_multiple = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     with self._context():
-      shardings = partitioning.logical_to_sharding(partitioning.abstract_params(model), self.mesh, self.rules)
-      self.params = jax.device_put(params, shardings)
+      self.param_shardings = partitioning.logical_to_sharding(partitioning.abstract_params(model), self.mesh,
+                                                              self.rules)
+      self.params = jax.device_put(params, self.param_shardings)
     self._prefill = jax.jit(self._prefill_fn)
     self._decode = jax.jit(self._decode_fn, static_argnames=("steps",))
     self._beam = jax.jit(self._beam_fn, static_argnames=("steps", "beams"))
@@ -214,9 +223,16 @@ class Generator:
       if r.modality is not None and self.tables is None:
         raise SettingsError(f"request {i} asks for {r.modality} but this generator has no constraint tables")
 
-  def generate(self, requests: Sequence[Request], seed: int = 0) -> list[Output]:
-    """Outputs in request order; beam requests (num_beams > 1) are batched by beam count."""
+  def generate(self, requests: Sequence[Request], seed: int = 0, params: Any = None) -> list[Output]:
+    """Outputs in request order; beam requests (num_beams > 1) are batched by beam count.
+
+    params: other parameters of the same model placed like `self.params` (the trainer's, as
+      they change), instead of the ones given at construction; the compiled programs are reused.
+    In a multi-process run every process calls this with the same requests and seed.
+    """
     self._check(requests)
+    if params is not None:  # a no-op for arrays already placed so (the trainer's are)
+      self.params = jax.device_put(params, self.param_shardings)
     outputs: list[Output | None] = [None] * len(requests)
     groups: dict[int, list[int]] = {}
     for i, r in enumerate(requests):
@@ -250,9 +266,9 @@ class Generator:
       if beams > 1:
         out, scores = self._beam(self.params, cache, logits, next_positions, settings, seen, cstate,
                                  steps=steps, beams=beams)
-        out, scores = np.asarray(out), np.asarray(scores)
+        out, scores = _to_host(out), _to_host(scores)
       else:
-        out = np.asarray(self._decode(self.params, cache, logits, next_positions, settings, seen, cstate,
+        out = _to_host(self._decode(self.params, cache, logits, next_positions, settings, seen, cstate,
                                       jax.random.key(seed), steps=steps))
         scores = None
       decode_s = time.perf_counter() - start

@@ -11,6 +11,7 @@ import numpy as np
 
 from anygpt_jax.training import loss as loss_lib
 from anygpt_jax.training.input import sequence_length_of, to_global_batch
+from anygpt_jax.training.samples import TrainingSamples
 from anygpt_jax.training.trainer import BATCH_FEATURES
 
 
@@ -26,10 +27,13 @@ class Evaluator:
     num_batches: batches per task (None: the whole split; every process must then see the same
       number of batches, which `drop_remainder`-style batching of the pipeline ensures).
     split: the held-out split.
+    samples: generates for fixed prompts at evaluation time (`training/samples.py`; None: no
+      samples); the training loop calls it after the held-out losses.
   """
 
   def __init__(self, tasks: Sequence[str] = (), task_feature_lengths=gin.REQUIRED,
-               batch_size: int = gin.REQUIRED, num_batches: int | None = 4, split: str = "validation"):
+               batch_size: int = gin.REQUIRED, num_batches: int | None = 4, split: str = "validation",
+               samples: TrainingSamples | None = None):
     from anygpt_jax.data import pipeline
 
     expanded = []
@@ -48,6 +52,7 @@ class Evaluator:
     self.batch_size = batch_size
     self.num_batches = num_batches
     self.split = split
+    self.samples = samples
 
   def _local_batches(self, task: str) -> list[dict[str, np.ndarray]]:
     """This process's held-out batches of `task`, the last one padded with empty rows."""

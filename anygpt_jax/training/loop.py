@@ -354,6 +354,8 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, ope
       writer.write(step, eval_scalars)
       for line in metrics_lib.eval_console_lines(step, eval_scalars):
         _console(line)
+      if evaluator.samples is not None:  # generated samples to TensorBoard (training/samples.py)
+        evaluator.samples.write(run, step, state.params, writer, final=step == last_step)
       watchdog.resume()
     if preemption.should_stop(step) and step < last_step:
       stopped_by_signal = True

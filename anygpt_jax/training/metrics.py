@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import gin
 import jax
@@ -94,6 +94,22 @@ class MetricsWriter:
     clean = {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
              for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+
+  def write_media(self, step: int, texts: Mapping[str, str] | None = None, images: Mapping[str, Any] | None = None,
+                  audio: Mapping[str, tuple[Any, int]] | None = None) -> None:
+    """Text (markdown), image (uint8 [H, W, 3]) and audio ((float32 [T] in [-1, 1], sample rate))
+    summaries, one per name (generated samples: `anygpt_jax.training.samples`)."""
+    if not self.active:
+      return
+    import numpy as np
+    with self._writer.as_default(step=step):
+      for name, text in (texts or {}).items():
+        self._tf.summary.text(name, text)
+      for name, image in (images or {}).items():
+        self._tf.summary.image(name, np.asarray(image, np.uint8)[None])
+      for name, (wave, rate) in (audio or {}).items():
+        wave = np.clip(np.asarray(wave, np.float32), -1.0, 1.0)
+        self._tf.summary.audio(name, wave[None, :, None], sample_rate=rate)
 
   def flush(self, sync: bool = False) -> None:
     """Flushes the files; copies them to a remote `log_dir` when `sync` or it is time to."""

@@ -19,9 +19,10 @@ elementwise passes over the state shards, is then counted M times: a slight over
 Two more things XLA's count misses: Pallas kernels (splash attention) are opaque custom calls,
 whose matmuls `splash_kernel_flops` adds from the kernel calls in the HLO; and the loops XLA makes
 itself (collective matmuls of FSDP-sharded weights, the tiled loss's chunks), whose bodies are also
-counted once. For the latter `report` scales the modelled time by the FLOPs the step must execute
-(`required_flops_per_device`) over the FLOPs XLA counted. README "Pod scale" calibrates the result
-against a configuration whose MFU MaxText measured.
+counted once. For the latter `estimated_step_seconds` adds the FLOPs the step must execute
+(`required_flops_per_device`) beyond those XLA counted, timed at the chip's peak (the roofline XLA
+applies to its own matmuls). README "Pod scale" calibrates the result against a configuration
+whose MFU MaxText measured.
 """
 
 from __future__ import annotations
@@ -290,6 +291,18 @@ def required_flops_per_device(spec: StepSpec, devices: int) -> float:
   return (per_token + extra) * tokens / devices
 
 
+def estimated_step_seconds(cost: Mapping[str, Any], required_flops: float, peak_flops: float) -> float:
+  """XLA's modelled step time plus the FLOPs it did not count, timed at the device's peak.
+
+  XLA's cost model counts a while loop's body once. The layer and microbatch loops are taken care
+  of by `estimate_step_cost`; what remains uncounted are the later iterations of the
+  collective-matmul loops that the SPMD partitioner makes of FSDP matmuls (and the tiled loss's
+  loop): matmul work, which the cost model's own roofline times at peak. So the shortfall
+  `required_flops - cost['flops']` (per device) is added at `peak_flops`.
+  """
+  return cost["optimal_seconds"] + max(0.0, required_flops - cost["flops"]) / peak_flops
+
+
 LEVERS = ("train.num_microbatches (more microbatches: fewer activations at once)",
           "model_config.overrides remat_policy ('full' recomputes each layer; 'none'/'dots' keep more)",
           "model_config.overrides attention='splash' (no [L, L] scores) and loss_tiling.chunk_length (no full "
@@ -335,11 +348,7 @@ def report(topology: str, devices: list[Any], step: CompiledStep | None, cost: d
   if cost is not None:
     model_flops = out["model_flops_per_step"] / len(devices)
     required = required_flops_per_device(spec, len(devices))
-    # XLA counts every loop body once, including the collective-matmul loops its SPMD partitioner
-    # makes of FSDP matmuls, so it can count fewer FLOPs than the step must execute. The counted
-    # work's modelled time is then scaled to the FLOPs the step needs at least (same modelled rate).
-    scale = max(1.0, required / cost["flops"])
-    seconds = cost["optimal_seconds"] * scale
+    seconds = estimated_step_seconds(cost, required, peak)
     out["estimated_cost"] = cost
     out["counted_flops_fraction"] = cost["flops"] / required
     out["xla_step_seconds"] = cost["optimal_seconds"]

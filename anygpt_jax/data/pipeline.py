@@ -11,7 +11,6 @@ What the trainer calls:
     corpus; the mixture samples rows by rate (`anygpt_jax.data.packing`).
   * `save_iterator_state` / `restore_iterator_state`: the iterator's position, so a resumed
     run continues with exactly the next batch.
-  * `target_modality(ids, layout)`: modality index per target id for per-modality losses.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import tensorflow as tf
 from etils import epath
 
 from anygpt_jax.data import mixing, packing, preprocessors, rendering, sources
+from anygpt_jax.data.features import BATCH_FEATURES
 from anygpt_jax.data.shards import deserialize_sample
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES, VocabularyError, VocabularyLayout
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
@@ -491,7 +491,7 @@ def get_dataset(mixture_or_task_name: str, sequence_length: int, batch_size: int
     weights = np.array([r for _, r in pairs], np.float64)
     ds = tf.data.Dataset.sample_from_datasets(rows, weights=list(weights / weights.sum()), seed=seed,
                                               stop_on_empty_dataset=False)
-  keys = packing.LM_FEATURES + (("num_overlong",) if with_stats else ())
+  keys = BATCH_FEATURES + (("num_overlong",) if with_stats else ())
 
   @tf.autograph.experimental.do_not_convert
   def select(ex):
@@ -512,21 +512,3 @@ def save_iterator_state(iterator, path: str) -> str:
 def restore_iterator_state(iterator, path: str) -> None:
   """Moves a fresh iterator of the same `get_dataset` call to the position saved at `path`."""
   tf.train.Checkpoint(iterator=iterator).read(path).assert_consumed()
-
-
-# --- per-modality loss support -------------------------------------------------------------
-MODALITY_INDEX = {"text": 0, "image": 1, "speech": 2, "music": 3}
-
-
-def target_modality(ids, layout: VocabularyLayout):
-  """Modality index per id: 0 text (and roles, chat tokens, padding), 1 image, 2 speech, 3 music.
-
-  A modality's start/end tokens count as that modality. Pure arithmetic on the layout's
-  ranges, so it works on numpy and jax.numpy arrays alike (same shape as `ids`, int32).
-  """
-  out = 0 * ids
-  for name in MODALITY_NAMES:
-    r = layout.modality(name)
-    inside = (ids >= r.first_code_id) * (ids <= r.end_id)
-    out = out + MODALITY_INDEX[name] * inside
-  return out.astype("int32") if hasattr(out, "astype") else out

@@ -91,7 +91,11 @@ class EncodecMusicWorker:
 
     Returns:
       One int64 array per clip of shape (num_codebooks * ceil(samples / hop),), values in
-      [0, num_codebooks * codebook_size); frames over padding are cut off.
+      [0, num_codebooks * codebook_size). Frames past a clip's own length (those of the batch's
+      zero padding) are cut off; a clip shorter than the batch's longest is still encoded padded,
+      so its last frames, whose receptive field reaches into the padding, can differ from the
+      codes of the clip encoded alone (Encodec's convolutions are not masked). Callers batch
+      length-sorted clips to keep that padding small.
     """
     inputs = self.feature_extractor(raw_audio=list(waves), sampling_rate=self.sample_rate, padding="longest",
                                     return_tensors="pt")

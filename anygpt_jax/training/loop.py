@@ -88,6 +88,22 @@ def _console(line: str) -> None:
     print(line, flush=True)
 
 
+def _schedule_steps(train_steps: int) -> int:
+  """`train_steps`, the schedule's length; a different `learning_rate_schedule.total_steps` bound in
+  gin is an error rather than silently overridden by the explicit argument."""
+  try:
+    bound = gin.query_parameter("learning_rate_schedule.total_steps")
+  except ValueError:  # not bound: the usual case
+    return train_steps
+  if isinstance(bound, gin.config.ConfigurableReference):  # a macro such as %TRAIN_STEPS
+    bound = bound.scoped_configurable_fn()
+  if bound != train_steps:
+    raise ValueError(f"learning_rate_schedule.total_steps = {bound} is bound in gin, but the schedule always "
+                     f"spans train.train_steps = {train_steps}: drop that binding (train.stop_after_steps stops "
+                     "a run early on the full-length schedule)")
+  return train_steps
+
+
 @dataclasses.dataclass
 class Run:
   """Everything a run is built from, before any state exists (`build_run`)."""
@@ -131,7 +147,7 @@ def build_run(model_dir: str, train_steps: int, model: ModelConfig, layout: Voca
   rules = partitioning.logical_axis_rules()
   batch_sharding = partitioning.data_sharding(mesh)
   # The schedule always spans the run's train_steps (learning_rate_schedule's other arguments in gin).
-  learning_rate = optimizer_lib.learning_rate_schedule(total_steps=train_steps)
+  learning_rate = optimizer_lib.learning_rate_schedule(total_steps=_schedule_steps(train_steps))
   optimizer = optimizer_lib.make_optimizer(learning_rate=learning_rate)
   trainer = Trainer(transformer, optimizer, learning_rate, layout, mesh, batch_sharding,
                     lambda: partitioning.use_mesh(mesh, rules), num_microbatches=num_microbatches, z_loss=z_loss)

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from anygpt_jax.vocabulary.layout import (CHAT_TOKENS, ROLE_TOKENS, VocabularyError, VocabularyLayout,
-                                          modality_codes_from_string, split_added_tokens)
+from anygpt_jax.vocabulary.layout import (ADDED_TOKEN_PATTERN, CHAT_TOKENS, CONTENT_KINDS, MODALITIES, ROLE_TOKENS,
+                                          VocabularyError, VocabularyLayout, modality_codes_from_string,
+                                          split_added_tokens)
 from tools import vocab as vocab_tool
 
 SPEECH = "\U0001F5E3\uFE0F"
@@ -24,6 +25,22 @@ def test_anygpt_base_ids_match_design_table():
   assert [chat.special_token_to_id(t) for t in CHAT_TOKENS] == [49418, 49419]
   assert chat.special_token_to_id("<-Res->") == 49418 and chat.special_token_to_id("<-Ins->") == 49419
   assert chat.vocab_size == 49420
+
+
+def test_the_modality_table_is_consistent_and_drives_the_token_pattern():
+  assert CONTENT_KINDS == ("text",) + tuple(m.name for m in MODALITIES)
+  assert len({m.tag for m in MODALITIES}) == len({m.symbol for m in MODALITIES}) == len(MODALITIES)
+  for m in MODALITIES:
+    assert m.num_codes % m.codebooks == 0 and m.codebook_size * m.codebooks == m.num_codes
+    for token in (m.start_token, m.end_token, m.code_string(0), m.code_string(m.num_codes - 1)):
+      assert ADDED_TOKEN_PATTERN.fullmatch(token), token
+  # AnyGPT's facts, in the table: span tokens, 50 Hz speech, 4 x 2048 music at 50 frames/s, 32 codes per image.
+  image, speech, music = MODALITIES[:3]
+  assert [m.start_token + m.end_token for m in MODALITIES[:3]] == ["<soim><eoim>", "<sosp><eosp>", "<somu><eomu>"]
+  assert (image.item_length, speech.codes_per_second, music.codes_per_second, music.codebooks,
+          music.codebook_size) == (32, 50, 200, 4, 2048)
+  every_added = VocabularyLayout(100, chat_tokens=True).added_tokens()
+  assert all(ADDED_TOKEN_PATTERN.fullmatch(t) for t in every_added)
 
 
 def test_added_tokens_are_in_id_order():

@@ -14,10 +14,13 @@ import math
 import numpy as np
 import torch
 
+from anygpt_jax.vocabulary.layout import modality_named
+
 DEFAULT_CLIP_SECONDS = 5.0
+MUSIC = modality_named("music")  # the vocabulary's music codes: 4 codebooks x 2048
 
 
-def flatten_codes(codes: np.ndarray, codebook_size: int = 2048) -> np.ndarray:
+def flatten_codes(codes: np.ndarray, codebook_size: int = MUSIC.codebook_size) -> np.ndarray:
   """int (num_codebooks, frames) -> int64 (frames * num_codebooks,), frame-major with offsets."""
   codes = np.asarray(codes, dtype=np.int64)
   if codes.ndim != 2:
@@ -28,7 +31,8 @@ def flatten_codes(codes: np.ndarray, codebook_size: int = 2048) -> np.ndarray:
   return (codes + offsets).T.reshape(-1)
 
 
-def unflatten_codes(tokens: np.ndarray, num_codebooks: int = 4, codebook_size: int = 2048) -> np.ndarray:
+def unflatten_codes(tokens: np.ndarray, num_codebooks: int = MUSIC.codebooks,
+                    codebook_size: int = MUSIC.codebook_size) -> np.ndarray:
   """Inverse of `flatten_codes`: int (frames * num_codebooks,) -> int64 (num_codebooks, frames).
 
   Raises ValueError when the length is not a whole number of frames or a token sits in

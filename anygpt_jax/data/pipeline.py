@@ -200,8 +200,9 @@ def measure_corpus(info: TaskInfo, vocabulary: AnyGPTVocabulary, pools: Mapping[
 
 
 # --- registration --------------------------------------------------------------------------
-def load_instruction_pools(directory=None) -> dict:
-  return {(m, d): rendering.load_instructions(m, d, directory) for m in MODALITY_NAMES for d in rendering.DIRECTIONS}
+def load_instruction_pools(directory=None, modalities: Sequence[str] = MODALITY_NAMES) -> dict:
+  """(modality, direction) -> the instructions of `modalities` (those of the registered pair corpora)."""
+  return {(m, d): rendering.load_instructions(m, d, directory) for m in modalities for d in rendering.DIRECTIONS}
 
 
 def corpus_files(spec: CorpusSpec, data_dir: str) -> dict[str, list[str]]:
@@ -347,7 +348,6 @@ def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED,
         f"mixture {mixture_name!r} is not a built-in mixture ({', '.join(BUILTIN_MIXTURES)}); a mixture of your "
         "own needs its corpora in register_corpora.corpora")
   vocabulary = AnyGPTVocabulary(spm_path, chat_tokens=chat_tokens, pad_multiple=pad_multiple, legacy=legacy)
-  pools = load_instruction_pools(instructions_dir)
   given = [as_corpus_spec(c) for c in (DEFAULT_CORPORA if corpora is None else corpora)]
   specs = _with_continue_tasks(given)
   names = {s.name: s for s in specs}
@@ -363,6 +363,9 @@ def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED,
     wanted = given
   files = {s.name: corpus_files(s, data_dir) for s in wanted}
   present = [s for s in wanted if files[s.name].get("train")]
+  # Only the pair corpora's modalities need instruction pools (a new modality needs one once it has a corpus).
+  pools = load_instruction_pools(instructions_dir, sorted({rendering.PAIR_KINDS[s.kind] for s in present
+                                                           if s.kind in rendering.PAIR_KINDS}))
   tasks, mixtures = [], {}
   for spec in present:
     if spec.kind == "chat" and not chat_tokens and mixture_name is None and corpora is None:

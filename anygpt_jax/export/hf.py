@@ -33,9 +33,9 @@ import numpy as np
 from etils import epath
 
 from anygpt_jax.export.safetensors_stream import SafetensorsWriter
+from anygpt_jax.generation.settings import ANYGPT_GENERATE_CONFIGS
 from anygpt_jax.model.config import ModelConfig
 from anygpt_jax.model.hf_convert import HFTensor, hf_config_dict, hf_tensor_plan, leaf_value, to_hf_tensor
-from anygpt_jax.generation.settings import ANYGPT_GENERATE_CONFIGS
 from anygpt_jax.vocabulary.layout import BOS_ID, EOS_ID, PAD_ID, VocabularyLayout
 
 WEIGHTS_INDEX = "model.safetensors.index.json"

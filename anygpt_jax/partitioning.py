@@ -10,6 +10,7 @@ initialiser is jitted with the rules' output shardings, so no host ever holds a 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from typing import Any, Mapping, Sequence
 
@@ -96,13 +97,30 @@ def create_mesh(axis_sizes: Mapping[str, int] | None = None, devices: Sequence[j
   devices = list(jax.devices() if devices is None else devices)
   sizes = resolve_mesh_shape(axis_sizes or {"data": -1}, len(devices))
   shape = tuple(sizes[axis] for axis in MESH_AXES)
-  try:
-    # create_device_mesh orders devices so that inner axes stay on fast links (ICI/NVLink).
-    device_array = mesh_utils.create_device_mesh(shape, devices)
-  except (ValueError, NotImplementedError, AssertionError):
-    device_array = np.asarray(devices).reshape(shape)
+  device_array = _device_order(shape, devices)
   # Auto axes: sharding follows the logical constraints; Explicit axes would reject them.
   return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _device_order(shape: tuple[int, ...], devices: list) -> np.ndarray:
+  """`devices` arranged as `shape`: topology-aware where JAX knows how, else in the given order.
+
+  `mesh_utils.create_device_mesh` places inner axes on fast links (ICI/NVLink); it refuses
+  device sets and shapes that do not fit the physical topology (e.g. 3 chips of a 2x2 slice).
+  Then the devices are used in the given order, which is all a CPU host has anyway (logged at
+  INFO there) but can put an inner axis on slow links of an accelerator (logged as a WARNING
+  with the reason).
+  """
+  try:
+    return mesh_utils.create_device_mesh(shape, devices)
+  except (ValueError, NotImplementedError, AssertionError) as e:
+    platform = devices[0].platform
+    log = logging.info if platform == "cpu" else logging.warning
+    reason = (str(e).splitlines() or [""])[0][:300]
+    log("create_mesh: no topology-aware order for mesh %s over %d %s devices (%s: %s); using the devices in "
+        "the given order%s", dict(zip(MESH_AXES, shape)), len(devices), platform, type(e).__name__, reason,
+        "" if platform == "cpu" else ", so an inner mesh axis may cross slow links")
+    return np.asarray(devices).reshape(shape)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,9 @@ import seqio
 import tensorflow as tf
 
 from anygpt_jax.data import pipeline, synthetic
+from anygpt_jax.data.features import BATCH_FEATURES
 from anygpt_jax.data.shards import Part, Sample
+from anygpt_jax.vocabulary.layout import target_modality
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 
 LENGTH, BATCH = 1280, 2
@@ -82,10 +84,10 @@ def test_batches_are_lm_features_packed_per_corpus(data, resumed_run):
   layout = reg.vocabulary.layout
   got = resumed_run["a"]
   for b in got:
-    assert set(b) == set(pipeline.packing.LM_FEATURES)
+    assert set(b) == set(BATCH_FEATURES)
     for v in b.values():
       assert v.dtype == np.int32 and v.shape == (BATCH, LENGTH)
-    modality = pipeline.target_modality(b["decoder_target_tokens"], layout)
+    modality = target_modality(b["decoder_target_tokens"], layout)
     for row in range(BATCH):
       present = set(np.unique(modality[row])) - {0}
       assert len(present) <= 1  # one corpus (and so one modality) per row
@@ -96,7 +98,7 @@ def test_batches_are_lm_features_packed_per_corpus(data, resumed_run):
         t = targets[seg == s]
         assert t[0] == 1 and t[-1] == 2 and (t[1:-1] != 2).all()
       assert (b["decoder_loss_weights"][row] <= (seg > 0)).all()
-  seen = {int(m) for b in got for m in np.unique(pipeline.target_modality(b["decoder_target_tokens"], layout))}
+  seen = {int(m) for b in got for m in np.unique(target_modality(b["decoder_target_tokens"], layout))}
   assert seen >= {2, 3}
 
 
@@ -142,7 +144,7 @@ def test_validation_split(data):
                             drop_remainder=False)
   got = [{k: v.numpy() for k, v in b.items()} for b in ds]
   assert got  # finite: reads the validation shards once
-  modality = {int(m) for b in got for m in np.unique(pipeline.target_modality(b["decoder_target_tokens"],
+  modality = {int(m) for b in got for m in np.unique(target_modality(b["decoder_target_tokens"],
                                                                                  data[1].vocabulary.layout))}
   assert modality == {0, 1}  # only demo_image has validation shards
   tokens = sum(int((b["decoder_segment_ids"] > 0).sum()) for b in got)
@@ -182,6 +184,6 @@ def test_target_modality_is_vectorised(data):
                   [layout.modality("speech").start_id, layout.modality("music").last_code_id, 5, 2,
                    layout.modality("speech").last_code_id]], np.int32)
   want = np.array([[0, 0, 0, 1, 1], [2, 3, 0, 0, 2]])
-  np.testing.assert_array_equal(pipeline.target_modality(ids, layout), want)
+  np.testing.assert_array_equal(target_modality(ids, layout), want)
   import jax.numpy as jnp
-  np.testing.assert_array_equal(np.asarray(pipeline.target_modality(jnp.asarray(ids), layout)), want)
+  np.testing.assert_array_equal(np.asarray(target_modality(jnp.asarray(ids), layout)), want)

@@ -154,7 +154,7 @@ def test_direction_probability_and_instruction_pools(tmp_path, spm_path):
                                                           ("capts", "image_text", pipeline.DEFAULT_PATTERN, 1.0)],
                                   default_mixtures=False)
   vocab = reg.vocabulary
-  pools = pipeline.load_instruction_pools()
+  pools = pipeline.load_instruction_pools(modalities=("image",))
   task = seqio.get_mixture_or_task("dirs")
   ds = task.get_dataset({"targets": 4096}, split="train", shuffle=False, seed=3, use_cached=False,
                         trim_output_features=False)

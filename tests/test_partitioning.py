@@ -40,6 +40,22 @@ def test_bad_mesh_is_a_clear_error(sizes, message):
     partitioning.create_mesh(sizes)
 
 
+def test_a_mesh_off_the_tpu_topology_falls_back_with_a_warning(caplog):
+  """3 chips of a 2x2 v5p slice (libtpu's abstract devices) have no topology-aware order: the mesh
+  is still built, in the given order, and the warning says why."""
+  from anygpt_jax.training import aot
+  _, devices = aot.topology_devices("v5p:2x2x1")
+  with caplog.at_level("WARNING"):
+    mesh = partitioning.create_mesh({"data": -1}, devices=devices[:3])
+  assert list(mesh.devices.flat) == devices[:3]
+  warning, = [r for r in caplog.records if r.levelname == "WARNING" and "create_mesh" in r.getMessage()]
+  assert "3 tpu devices" in warning.getMessage() and "AssertionError" in warning.getMessage()
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    partitioning.create_mesh({"data": -1}, devices=devices)  # the whole slice: topology-aware, silent
+  assert not [r for r in caplog.records if "create_mesh" in r.getMessage()]
+
+
 def _loss(model, params, batch):
   logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["segments"])
   logp = jax.nn.log_softmax(logits)

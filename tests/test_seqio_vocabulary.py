@@ -12,6 +12,7 @@ import seqio
 import tensorflow as tf
 
 from anygpt_jax.data.synthetic import TEXT_SAMPLES, WORDS
+from anygpt_jax.vocabulary import layout
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary, train_llama_like_sentencepiece
 from tools import vocab as vocab_tool
 
@@ -60,6 +61,8 @@ def test_is_a_seqio_vocabulary_with_layout_ids(spm_path):
   n = v.sp.GetPieceSize()
   assert v.layout.text_vocab_size == n and v.vocab_size == n + 17418 + 2
   assert (v.pad_id, v.bos_id, v.eos_id, v.unk_id) == (0, 1, 2, 0)
+  # The layout's pure-Python copies (what the TF-free export and rendering read) are SeqIO's.
+  assert (v.pad_id, v.bos_id, v.eos_id, v.unk_id) == (layout.PAD_ID, layout.BOS_ID, layout.EOS_ID, layout.UNK_ID)
   ids = v.encode(TEMPLATES[0])
   assert ids[0] == v.layout.human_id and ids[-1] == v.layout.eos_id
   assert v.layout.modality("image").first_code_id + 8191 in ids

@@ -355,6 +355,18 @@ def test_decoders_let_bugs_through(tmp_path, monkeypatch):
   with pytest.raises(TypeError):
     image_lib.load_image(str(tmp_path / "ok.png"))
   monkeypatch.undo()
+  # A ValueError is a decoding error only while PIL decodes: one from the mode conversion of a
+  # decoded image is a bug, not an undecodable image.
+  _photo(0).convert("RGBA").save(tmp_path / "alpha.png")
+
+  def conversion_bug(*a, **k):
+    raise ValueError("simulated conversion bug")
+
+  monkeypatch.setattr(Image, "alpha_composite", conversion_bug)
+  with pytest.raises(ValueError, match="simulated conversion bug") as raised:
+    image_lib.load_image(str(tmp_path / "alpha.png"))
+  assert type(raised.value) is ValueError  # not a MediaError (a ValueError too): no rejection
+  monkeypatch.undo()
   monkeypatch.setattr(sf.SoundFile, "read", bug)
   with pytest.raises(TypeError):
     audio_io.load_audio(str(tmp_path / "ok.wav"), 16000)

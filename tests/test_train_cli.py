@@ -13,7 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def write_run_inputs(directory: pathlib.Path, records: int = 96) -> dict[str, str]:
-  """Real pretokenized shards (DESIGN schema) of an image-text corpus and a SentencePiece model."""
+  """Real pretokenized shards (the `anygpt_jax.data.shards` schema) of an image-text corpus and a SentencePiece model."""
   from anygpt_jax.data import synthetic
   from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 

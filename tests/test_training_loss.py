@@ -1,12 +1,15 @@
 """Loss sums: normalisation by real target tokens, z-loss, per-modality loss and accuracy."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anygpt_jax.training.loss import MODALITIES, loss_sums, summarize, target_modality
-from anygpt_jax.vocabulary.layout import VocabularyLayout
+from anygpt_jax.training.loss import loss_sums, summarize
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS, VocabularyLayout, target_modality
 
 LAYOUT = VocabularyLayout(text_vocab_size=100)
 
@@ -16,7 +19,15 @@ def test_target_modality_follows_the_layout():
   ids = jnp.array([0, 99, LAYOUT.human_id, LAYOUT.eos_id, image.first_code_id, image.start_id, image.end_id,
                    speech.first_code_id, speech.end_id, music.last_code_id, music.end_id])
   assert target_modality(ids, LAYOUT).tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
-  assert MODALITIES == ("text", "image", "speech", "music")
+  assert CONTENT_KINDS[:4] == ("text", "image", "speech", "music")  # AnyGPT's id order
+
+
+def test_loss_and_trainer_import_without_tensorflow():
+  """The trainer's math needs no TF: the loss and the Trainer import neither TF nor SeqIO."""
+  code = ("import sys, anygpt_jax.training.loss, anygpt_jax.training.trainer; "
+          "print(sorted(m for m in ('tensorflow', 'seqio') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def _reference(logits, targets, weights):

@@ -4,9 +4,11 @@ evaluation lines and ETA. (A subprocess stopped by SIGTERM and resumed: test_tra
 import os
 import signal
 
+import gin
 import pytest
 
 from anygpt_jax.training import loop, metrics
+from anygpt_jax.vocabulary.layout import VocabularyLayout
 
 
 def test_sigterm_becomes_a_stop_request_and_the_old_handler_comes_back():
@@ -34,6 +36,23 @@ def test_disabled_preemption_leaves_sigterm_alone():
 def test_bad_profile_steps_are_named(tmp_path, steps):
   with pytest.raises(ValueError, match="profile_steps"):
     loop.Profile(tmp_path, steps)
+
+
+@pytest.mark.parametrize("binding", ["learning_rate_schedule.total_steps = 500",
+                                     "STEPS = 500\nlearning_rate_schedule.total_steps = %STEPS"])
+def test_a_schedule_length_other_than_train_steps_is_an_error(tmp_path, binding):
+  """train() passes train_steps to the schedule; a gin binding that says otherwise is named, not ignored."""
+  gin.clear_config()
+  try:
+    gin.parse_config(binding)
+    with pytest.raises(ValueError, match="learning_rate_schedule.total_steps = 500 .* train.train_steps = 20"):
+      loop.train(model_dir=str(tmp_path / "run"), train_steps=20, model=loop.get_config("tiny"),
+                 layout=VocabularyLayout(text_vocab_size=100), compilation_cache=False)
+    gin.clear_config()
+    gin.parse_config("learning_rate_schedule.total_steps = 20")  # the same length: allowed
+    assert loop._schedule_steps(20) == 20
+  finally:
+    gin.clear_config()
 
 
 def test_eval_lines_one_per_task_with_modalities():

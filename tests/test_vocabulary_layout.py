@@ -4,17 +4,18 @@ import json
 
 import pytest
 
-from anygpt_jax.vocabulary.layout import (CHAT_TOKENS, ROLE_TOKENS, VocabularyError, VocabularyLayout,
-                                          modality_codes_from_string, split_added_tokens)
+from anygpt_jax.vocabulary.layout import (ADDED_TOKEN_PATTERN, CHAT_TOKENS, CONTENT_KINDS, MODALITIES, ROLE_TOKENS,
+                                          VocabularyError, VocabularyLayout, modality_codes_from_string,
+                                          split_added_tokens)
 from tools import vocab as vocab_tool
 
 SPEECH = "\U0001F5E3\uFE0F"
 
 
-def test_anygpt_base_ids_match_design_table():
+def test_anygpt_base_ids_match_the_published_layout():
   layout = VocabularyLayout(32000)
   assert [layout.role_id(t) for t in ROLE_TOKENS] == [32000, 32001, 32002, 32003]
-  image, speech, music = layout.modality_ranges
+  image, speech, music = layout.modality_ranges[:3]  # a modality added to the table comes after these
   assert (image.first_code_id, image.last_code_id, image.start_id, image.end_id) == (32004, 40195, 40196, 40197)
   assert (speech.first_code_id, speech.last_code_id, speech.start_id, speech.end_id) == (40198, 41221, 41222, 41223)
   assert (music.first_code_id, music.last_code_id, music.start_id, music.end_id) == (41224, 49415, 49416, 49417)
@@ -24,6 +25,22 @@ def test_anygpt_base_ids_match_design_table():
   assert [chat.special_token_to_id(t) for t in CHAT_TOKENS] == [49418, 49419]
   assert chat.special_token_to_id("<-Res->") == 49418 and chat.special_token_to_id("<-Ins->") == 49419
   assert chat.vocab_size == 49420
+
+
+def test_the_modality_table_is_consistent_and_drives_the_token_pattern():
+  assert CONTENT_KINDS == ("text",) + tuple(m.name for m in MODALITIES)
+  assert len({m.tag for m in MODALITIES}) == len({m.symbol for m in MODALITIES}) == len(MODALITIES)
+  for m in MODALITIES:
+    assert m.num_codes % m.codebooks == 0 and m.codebook_size * m.codebooks == m.num_codes
+    for token in (m.start_token, m.end_token, m.code_string(0), m.code_string(m.num_codes - 1)):
+      assert ADDED_TOKEN_PATTERN.fullmatch(token), token
+  # AnyGPT's facts, in the table: span tokens, 50 Hz speech, 4 x 2048 music at 50 frames/s, 32 codes per image.
+  image, speech, music = MODALITIES[:3]
+  assert [m.start_token + m.end_token for m in MODALITIES[:3]] == ["<soim><eoim>", "<sosp><eosp>", "<somu><eomu>"]
+  assert (image.item_length, speech.codes_per_second, music.codes_per_second, music.codebooks,
+          music.codebook_size) == (32, 50, 200, 4, 2048)
+  every_added = VocabularyLayout(100, chat_tokens=True).added_tokens()
+  assert all(ADDED_TOKEN_PATTERN.fullmatch(t) for t in every_added)
 
 
 def test_added_tokens_are_in_id_order():
@@ -74,7 +91,7 @@ def test_modality_of_id():
     (lambda l: l.special_token_to_id("<\U0001F440x>"), "malformed"),
     (lambda l: l.special_token_to_id("<-Ins->"), "chat_tokens"),
     (lambda l: l.special_token_to_id("<foo>"), "not an AnyGPT added token"),
-    (lambda l: l.modality("video"), "unknown modality"),
+    (lambda l: l.modality("smell"), "unknown modality"),
     (lambda l: l.id_to_special_token(5), "not an added token"),
     (lambda l: l.modality_of_id(10**6), "outside the padded vocabulary"),
     (lambda l: modality_codes_from_string(l, "image", "<soim><\U0001F3B61><eoim>"), "not a image code"),

@@ -1,15 +1,15 @@
 """Benchmark of the data pipeline: packed tokens/s of a mixture at length 4500, and packing efficiency.
 
-Generates synthetic shards of the default corpora (realistic lengths: 32 image codes, 50 Hz
-speech of 1-12 s, 5 s music = 1000 codes, web documents with images), registers them, and
+Generates synthetic shards of six of the default corpora (realistic lengths: 32 image codes, 50 Hz
+speech of 1-12 s, 2-5 s music at 200 codes/s, web documents with images), registers them, and
 measures in one run, one after the other:
 
   1. raw read: TFRecord read + batched parse of the same shards (records/s, and the tokens those
      records hold: codes + text tokens estimated from the stats) - the reference;
-  2. packed: `get_dataset('anygpt_pretrain', 4500, batch)` non-padding tokens/s, the packing
+  2. packed: `get_dataset('anygpt_pretrain', length, batch)` non-padding tokens/s, the packing
      efficiency (non-padding fraction) overall and per row modality, and the peak RSS.
 
-  python -m tools.bench_pipeline [--records-scale 1.0] [--batches 400] [--length 4500]
+  python -m tools.bench_pipeline [--records-scale 1.0] [--batches 400] [--length 4500] [--batch 8]
 
 The packed rate includes rendering (SentencePiece, templates) and packing, measured over
 enough batches to pass several packing windows (a window is `--rows-per-window` rows of one
@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from anygpt_jax.data import pipeline, synthetic
 from anygpt_jax.data.preprocessors import parse_batch, read_shard_file
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS, target_modality
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 
 CORPORA = {  # name: (kind, records at scale 1, shards)
@@ -98,10 +99,10 @@ def bench_packed(name: str, length: int, batch: int, batches: int, rows_per_wind
 
 def add_row_fills(by_modality: dict, b: dict, layout, length: int) -> None:
   """Appends each row's fill to the list of its modality (a row holds one corpus)."""
-  modality = pipeline.target_modality(b["decoder_target_tokens"], layout)
+  modality = target_modality(b["decoder_target_tokens"], layout)
   for r in range(modality.shape[0]):
     present = set(np.unique(modality[r])) - {0}
-    key = {1: "image", 2: "speech", 3: "music"}[present.pop()] if present else "text"
+    key = CONTENT_KINDS[present.pop() if present else 0]
     by_modality.setdefault(key, []).append(int((b["decoder_segment_ids"][r] > 0).sum()) / length)
 
 

@@ -26,9 +26,11 @@ import subprocess
 import sys
 import time
 
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS, MODALITY_NAMES
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-KINDS = ("image", "speech", "music")
-MODALITIES = ("text", "image", "speech", "music")
+KINDS = MODALITY_NAMES
+MODALITIES = CONTENT_KINDS
 
 
 def _log(message: str) -> None:
@@ -98,7 +100,7 @@ def build_raw_corpus(out: pathlib.Path, args) -> dict[str, dict[str, pathlib.Pat
 
 def tokenizer_models(out: pathlib.Path, args) -> dict[str, pathlib.Path]:
   """Real checkpoints when given, else tiny random-weight ones in the published layouts."""
-  given = {"image": args.image_model, "speech": args.speech_model, "music": args.music_model}
+  given = {kind: getattr(args, f"{kind}_model") for kind in KINDS}
   models = {k: pathlib.Path(v) for k, v in given.items() if v}
   missing = [k for k in KINDS if k not in models]
   if missing:

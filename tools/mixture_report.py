@@ -21,8 +21,9 @@ import argparse
 import sys
 
 from anygpt_jax.data import mixing, pipeline
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS
 
-MODALITY_COLUMNS = ("text", "image", "speech", "music")
+MODALITY_COLUMNS = CONTENT_KINDS
 
 
 def mixture_rows(name: str, steps: int, batch: int, length: int, packing_efficiency: float = 1.0) -> list[dict]:

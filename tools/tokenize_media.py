@@ -25,6 +25,7 @@ import time
 import traceback
 
 from anygpt_jax.tokenizers.readers import FORMATS
+from anygpt_jax.vocabulary.layout import MODALITY_NAMES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input shard, a glob of them or a folder (repeatable); one output shard per input")
   src.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
                    help="format of the --input files (auto: detected from each file's name and first record)")
-  src.add_argument("--media-kind", choices=("image", "speech", "music"), default="image",
+  src.add_argument("--media-kind", choices=MODALITY_NAMES, default="image",
                    help="kind of the media in webdataset tars")
   src.add_argument("--images", action="append", default=[],
                    help="MMC4 image folders or plain tars (repeatable); default: beside each JSONL")
@@ -125,7 +126,7 @@ def _usage_errors(args) -> list[str]:
   for path in args.folder:
     if not os.path.isdir(path):
       errors.append(f"input folder not found: {path}")
-  for flag in ("speech_model", "music_model", "image_model"):
+  for flag in (f"{kind}_model" for kind in MODALITY_NAMES):
     path = getattr(args, flag)
     if path and not os.path.exists(path):
       errors.append(f"--{flag.replace('_', '-')} not found: {path}")

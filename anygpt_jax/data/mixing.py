@@ -115,9 +115,10 @@ def group_rates(group_shares: Mapping[str, float], members: Mapping[str, Sequenc
                 oversample: Mapping[str, float] | None = None) -> dict[str, float]:
   """Fixed shares per group, split inside each group by `temperature_rates`; sums to 1.
 
-  Groups without members (corpora not present) are left out and the other shares are
-  renormalised. A member with no token count splits its group's share equally with the others
-  of unknown size only when no member of the group has a count.
+  A member missing from `tokens` is not present (no shards): it gets no rate, and a group with
+  no member present is left out, the other groups' shares renormalised. Inside a group whose
+  present members all count zero tokens the share is split equally; otherwise a member with
+  zero tokens gets rate 0.
   """
   present = {g: [m for m in members.get(g, ()) if m in tokens] for g in group_shares}
   present = {g: ms for g, ms in present.items() if ms}

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-LM_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-               "decoder_segment_ids", "decoder_positions")
 OVERLONG_POLICIES = ("drop", "trim")
 
 

@@ -11,7 +11,6 @@ What the trainer calls:
     corpus; the mixture samples rows by rate (`anygpt_jax.data.packing`).
   * `save_iterator_state` / `restore_iterator_state`: the iterator's position, so a resumed
     run continues with exactly the next batch.
-  * `target_modality(ids, layout)`: modality index per target id for per-modality losses.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import tensorflow as tf
 from etils import epath
 
 from anygpt_jax.data import mixing, packing, preprocessors, rendering, sources
+from anygpt_jax.data.features import BATCH_FEATURES
 from anygpt_jax.data.shards import deserialize_sample
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES, VocabularyError, VocabularyLayout
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
@@ -200,8 +200,9 @@ def measure_corpus(info: TaskInfo, vocabulary: AnyGPTVocabulary, pools: Mapping[
 
 
 # --- registration --------------------------------------------------------------------------
-def load_instruction_pools(directory=None) -> dict:
-  return {(m, d): rendering.load_instructions(m, d, directory) for m in MODALITY_NAMES for d in rendering.DIRECTIONS}
+def load_instruction_pools(directory=None, modalities: Sequence[str] = MODALITY_NAMES) -> dict:
+  """(modality, direction) -> the instructions of `modalities` (those of the registered pair corpora)."""
+  return {(m, d): rendering.load_instructions(m, d, directory) for m in modalities for d in rendering.DIRECTIONS}
 
 
 def corpus_files(spec: CorpusSpec, data_dir: str) -> dict[str, list[str]]:
@@ -347,7 +348,6 @@ def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED,
         f"mixture {mixture_name!r} is not a built-in mixture ({', '.join(BUILTIN_MIXTURES)}); a mixture of your "
         "own needs its corpora in register_corpora.corpora")
   vocabulary = AnyGPTVocabulary(spm_path, chat_tokens=chat_tokens, pad_multiple=pad_multiple, legacy=legacy)
-  pools = load_instruction_pools(instructions_dir)
   given = [as_corpus_spec(c) for c in (DEFAULT_CORPORA if corpora is None else corpora)]
   specs = _with_continue_tasks(given)
   names = {s.name: s for s in specs}
@@ -363,6 +363,9 @@ def register_corpora(data_dir: str = gin.REQUIRED, spm_path: str = gin.REQUIRED,
     wanted = given
   files = {s.name: corpus_files(s, data_dir) for s in wanted}
   present = [s for s in wanted if files[s.name].get("train")]
+  # Only the pair corpora's modalities need instruction pools (a new modality needs one once it has a corpus).
+  pools = load_instruction_pools(instructions_dir, sorted({rendering.PAIR_KINDS[s.kind] for s in present
+                                                           if s.kind in rendering.PAIR_KINDS}))
   tasks, mixtures = [], {}
   for spec in present:
     if spec.kind == "chat" and not chat_tokens and mixture_name is None and corpora is None:
@@ -491,7 +494,7 @@ def get_dataset(mixture_or_task_name: str, sequence_length: int, batch_size: int
     weights = np.array([r for _, r in pairs], np.float64)
     ds = tf.data.Dataset.sample_from_datasets(rows, weights=list(weights / weights.sum()), seed=seed,
                                               stop_on_empty_dataset=False)
-  keys = packing.LM_FEATURES + (("num_overlong",) if with_stats else ())
+  keys = BATCH_FEATURES + (("num_overlong",) if with_stats else ())
 
   @tf.autograph.experimental.do_not_convert
   def select(ex):
@@ -512,21 +515,3 @@ def save_iterator_state(iterator, path: str) -> str:
 def restore_iterator_state(iterator, path: str) -> None:
   """Moves a fresh iterator of the same `get_dataset` call to the position saved at `path`."""
   tf.train.Checkpoint(iterator=iterator).read(path).assert_consumed()
-
-
-# --- per-modality loss support -------------------------------------------------------------
-MODALITY_INDEX = {"text": 0, "image": 1, "speech": 2, "music": 3}
-
-
-def target_modality(ids, layout: VocabularyLayout):
-  """Modality index per id: 0 text (and roles, chat tokens, padding), 1 image, 2 speech, 3 music.
-
-  A modality's start/end tokens count as that modality. Pure arithmetic on the layout's
-  ranges, so it works on numpy and jax.numpy arrays alike (same shape as `ids`, int32).
-  """
-  out = 0 * ids
-  for name in MODALITY_NAMES:
-    r = layout.modality(name)
-    inside = (ids >= r.first_code_id) * (ids <= r.end_id)
-    out = out + MODALITY_INDEX[name] * inside
-  return out.astype("int32") if hasattr(out, "astype") else out

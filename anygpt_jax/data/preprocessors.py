@@ -24,7 +24,7 @@ def read_shard_file(filename: tf.Tensor) -> tf.data.Dataset:
 
 @tf.autograph.experimental.do_not_convert
 def parse_record(ex: dict) -> dict:
-  """One serialized shard record -> dense part lists (DESIGN section 3 schema); see `parse_batch`."""
+  """One serialized shard record -> dense part lists (the schema of `anygpt_jax.data.shards`); see `parse_batch`."""
   parsed = tf.io.parse_single_example(ex["record"], FEATURE_SPEC)
   out = {"id": parsed["id"], "shard": ex["shard"]}
   for key in ("part_kind", "part_role", "part_text"):

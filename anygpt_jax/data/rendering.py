@@ -40,8 +40,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from anygpt_jax.data.shards import PART_KINDS, Part
-from anygpt_jax.vocabulary.layout import CHAT_TOKENS, MODALITIES, MODALITY_NAMES, ROLE_TOKENS
-from anygpt_jax.vocabulary.seqio_vocabulary import BOS_ID, EOS_ID, AnyGPTVocabulary
+from anygpt_jax.vocabulary.layout import BOS_ID, CHAT_TOKENS, EOS_ID, MODALITIES, MODALITY_NAMES, ROLE_TOKENS
+from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
 
 PAIR_KINDS = {f"{m}_text": m for m in MODALITY_NAMES}  # image_text -> image, ...
 TASK_KINDS = tuple(PAIR_KINDS) + ("interleaved", "chat")
@@ -149,8 +149,7 @@ class GraphRenderer:
             tf.constant(special), tf.constant([layout.special_token_to_id(t) for t in special], tf.int32)),
         default_value=-1)
     ranges = [layout.modality(m) for m in MODALITY_NAMES]
-    # Per part kind (index in PART_KINDS): text first, then the modalities in layout order.
-    assert PART_KINDS[1:] == MODALITY_NAMES
+    # Per part kind (index in PART_KINDS, i.e. layout.CONTENT_KINDS): text first, then the modalities.
     self.first_code_id = tf.constant([0] + [r.first_code_id for r in ranges], tf.int64)
     self.num_codes = tf.constant([0] + [r.modality.num_codes for r in ranges], tf.int64)
     self.start_ids = tf.constant([r.start_id for r in ranges], tf.int32)

@@ -19,7 +19,9 @@ import re
 import struct
 from typing import Sequence
 
-PART_KINDS = ("text", "image", "speech", "music")
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS
+
+PART_KINDS = CONTENT_KINDS  # text, then the modalities in id order
 PART_ROLES = ("", "system", "user", "assistant")
 
 
@@ -87,7 +89,7 @@ class Sample:
 
 
 def shard_filename(corpus: str, split: str, index: int, count: int) -> str:
-  """`{corpus}-{split}-{i:05d}-of-{n:05d}` as DESIGN section 3 names shards."""
+  """`{corpus}-{split}-{i:05d}-of-{n:05d}`: the shard name every reader and the data pipeline globs for."""
   if not 0 <= index < count:
     raise ShardError(f"shard index {index} outside [0, {count})")
   return f"{corpus}-{split}-{index:05d}-of-{count:05d}"

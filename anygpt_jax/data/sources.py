@@ -3,7 +3,7 @@
 The tokenization job writes, per shard, `{corpus}-{split}-{i:05d}-of-{n:05d}` (TFRecord) and
 beside it `<shard>.stats.json`, `<shard>.rejects.jsonl` and, while it runs or after it was
 killed, `*.tmp` files. `shard_files` keeps exactly the files whose name is a shard name
-(DESIGN section 3), so a reader never opens the others.
+(`shards.shard_filename`), so a reader never opens the others.
 
 Hosts (input shards of a multi-process run) get whole files, balanced by the records each file
 holds (`records_out` of its stats file), when that gives every host records; otherwise every

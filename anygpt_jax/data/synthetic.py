@@ -15,6 +15,9 @@ import tensorflow as tf
 
 from anygpt_jax.data.mixing import STATS_SUFFIX
 from anygpt_jax.data.shards import Part, Sample, serialize_sample, shard_filename
+from anygpt_jax.vocabulary.layout import TEXT, MODALITY_NAMES, modality_named
+
+IMAGE, SPEECH, MUSIC = (modality_named(name) for name in ("image", "speech", "music"))
 
 WORDS = ("a the cat dog man woman child red blue green small large old young runs sits stands plays on in under "
          "near with street park beach city forest room table chair guitar piano drum song voice calm loud happy "
@@ -32,17 +35,23 @@ def random_text(rng: np.random.Generator, min_words: int = 4, max_words: int = 1
 
 
 def image_codes(rng):
-  return rng.integers(0, 8192, 32).tolist()
+  return rng.integers(0, IMAGE.num_codes, IMAGE.item_length).tolist()
 
 
 def speech_codes(rng, seconds=None):
   seconds = float(rng.uniform(1.0, 12.0)) if seconds is None else seconds
-  return rng.integers(0, 1024, int(50 * seconds)).tolist()
+  return rng.integers(0, SPEECH.num_codes, int(SPEECH.codes_per_second * seconds)).tolist()
 
 
 def music_codes(rng, seconds=5.0):
-  frames = int(50 * seconds)
-  return (rng.integers(0, 2048, (frames, 4)) + 2048 * np.arange(4)).reshape(-1).tolist()
+  """Frame-major codes, code k of a frame from codebook k (offset by k codebook sizes)."""
+  frames = int(MUSIC.codes_per_second // MUSIC.codebooks * seconds)
+  return (rng.integers(0, MUSIC.codebook_size, (frames, MUSIC.codebooks))
+          + MUSIC.codebook_size * np.arange(MUSIC.codebooks)).reshape(-1).tolist()
+
+
+# The modalities this module makes random codes for, in the layout's order.
+CODE_MAKERS = {"image": image_codes, "speech": speech_codes, "music": music_codes}
 
 
 def make_sample(kind: str, index: int, rng: np.random.Generator, corpus: str = "synthetic") -> Sample:
@@ -53,7 +62,7 @@ def make_sample(kind: str, index: int, rng: np.random.Generator, corpus: str = "
   if kind == "speech_text":
     codes = speech_codes(rng)
     return Sample(sid, [Part("speech", codes=codes), Part("text", random_text(rng, 3, 3 + len(codes) // 25))],
-                  duration_s=len(codes) / 50)
+                  duration_s=len(codes) / SPEECH.codes_per_second)
   if kind == "music_text":
     seconds = float(rng.choice([5.0, 5.0, 5.0, 4.0, 3.0, 2.0]))
     return Sample(sid, [Part("music", codes=music_codes(rng, seconds)), Part("text", random_text(rng, 5, 20))],
@@ -69,12 +78,11 @@ def make_sample(kind: str, index: int, rng: np.random.Generator, corpus: str = "
     parts = [Part("text", "You are MMGPT, an assistant that understands and makes images, speech and music.",
                   role="system")]
     for _ in range(int(rng.integers(1, 3))):
-      modality = str(rng.choice(["text", "image", "speech", "music"]))
+      modality = str(rng.choice([TEXT, *CODE_MAKERS]))
       parts.append(Part("text", random_text(rng) + " ", role="user"))
       if modality != "text":
-        parts.append(Part(modality, codes={"image": image_codes, "speech": speech_codes,
-                                           "music": music_codes}[modality](rng), role="user"))
-      reply = str(rng.choice(["text", "image", "speech", "music"]))
+        parts.append(Part(modality, codes=CODE_MAKERS[modality](rng), role="user"))
+      reply = str(rng.choice([TEXT, *CODE_MAKERS]))
       if reply == "speech":
         parts.append(Part("text", f"<-Ins-> {random_text(rng)} <-Res-> {random_text(rng)} ", role="assistant"))
         parts.append(Part("speech", codes=speech_codes(rng), role="assistant"))
@@ -82,13 +90,13 @@ def make_sample(kind: str, index: int, rng: np.random.Generator, corpus: str = "
         parts.append(Part("text", random_text(rng), role="assistant"))
       else:
         parts.append(Part("text", "Here it is: ", role="assistant"))
-        parts.append(Part(reply, codes={"image": image_codes, "music": music_codes}[reply](rng), role="assistant"))
+        parts.append(Part(reply, codes=CODE_MAKERS[reply](rng), role="assistant"))
     return Sample(sid, parts)
   raise ValueError(f"unknown kind {kind!r}")
 
 
 def sample_stats(samples: Sequence[Sample], corpus: str, split: str) -> dict:
-  tokens = {"image": 0, "speech": 0, "music": 0}
+  tokens = {name: 0 for name in MODALITY_NAMES}
   chars, seconds = 0, 0.0
   for s in samples:
     for p in s.parts:
@@ -119,7 +127,7 @@ def write_shards(directory: str, corpus: str, split: str, samples: Sequence[Samp
 
 def write_corpus(data_dir: str, corpus: str, kind: str, num_records: int, split: str = "train", num_shards: int = 1,
                  seed: int = 0, subdir: bool = True) -> list[str]:
-  """A random corpus of `kind` under `data_dir/corpus/` named as DESIGN section 3 says."""
+  """A random corpus of `kind` under `data_dir/corpus/` in the tokenization job's shard names."""
   rng = np.random.default_rng(seed)
   samples = [make_sample(kind, i, rng, corpus) for i in range(num_records)]
   return write_shards(os.path.join(data_dir, corpus) if subdir else data_dir, corpus, split, samples, num_shards)

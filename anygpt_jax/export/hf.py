@@ -33,26 +33,15 @@ import numpy as np
 from etils import epath
 
 from anygpt_jax.export.safetensors_stream import SafetensorsWriter
+from anygpt_jax.generation.settings import ANYGPT_GENERATE_CONFIGS
 from anygpt_jax.model.config import ModelConfig
 from anygpt_jax.model.hf_convert import HFTensor, hf_config_dict, hf_tensor_plan, leaf_value, to_hf_tensor
-from anygpt_jax.vocabulary.layout import VocabularyLayout
+from anygpt_jax.vocabulary.layout import BOS_ID, EOS_ID, PAD_ID, VocabularyLayout
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 FILE_MODE = 0o644
 DTYPES = ("float32", "bfloat16", "float16")
 
-# AnyGPT's decoding settings per output modality (its config/*_generate_config.json; the base
-# config carries SoundStorm's voice-cloning steps). The ids are added from the vocabulary.
-ANYGPT_DECODING = {
-    "text": {"temperature": 1.0, "top_p": 1.0, "do_sample": True, "max_new_tokens": 100, "min_new_tokens": 10},
-    "image": {"temperature": 1.0, "top_p": 1.0, "do_sample": True, "max_new_tokens": 200, "min_new_tokens": 10},
-    "speech": {"temperature": 1.0, "top_p": 1.0, "do_sample": True, "max_new_tokens": 1500, "min_new_tokens": 10,
-               "repetition_penalty": 1.05, "vc_steps": 4},
-    "music": {"temperature": 1.0, "top_p": 1.0, "top_k": 200, "do_sample": True, "max_new_tokens": 2000,
-              "min_new_tokens": 10, "repetition_penalty": 1.15},
-    None: {"temperature": 1.0, "top_p": 1.0, "do_sample": True, "max_new_tokens": 500, "min_new_tokens": 10,
-           "repetition_penalty": 1.0, "vc_steps": 3, "num_beams": 5},
-}
 DECODING_DIR = "config"
 
 
@@ -66,11 +55,8 @@ class TokenIds:
 
 
 def token_ids(layout: VocabularyLayout) -> TokenIds:
-  """From the vocabulary: SentencePiece's `<s>`/`</s>`, the layout's `<eos>`, SeqIO's padding id."""
-  import seqio
-
-  from anygpt_jax.vocabulary.seqio_vocabulary import BOS_ID, EOS_ID
-  return TokenIds(bos=BOS_ID, eos=(EOS_ID, layout.eos_id), pad=seqio.vocabularies.PAD_ID)
+  """From the layout: SentencePiece's `<s>`/`</s>`, AnyGPT's `<eos>`, SeqIO's padding id."""
+  return TokenIds(bos=BOS_ID, eos=(EOS_ID, layout.eos_id), pad=PAD_ID)
 
 
 # --- weights ---------------------------------------------------------------------------------------
@@ -177,7 +163,7 @@ def decoding_configs(layout: VocabularyLayout, ids: TokenIds | None = None) -> d
   ids = ids or token_ids(layout)
   extra = {"bos_token_id": ids.bos, "eos_token_id": list(ids.eos), "pad_token_id": ids.pad}
   return {(f"{m}_generate_config.json" if m else "generate_config.json"): dict(settings, **extra)
-          for m, settings in ANYGPT_DECODING.items()}
+          for m, settings in ANYGPT_GENERATE_CONFIGS.items()}
 
 
 def _legacy_tokenizer_json(path: str) -> None:
@@ -226,7 +212,7 @@ def write_metadata(config: ModelConfig, layout: VocabularyLayout, out_dir: epath
                    ids: TokenIds | None = None) -> None:
   """Everything but the weights: config.json, generation configs, tokenizer, vocabulary layout.
 
-  `ids` default to `token_ids(layout)` (which imports the vocabulary, and with it TensorFlow).
+  `ids` default to `token_ids(layout)`.
   """
   import transformers  # its own writers keep config.json in the format the installed version reads
 

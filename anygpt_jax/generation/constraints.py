@@ -24,14 +24,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from anygpt_jax.vocabulary.layout import MODALITY_NAMES, VocabularyLayout
+from anygpt_jax.vocabulary.layout import MODALITIES, MODALITY_NAMES, VocabularyLayout, modality_named
 
 FREE, OPEN, SPAN, CLOSE = 0, 1, 2, 3
 # Token kinds of the lookup table.
 _OTHER, _CODE, _START, _END = 0, 1, 2, 3
-# AnyGPT's span shapes: SEED gives 32 codes per image; Encodec 32 kHz has 4 codebooks.
-DEFAULT_IMAGE_LENGTH = 32
-DEFAULT_MUSIC_CODEBOOKS = 4
+# AnyGPT's span shapes (the modality table's): SEED gives 32 codes per image; Encodec 32 kHz has 4 codebooks.
+DEFAULT_IMAGE_LENGTH = modality_named("image").item_length
+DEFAULT_MUSIC_CODEBOOKS = modality_named("music").codebooks
 
 
 class ConstraintError(ValueError):
@@ -87,7 +87,11 @@ def build_tables(layout: VocabularyLayout, stop_ids: Sequence[int],
   """The state machine's tables for `layout`; `stop_ids` are what CLOSE allows (e.g. </s>, <eos>)."""
   vocab = layout.padded_vocab_size
   ranges = layout.modality_ranges
-  shapes = {"image": (image_length, 1), "speech": (0, 1), "music": (0, music_codebooks)}
+  # (codes per span or 0 for open-ended, codes per frame), from the modality table; the image
+  # length and music codebooks are the loaded tokenizers' (callers pass them).
+  shapes = {m.name: (m.item_length or 0, m.codebooks) for m in MODALITIES}
+  shapes["image"] = (image_length, shapes["image"][1])
+  shapes["music"] = (shapes["music"][0], music_codebooks)
   kind = np.zeros(vocab, np.int32)
   modality = np.zeros(vocab, np.int32)
   real = np.arange(vocab) < layout.vocab_size

@@ -21,8 +21,9 @@ import random
 from typing import Sequence
 
 from anygpt_jax.generation import constraints as cons
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS
 
-TASK_MODALITIES = ("text", "image", "speech", "music")
+TASK_MODALITIES = CONTENT_KINDS  # text and every modality of the vocabulary's table
 PLACEHOLDER = "\x00"  # marks where the answer starts in a rendered training string
 
 

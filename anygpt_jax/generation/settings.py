@@ -69,14 +69,33 @@ class DecodingSettings:
     return dataclasses.replace(self, **changes)
 
 
-# Table 9 and AnyGPT's config JSONs; stop ids are added by the caller (they depend on the layout).
+# AnyGPT's config/{modality}_generate_config.json (key None: config/generate_config.json, which
+# also carries SoundStorm's voice-cloning steps), in transformers' GenerationConfig names. The HF
+# export writes them as they are; the ids are added from the vocabulary.
+ANYGPT_GENERATE_CONFIGS = {
+    "text": {"temperature": 1.0, "top_p": 1.0, "do_sample": True, "max_new_tokens": 100, "min_new_tokens": 10},
+    "image": {"temperature": 1.0, "top_p": 1.0, "do_sample": True, "max_new_tokens": 200, "min_new_tokens": 10},
+    "speech": {"temperature": 1.0, "top_p": 1.0, "do_sample": True, "max_new_tokens": 1500, "min_new_tokens": 10,
+               "repetition_penalty": 1.05, "vc_steps": 4},
+    "music": {"temperature": 1.0, "top_p": 1.0, "top_k": 200, "do_sample": True, "max_new_tokens": 2000,
+              "min_new_tokens": 10, "repetition_penalty": 1.15},
+    None: {"temperature": 1.0, "top_p": 1.0, "do_sample": True, "max_new_tokens": 500, "min_new_tokens": 10,
+           "repetition_penalty": 1.0, "vc_steps": 3, "num_beams": 5},
+}
+# Where the paper's Table 9 differs from those files: text by beam search; image and speech with
+# top-p 0.7 and transformers' default top-k of 50 (the files leave top-k unset).
+_TABLE_9 = {
+    "text": {"do_sample": False, "num_beams": 5},
+    "image": {"top_p": 0.7, "top_k": 50},
+    "speech": {"top_p": 0.7, "top_k": 50},
+    "music": {},
+}
+_FIELDS = {f.name for f in dataclasses.fields(DecodingSettings)}
+# Stop ids are added by the caller (they depend on the layout).
 MODALITY_DEFAULTS = {
-    "text": DecodingSettings(num_beams=5, max_new_tokens=100, min_new_tokens=10),
-    "image": DecodingSettings(do_sample=True, top_p=0.7, top_k=50, max_new_tokens=200, min_new_tokens=10),
-    "speech": DecodingSettings(do_sample=True, top_p=0.7, top_k=50, repetition_penalty=1.05,
-                               max_new_tokens=1500, min_new_tokens=10),
-    "music": DecodingSettings(do_sample=True, top_p=1.0, top_k=200, repetition_penalty=1.15,
-                              max_new_tokens=2000, min_new_tokens=10),
+    modality: DecodingSettings(**{k: v for k, v in {**ANYGPT_GENERATE_CONFIGS[modality], **table_9}.items()
+                                  if k in _FIELDS})
+    for modality, table_9 in _TABLE_9.items()
 }
 
 

@@ -26,7 +26,8 @@ VIT_FILE = "eva_vit_g.pth"
 
 # What PIL raises for bytes it cannot decode (UnidentifiedImageError is an OSError; a cut-off
 # file raises OSError "image file is truncated"; broken headers raise SyntaxError/ValueError).
-# Anything else (a TypeError, an AttributeError) is a bug in our code and propagates.
+# Only opening and decoding are guarded: anything else (a TypeError, an AttributeError, any error
+# of the mode conversion after the pixels are decoded) is a bug in our code and propagates.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
@@ -41,25 +42,24 @@ def load_image(source: str | MediaRef, strict_rgb: bool = False) -> Image.Image:
   ref = source if isinstance(source, MediaRef) else MediaRef(str(source))
   data = io.BytesIO(ref.read_bytes())
   try:
-    with Image.open(data) as img:
-      img.load()  # decode now: a truncated file fails here, not later in a worker
-      mode = img.mode
-      if mode == "RGB":
-        return img.copy()
-      if strict_rgb:
-        raise MediaError("bad_image_mode", f"{ref.name}: mode {mode}")
-      if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-      return img.convert("RGB")
-  except MediaError:
-    raise
+    img = Image.open(data)
+    img.load()  # decode now: a truncated file fails here, not later in a worker
   except DECODE_ERRORS as e:
     reason = "truncated_image" if "truncated" in str(e) else "undecodable_image"
     # PIL names the in-memory buffer by its address: keep the detail reproducible.
     message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(e))
     raise MediaError(reason, f"{ref.name}: {type(e).__name__}: {message}") from None
+  with img:
+    mode = img.mode
+    if mode == "RGB":
+      return img.copy()
+    if strict_rgb:
+      raise MediaError("bad_image_mode", f"{ref.name}: mode {mode}")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+      rgba = img.convert("RGBA")
+      white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+      return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 def preprocess(images: list[Image.Image], size: int = 224) -> torch.Tensor:

@@ -17,8 +17,9 @@ import zipfile
 from typing import Iterator
 
 from anygpt_jax.tokenizers.media import MediaRef
+from anygpt_jax.vocabulary.layout import MODALITY_NAMES
 
-MEDIA_KINDS = ("image", "speech", "music")
+MEDIA_KINDS = MODALITY_NAMES
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -30,7 +31,7 @@ SHAPES = ("pair", "document", "chat")
 class InputRecord:
   """One unit of work.
 
-  kind: 'image' | 'speech' | 'music' (a pair: one medium at `path` and its caption `text`),
+  kind: a modality name such as 'image' (a pair: one medium at `path` and its caption `text`),
   'document' | 'chat' (several parts in `parts`), 'anygpt' (a pretokenized AnyGPT record in
   `data`), or '' when `reject` is set (the input could not be read; `reject_detail` says why).
 

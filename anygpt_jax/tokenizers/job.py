@@ -41,8 +41,9 @@ from anygpt_jax.tokenizers import anygpt_data, audio_io, image as image_lib
 from anygpt_jax.tokenizers.media import MediaError, MediaRef
 from anygpt_jax.tokenizers.inputs import InputRecord
 from anygpt_jax.tokenizers.tfrecord import TFRecordWriter
+from anygpt_jax.vocabulary.layout import MODALITIES, MODALITY_NAMES
 
-TOKEN_KINDS = ("image", "speech", "music")
+TOKEN_KINDS = MODALITY_NAMES
 
 
 @dataclasses.dataclass
@@ -50,7 +51,8 @@ class JobConfig:
   """What to tokenize with, where to write, and how to batch.
 
   Model paths: `speech_model` a SpeechTokenizer directory (config.json + .pt), `music_model`
-  an Encodec 32 kHz directory, `image_model` a SEED directory or `seed_quantizer.pt`.
+  an Encodec 32 kHz directory, `image_model` a SEED directory or `seed_quantizer.pt` (one
+  `{modality}_model` per modality of the vocabulary layout).
   """
 
   output_dir: str
@@ -113,7 +115,7 @@ class Tokenizers:
 
   def get(self, kind: str):
     if kind not in self._workers:
-      path = {"speech": self.cfg.speech_model, "music": self.cfg.music_model, "image": self.cfg.image_model}[kind]
+      path = getattr(self.cfg, f"{kind}_model")
       if path is None:
         self._workers[kind] = None
       elif kind == "speech":
@@ -179,8 +181,8 @@ def _anygpt_result(record: InputRecord) -> RecordResult:
       chars += len(p.text)
     else:
       tokens[p.kind] = tokens.get(p.kind, 0) + len(p.codes)
-  # Seconds implied by the codes: speech 50 codes/s, music 4 codebooks x 50 frames/s.
-  seconds = tokens.get("speech", 0) / 50.0 + tokens.get("music", 0) / 200.0
+  # Seconds implied by the codes of the timed modalities (speech 50 codes/s, music 4 x 50 frames/s).
+  seconds = sum(tokens.get(m.name, 0) / m.codes_per_second for m in MODALITIES if m.codes_per_second)
   return RecordResult(sample.id, record.source, sample=serialize_sample(sample), tokens=tokens, text_chars=chars,
                       audio_seconds=seconds)
 

@@ -14,10 +14,13 @@ import math
 import numpy as np
 import torch
 
+from anygpt_jax.vocabulary.layout import modality_named
+
 DEFAULT_CLIP_SECONDS = 5.0
+MUSIC = modality_named("music")  # the vocabulary's music codes: 4 codebooks x 2048
 
 
-def flatten_codes(codes: np.ndarray, codebook_size: int = 2048) -> np.ndarray:
+def flatten_codes(codes: np.ndarray, codebook_size: int = MUSIC.codebook_size) -> np.ndarray:
   """int (num_codebooks, frames) -> int64 (frames * num_codebooks,), frame-major with offsets."""
   codes = np.asarray(codes, dtype=np.int64)
   if codes.ndim != 2:
@@ -28,7 +31,8 @@ def flatten_codes(codes: np.ndarray, codebook_size: int = 2048) -> np.ndarray:
   return (codes + offsets).T.reshape(-1)
 
 
-def unflatten_codes(tokens: np.ndarray, num_codebooks: int = 4, codebook_size: int = 2048) -> np.ndarray:
+def unflatten_codes(tokens: np.ndarray, num_codebooks: int = MUSIC.codebooks,
+                    codebook_size: int = MUSIC.codebook_size) -> np.ndarray:
   """Inverse of `flatten_codes`: int (frames * num_codebooks,) -> int64 (num_codebooks, frames).
 
   Raises ValueError when the length is not a whole number of frames or a token sits in
@@ -91,7 +95,11 @@ class EncodecMusicWorker:
 
     Returns:
       One int64 array per clip of shape (num_codebooks * ceil(samples / hop),), values in
-      [0, num_codebooks * codebook_size); frames over padding are cut off.
+      [0, num_codebooks * codebook_size). Frames past a clip's own length (those of the batch's
+      zero padding) are cut off; a clip shorter than the batch's longest is still encoded padded,
+      so its last frames, whose receptive field reaches into the padding, can differ from the
+      codes of the clip encoded alone (Encodec's convolutions are not masked). Callers batch
+      length-sorted clips to keep that padding small.
     """
     inputs = self.feature_extractor(raw_audio=list(waves), sampling_rate=self.sample_rate, padding="longest",
                                     return_tensors="pt")

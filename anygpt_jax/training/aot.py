@@ -44,7 +44,8 @@ from anygpt_jax import partitioning
 from anygpt_jax.model import ModelConfig, Transformer
 from anygpt_jax.model import splash_attention as splash_lib
 from anygpt_jax.training.train_state import TrainState, abstract_train_state, train_state_shardings
-from anygpt_jax.training.trainer import BATCH_FEATURES, Trainer
+from anygpt_jax.data.features import BATCH_FEATURES
+from anygpt_jax.training.trainer import Trainer
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 
 

@@ -9,10 +9,11 @@ import gin
 import jax
 import numpy as np
 
+from anygpt_jax.data.features import BATCH_FEATURES
 from anygpt_jax.training import loss as loss_lib
 from anygpt_jax.training.input import sequence_length_of, to_global_batch
 from anygpt_jax.training.samples import TrainingSamples
-from anygpt_jax.training.trainer import BATCH_FEATURES
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS
 
 
 @gin.configurable
@@ -95,7 +96,7 @@ class Evaluator:
       results[f"eval/{task}/loss"] = float(summary["cross_entropy"])
       results[f"eval/{task}/perplexity"] = math.exp(min(float(summary["cross_entropy"]), 700.0))
       results[f"eval/{task}/accuracy"] = float(summary["accuracy"])
-      for name in loss_lib.MODALITIES:
+      for name in CONTENT_KINDS:
         value = float(summary[f"{name}/loss"])
         if math.isfinite(value):
           results[f"eval/{task}/{name}/loss"] = value

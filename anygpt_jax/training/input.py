@@ -14,7 +14,7 @@ import gin
 import jax
 import numpy as np
 
-from anygpt_jax.training.trainer import BATCH_FEATURES
+from anygpt_jax.data.features import BATCH_FEATURES
 
 
 def sequence_length_of(task_feature_lengths: Mapping[str, int] | int) -> int:

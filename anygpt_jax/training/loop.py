@@ -1,7 +1,8 @@
 """The gin-configured training loop: set-up, automatic resume, steps, metrics, evaluation, saves.
 
 `train()` is what `anygpt-train` runs; every argument is bound in gin (see `gin/runs/*.gin`). It
-builds the run (`build_run`), its first state (`initial_state`) and steps (`run_loop`).
+builds the run (`build_run`), its first state (`initial_state`), writes the run files
+(`write_run_files`) and steps (`run_loop`).
 A run directory (`model_dir`, local or a URL) holds `config.gin` (the operative config),
 `checkpoints/`, `tensorboard/` (event files and `metrics.jsonl`), `compilation_cache/` and, when
 asked for, `profile/`. Starting a run whose directory already has a
@@ -88,6 +89,22 @@ def _console(line: str) -> None:
     print(line, flush=True)
 
 
+def _schedule_steps(train_steps: int) -> int:
+  """`train_steps`, the schedule's length; a different `learning_rate_schedule.total_steps` bound in
+  gin is an error rather than silently overridden by the explicit argument."""
+  try:
+    bound = gin.query_parameter("learning_rate_schedule.total_steps")
+  except ValueError:  # not bound: the usual case
+    return train_steps
+  if isinstance(bound, gin.config.ConfigurableReference):  # a macro such as %TRAIN_STEPS
+    bound = bound.scoped_configurable_fn()
+  if bound != train_steps:
+    raise ValueError(f"learning_rate_schedule.total_steps = {bound} is bound in gin, but the schedule always "
+                     f"spans train.train_steps = {train_steps}: drop that binding (train.stop_after_steps stops "
+                     "a run early on the full-length schedule)")
+  return train_steps
+
+
 @dataclasses.dataclass
 class Run:
   """Everything a run is built from, before any state exists (`build_run`)."""
@@ -131,7 +148,7 @@ def build_run(model_dir: str, train_steps: int, model: ModelConfig, layout: Voca
   rules = partitioning.logical_axis_rules()
   batch_sharding = partitioning.data_sharding(mesh)
   # The schedule always spans the run's train_steps (learning_rate_schedule's other arguments in gin).
-  learning_rate = optimizer_lib.learning_rate_schedule(total_steps=train_steps)
+  learning_rate = optimizer_lib.learning_rate_schedule(total_steps=_schedule_steps(train_steps))
   optimizer = optimizer_lib.make_optimizer(learning_rate=learning_rate)
   trainer = Trainer(transformer, optimizer, learning_rate, layout, mesh, batch_sharding,
                     lambda: partitioning.use_mesh(mesh, rules), num_microbatches=num_microbatches, z_loss=z_loss)
@@ -176,6 +193,13 @@ def initial_state(run: Run, seed: int, warm_start: Callable[..., Any] | None) ->
                                          (1, min(run.data.sequence_length, 8)))
   opt_state = jax.jit(run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params)
   return jax.device_put(TrainState.create(params, opt_state), run.state_shardings)
+
+
+def write_run_files(run: Run, operative: str) -> None:
+  """`config.gin` (the operative gin config) and `vocabulary_layout.json` in the run directory (process 0)."""
+  if jax.process_index() == 0:
+    filesystem.write_text(run.model_dir / "config.gin", operative)
+    filesystem.write_text(run.model_dir / "vocabulary_layout.json", json.dumps(run.layout.to_json_dict(), indent=1))
 
 
 class Preemption:
@@ -454,9 +478,7 @@ def train(
     the_evaluator = evaluator() if evaluator is not None else None
     # Every configurable of the run has been called by now, so the operative config is complete.
     operative = operative_config if operative_config is not None else gin.operative_config_str()
-    if jax.process_index() == 0:
-      filesystem.write_text(model_dir / "config.gin", operative)
-      filesystem.write_text(model_dir / "vocabulary_layout.json", json.dumps(run.layout.to_json_dict(), indent=1))
+    write_run_files(run, operative)
     writer = metrics_lib.MetricsWriter(model_dir / "tensorboard")
     closing.callback(writer.close)  # after flushing: callbacks run last-in first-out
     closing.callback(writer.flush, sync=True)

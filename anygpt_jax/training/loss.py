@@ -11,11 +11,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from anygpt_jax.data.pipeline import MODALITY_INDEX, target_modality
-from anygpt_jax.vocabulary.layout import VocabularyLayout
-
-# The data pipeline's modality indices: 0 text (role and chat markers too), 1 image, 2 speech, 3 music.
-MODALITIES = tuple(sorted(MODALITY_INDEX, key=MODALITY_INDEX.get))
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS, VocabularyLayout, target_modality
 
 
 def loss_sums(
@@ -35,8 +31,9 @@ def loss_sums(
     z_loss: coefficient of the squared log-partition penalty (PaLM's z-loss); 0 disables it.
 
   Returns:
-    float32 scalars `cross_entropy`, `z_loss`, `correct`, `tokens`, and float32 [4] arrays
-    `modality_cross_entropy`, `modality_correct`, `modality_tokens` (text, image, speech, music).
+    float32 scalars `cross_entropy`, `z_loss`, `correct`, `tokens`, and float32 [K] arrays
+    `modality_cross_entropy`, `modality_correct`, `modality_tokens`, one entry per `CONTENT_KINDS`
+    (text, then each modality; role and chat markers count as text).
   """
   logits = logits.astype(jnp.float32)
   weights = weights.astype(jnp.float32)
@@ -44,7 +41,7 @@ def loss_sums(
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   cross_entropy = (log_z - target_logit) * weights
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32) * weights
-  one_hot_modality = jax.nn.one_hot(target_modality(targets, layout), len(MODALITIES), dtype=jnp.float32)
+  one_hot_modality = jax.nn.one_hot(target_modality(targets, layout), len(CONTENT_KINDS), dtype=jnp.float32)
   per_modality = lambda x: jnp.einsum("bl,blm->m", x, one_hot_modality)
   return {
       "cross_entropy": cross_entropy.sum(),
@@ -140,7 +137,7 @@ def summarize(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
       "accuracy": sums["correct"] / tokens,
       "target_tokens": sums["tokens"],
   }
-  for i, name in enumerate(MODALITIES):
+  for i, name in enumerate(CONTENT_KINDS):
     count = sums["modality_tokens"][i]
     safe = jnp.maximum(count, 1.0)
     out[f"{name}/loss"] = jnp.where(count > 0, sums["modality_cross_entropy"][i] / safe, jnp.nan)

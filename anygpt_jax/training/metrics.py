@@ -13,6 +13,7 @@ import jax
 
 from anygpt_jax import filesystem
 from anygpt_jax.hardware import PEAK_FLOPS_BY_DEVICE_KIND  # the one peak-FLOP/s table
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS
 
 
 @gin.configurable
@@ -156,7 +157,7 @@ def format_duration(seconds: float) -> str:
   return f"{days}d {clock}" if days else clock
 
 
-def console_line(step: int, scalars: Mapping[str, float], modalities=("text", "image", "speech", "music")) -> str:
+def console_line(step: int, scalars: Mapping[str, float], modalities=CONTENT_KINDS) -> str:
   """A concise summary: step, loss, per-modality losses, lr, grad norm, throughput."""
 
   def fmt(name, key, spec=".3f"):
@@ -178,7 +179,7 @@ def console_line(step: int, scalars: Mapping[str, float], modalities=("text", "i
 
 
 def eval_console_lines(step: int, scalars: Mapping[str, float],
-                       modalities=("text", "image", "speech", "music")) -> list[str]:
+                       modalities=CONTENT_KINDS) -> list[str]:
   """One line per evaluated task (corpus or mixture): loss, perplexity, accuracy, per-modality loss.
 
   `scalars` holds `eval/{task}/loss`, `eval/{task}/perplexity`, ... (what `Evaluator.evaluate`

@@ -15,7 +15,11 @@ def learning_rate_schedule(
     final_learning_rate_fraction: float = 0.0,
     kind: str = "cosine",
 ) -> optax.Schedule:
-  """Linear warmup from 0 to `peak_learning_rate`, then `kind` decay to the end of training.
+  """Linear warmup to `peak_learning_rate`, then `kind` decay to the end of training.
+
+  The warmup starts at peak / warmup_steps on step 0 (not 0: no step trains with a zero learning
+  rate) and reaches the peak on step warmup_steps - 1; the decay starts from the peak on step
+  warmup_steps.
 
   Args:
     peak_learning_rate: the learning rate after warmup.
@@ -42,8 +46,8 @@ def learning_rate_schedule(
     raise ValueError(f"learning_rate_schedule.kind={kind!r}: expected 'cosine', 'linear' or 'constant'")
   if warmup_steps == 0:
     return decay
-  # optax's warmup ends at the peak on step `warmup_steps`; the first step then trains with a
-  # learning rate of peak/warmup_steps rather than 0, so no step is wasted.
+  # Steps 0 .. warmup_steps - 1 rise linearly from peak/warmup_steps to the peak, so the first step
+  # trains with peak/warmup_steps rather than 0 and no step is wasted.
   warmup = optax.linear_schedule(peak_learning_rate / warmup_steps, peak_learning_rate, warmup_steps - 1)
   return optax.join_schedules([warmup, decay], [warmup_steps])
 

@@ -16,12 +16,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from anygpt_jax.data.features import BATCH_FEATURES
 from anygpt_jax.training import loss as loss_lib
 from anygpt_jax.training.train_state import TrainState
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 
-BATCH_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                  "decoder_segment_ids", "decoder_positions")
 Batch = dict[str, jax.Array]
 
 

@@ -23,28 +23,71 @@ from typing import Iterable, Sequence
 ROLE_TOKENS = ("[Human]", "[MMGPT]", "<eoh>", "<eos>")
 CHAT_TOKENS = ("<-Res->", "<-Ins->")  # AnyGPT's SFT adds <-Res-> first (49418), then <-Ins-> (49419)
 
+# SentencePiece's fixed ids at the start of the text vocabulary, and SeqIO's padding id
+# (seqio.vocabularies.PAD_ID, which shares id 0 with <unk>: padding never carries loss).
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+PAD_ID = 0
+
 
 @dataclasses.dataclass(frozen=True)
 class Modality:
-  """A discrete modality: its code count, its string prefix and its start/end tokens."""
+  """A discrete modality: the one place that says what a modality is.
+
+  Attributes:
+    name: its name in shard parts, task kinds, metrics and command lines ('image').
+    num_codes: codes in its codebook(s), all codebooks together (music: 4 x 2048 = 8192).
+    symbol: the prefix of its code strings (`<👀17>`).
+    tag: the two letters of its start/end tokens (`<soim>`, `<eoim>`).
+    codes_per_second: codes (all codebooks together) per second of a timed medium; None for
+      media without a duration (images).
+    codebooks: codes per frame; frame position k takes codes from block k of num_codes / codebooks.
+    item_length: codes per item when every item has the same count (SEED: 32 per image), else None.
+  """
 
   name: str
   num_codes: int
   symbol: str
-  start_token: str
-  end_token: str
+  tag: str
+  codes_per_second: float | None = None
+  codebooks: int = 1
+  item_length: int | None = None
+
+  @property
+  def start_token(self) -> str:
+    return f"<so{self.tag}>"
+
+  @property
+  def end_token(self) -> str:
+    return f"<eo{self.tag}>"
+
+  @property
+  def codebook_size(self) -> int:
+    return self.num_codes // self.codebooks
 
   def code_string(self, code: int) -> str:
     return f"<{self.symbol}{code}>"
 
 
+# The modalities in id order (adding one here is what adding a modality to the library takes).
 MODALITIES = (
-    Modality("image", 8192, "\U0001F440", "<soim>", "<eoim>"),
+    Modality("image", 8192, "\U0001F440", "im", item_length=32),  # SEED: 32 codes per image
     # The speech symbol is U+1F5E3 followed by the emoji variation selector U+FE0F.
-    Modality("speech", 1024, "\U0001F5E3\uFE0F", "<sosp>", "<eosp>"),
-    Modality("music", 8192, "\U0001F3B6", "<somu>", "<eomu>"),
+    Modality("speech", 1024, "\U0001F5E3\uFE0F", "sp", codes_per_second=50),  # SpeechTokenizer RVQ-1, 50 Hz
+    Modality("music", 8192, "\U0001F3B6", "mu", codes_per_second=200, codebooks=4),  # Encodec: 4 x 2048, 50 Hz
 )
 MODALITY_NAMES = tuple(m.name for m in MODALITIES)
+TEXT = "text"
+# Text, then the modalities in id order: the part kinds of a shard record, and the index that
+# `target_modality` gives each token (per-modality losses and metrics are in this order).
+CONTENT_KINDS = (TEXT,) + MODALITY_NAMES
+
+
+def modality_named(name: str) -> Modality:
+  """The `Modality` called `name`; VocabularyError names the known ones otherwise."""
+  for m in MODALITIES:
+    if m.name == name:
+      return m
+  raise VocabularyError(f"unknown modality {name!r}; expected one of {MODALITY_NAMES}")
 
 
 class VocabularyError(ValueError):
@@ -115,10 +158,6 @@ class VocabularyLayout:
     return self.role_id("[MMGPT]")
 
   @property
-  def eoh_id(self) -> int:
-    return self.role_id("<eoh>")
-
-  @property
   def eos_id(self) -> int:
     return self.role_id("<eos>")
 
@@ -148,9 +187,6 @@ class VocabularyLayout:
     """Rows of the embedding and output head: vocab_size rounded up to pad_multiple."""
     return -(-self.vocab_size // self.pad_multiple) * self.pad_multiple
 
-  def with_padding(self, pad_multiple: int) -> "VocabularyLayout":
-    return dataclasses.replace(self, pad_multiple=pad_multiple)
-
   # --- codes <-> ids ------------------------------------------------------------------------
   def code_to_id(self, modality: str, codes: Sequence[int] | Iterable[int]) -> list[int]:
     """Modality-local codes (e.g. image in [0, 8192)) to global ids. Raises on out-of-range codes."""
@@ -171,7 +207,7 @@ class VocabularyLayout:
     return None
 
   def modality_of_id(self, token_id: int) -> str:
-    """'text', 'image', 'speech', 'music', 'special' (roles, chat) or 'padding'."""
+    """'text', a modality's name, 'special' (roles, chat) or 'padding'."""
     if 0 <= token_id < self.text_vocab_size:
       return "text"
     for r in self.modality_ranges:
@@ -269,10 +305,26 @@ class VocabularyLayout:
     return layout
 
 
-# Any added token: role markers, chat markers, start/end tokens, or a modality code.
-ADDED_TOKEN_PATTERN = re.compile(
-    r"\[Human\]|\[MMGPT\]|<eoh>|<eos>|<-Ins->|<-Res->|<so(?:im|sp|mu)>|<eo(?:im|sp|mu)>"
-    r"|<(?:\U0001F440|\U0001F5E3\uFE0F|\U0001F3B6)[^<>]*>")
+def target_modality(ids, layout: VocabularyLayout):
+  """Index into `CONTENT_KINDS` per id: 0 text (and roles, chat tokens, padding), k for the k-th modality.
+
+  A modality's start/end tokens count as that modality. Pure arithmetic on the layout's
+  ranges, so it works on numpy and jax.numpy arrays alike (same shape as `ids`, int32) and
+  needs neither TensorFlow nor JAX.
+  """
+  out = 0 * ids
+  for index, r in enumerate(layout.modality_ranges, start=1):
+    inside = (ids >= r.first_code_id) * (ids <= r.end_id)
+    out = out + index * inside
+  return out.astype("int32") if hasattr(out, "astype") else out
+
+
+# Any added token: role markers, chat markers, start/end tokens, or a modality code (any text
+# between a modality's symbol and `>`, so that a malformed code is found and reported).
+ADDED_TOKEN_PATTERN = re.compile("|".join(
+    [re.escape(t) for t in ROLE_TOKENS + CHAT_TOKENS]
+    + [re.escape(t) for m in MODALITIES for t in (m.start_token, m.end_token)]
+    + ["<(?:" + "|".join(re.escape(m.symbol) for m in MODALITIES) + ")[^<>]*>"]))
 
 
 def split_added_tokens(text: str) -> list[tuple[bool, str]]:

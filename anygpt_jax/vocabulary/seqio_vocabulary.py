@@ -54,9 +54,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from anygpt_jax.vocabulary.layout import VocabularyLayout, split_added_tokens
-
-UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+from anygpt_jax.vocabulary.layout import BOS_ID, EOS_ID, UNK_ID, VocabularyLayout, split_added_tokens
 
 
 class AnyGPTVocabulary(seqio.Vocabulary):

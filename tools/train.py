@@ -3,8 +3,10 @@
   anygpt-train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=100
 
 Flags:
-  --gin_file=PATH          a gin file (repeatable); relative paths are also looked up from the
-                           repository root, so `include 'gin/models/demo.gin'` works anywhere.
+  --gin_file=PATH          a gin file (repeatable). A relative path is looked up in the working
+                           directory, then --gin_search_path, then the installed package's gin files:
+                           `runs/demo.gin` (or `gin/runs/demo.gin`, the repository's path) works from
+                           any directory, as do the run files' `include 'gin/...'` lines.
   --gin.NAME=VALUE         a binding or macro (`--gin.BATCH_SIZE=8`, `--gin.train.z_loss=1e-4`).
                            A VALUE that is not a Python/gin literal is taken as a string, so
                            `--gin.MODEL_DIR=/tmp/run` works without inner quotes.
@@ -20,13 +22,16 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import importlib.metadata
+import importlib.resources
+import json
 import logging
 import os
 import pathlib
 import re
 import sys
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+import urllib.parse
+import urllib.request
 
 
 class GinConfigError(ValueError):
@@ -93,6 +98,37 @@ def _quiet_gin_lookups():
     root.removeFilter(quiet)
 
 
+def packaged_gin_directory() -> pathlib.Path | None:
+  """The gin files (`runs/`, `models/`, `mesh/`) of the installed anygpt_jax, else None.
+
+  A wheel holds them as package data (`anygpt_jax/gin`); an editable install keeps them in the
+  sources' top-level `gin/`, found through the install's PEP 610 record (`direct_url.json`).
+  Run from a checkout without installing, only the working directory is searched."""
+  installed = importlib.resources.files("anygpt_jax").joinpath("gin")
+  if installed.is_dir():
+    return pathlib.Path(str(installed))
+  try:
+    record = importlib.metadata.distribution("anygpt-jax").read_text("direct_url.json")
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  url = json.loads(record or "{}")
+  if not (url.get("dir_info", {}).get("editable") and url.get("url", "").startswith("file:")):
+    return None
+  sources = pathlib.Path(urllib.request.url2pathname(urllib.parse.urlparse(url["url"]).path)) / "gin"
+  return sources if sources.is_dir() else None
+
+
+def gin_search_paths(extra: list[str] = ()) -> list[str]:
+  """Where relative gin files and includes are looked up after the working directory: `extra`,
+  the working directory (made absolute), the packaged gin directory (`runs/demo.gin`) and its
+  parent (`gin/runs/demo.gin`, and the run files' `include 'gin/runs/base.gin'`)."""
+  paths = [*extra, os.getcwd()]
+  packaged = packaged_gin_directory()
+  if packaged is not None:
+    paths += [str(packaged.parent), str(packaged)]
+  return paths
+
+
 def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = (),
               finalize: bool = True) -> None:
   """Parses files then bindings; an error names the file or the binding at fault.
@@ -101,7 +137,7 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
   settings without running it (anygpt-mixture-report needs no MODEL_DIR)."""
   import gin
 
-  for path in [*search_paths, str(REPO_ROOT), os.getcwd()]:
+  for path in gin_search_paths(search_paths):
     gin.add_config_file_search_path(path)
   # Gin raises many exception types (ValueError, KeyError, tokenize.TokenError, ...) for a bad
   # file or binding; each is reported with the file or the binding that caused it.

@@ -9,6 +9,7 @@ giving the packages `pip install anygpt-jax[role]` installs at the versions of r
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import re
 
@@ -26,6 +27,17 @@ TOKENIZE_ONLY = {"torch", "torchaudio", "torchvision", "diffusers", "speechtoken
 
 def canonical(name: str) -> str:
   return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@functools.cache
+def installed() -> dict[str, tuple[str, list[str]]]:
+  """This environment's distributions: canonical name -> (version, Requires-Dist lines); the
+  first on sys.path wins, as for import."""
+  found = {}
+  for dist in importlib.metadata.distributions():
+    metadata = dist.metadata  # parsed once: each access re-reads the file
+    found.setdefault(canonical(metadata["Name"]), (metadata["Version"], metadata.get_all("Requires-Dist") or []))
+  return found
 
 
 def _applies(requirement: Requirement, extra: str) -> bool:
@@ -52,14 +64,13 @@ def closure(requires: list[str], extra: str = "") -> dict[str, str]:
       if (name, wanted) in seen:
         continue
       seen.add((name, wanted))
-      try:
-        dist = importlib.metadata.distribution(name)
-      except importlib.metadata.PackageNotFoundError:
-        raise LookupError(f"{requirement} (needed by the role) is not installed") from None
-      if not requirement.specifier.contains(dist.version, prereleases=True):
-        raise LookupError(f"{requirement}: the installed {name} is {dist.version}")
-      found[name] = dist.version
-      todo += [(Requirement(line), wanted) for line in dist.requires or []]
+      if name not in installed():
+        raise LookupError(f"{requirement} (needed by the role) is not installed")
+      version, requires_dist = installed()[name]
+      if not requirement.specifier.contains(version, prereleases=True):
+        raise LookupError(f"{requirement}: the installed {name} is {version}")
+      found[name] = version
+      todo += [(Requirement(line), wanted) for line in requires_dist]
   return found
 
 

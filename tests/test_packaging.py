@@ -170,7 +170,7 @@ def test_installed_wheel_trains_one_step_outside_the_repository(wheel, tmp_path)
   run = work / "runs" / "one_step"
   assert (run / "checkpoints" / "1").is_dir()
   assert [json.loads(l)["step"] for l in (run / "tensorboard" / "metrics.jsonl").read_text().splitlines()] == [1]
-  assert "include 'gin/runs/base.gin'" not in (run / "config.gin").read_text()  # the operative config, resolved
+  assert "model_config.name = 'tiny'" in (run / "config.gin").read_text()
 
 
 @pytest.mark.slow
@@ -189,6 +189,7 @@ def test_installed_wheel_tokenizes_without_jax(wheel, tmp_path):
 def test_readme_install_lines_resolve_by_role_from_the_index(wheel, tmp_path):
   """Each README `pip install` line, resolved by pip against the package index (--dry-run)."""
   forbidden = {"train": roles.TOKENIZE_ONLY, "tokenize": roles.TRAIN_ONLY}
+  needed = {"train": {"jax", "seqio", "tensorflow", "orbax-checkpoint"}, "tokenize": {"torch", "speechtokenizer"}}
   seen = set()
   for command in _readme_install_commands():
     args = shlex.split(command)[2:]
@@ -202,5 +203,6 @@ def test_readme_install_lines_resolve_by_role_from_the_index(wheel, tmp_path):
     for role in extras:
       if role in forbidden and not set(extras) - {role, "tpu"}:
         assert not names & forbidden[role], (command, names & forbidden[role])
+        assert needed[role] <= names, (command, needed[role] - names)
         seen.add(role)
   assert seen == {"train", "tokenize"}

@@ -105,6 +105,25 @@ def test_each_role_resolves_without_the_other_stack(wheel):
       "the installed anygpt-jax metadata is stale: run `pip install --no-deps -e .` (make install)")
 
 
+@pytest.mark.parametrize("run_file", ["runs/demo.gin", "gin/runs/demo.gin"])
+def test_run_files_and_their_includes_resolve_from_any_directory(run_file, tmp_path, monkeypatch):
+  """This (editable) install: the packaged gin files are the sources' gin/, found from elsewhere."""
+  import gin
+  from tools import train as train_cli
+
+  assert train_cli.packaged_gin_directory() == REPO / "gin"
+  train_cli.import_configurables()
+  monkeypatch.chdir(tmp_path)
+  gin.clear_config()
+  try:
+    train_cli.parse_gin([run_file], ["MODEL_DIR = 'run'"], finalize=False)
+    # demo.gin's own settings, and those of the files it includes (models/demo.gin, runs/base.gin)
+    assert gin.query_parameter("%TRAIN_STEPS") == 120 and gin.query_parameter("model_config.name") == "demo"
+    assert gin.query_parameter("make_optimizer.clip_global_norm") == 1.0
+  finally:
+    gin.clear_config()
+
+
 # --- slow: the wheel installed in scratch environments ----------------------------------------
 def _scratch_environment(root: pathlib.Path, wheel: pathlib.Path, role: str) -> pathlib.Path:
   """A virtual environment holding the wheel, that sees only `role`'s packages of this one.

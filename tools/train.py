@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   args = build_parser().parse_args(rest)
   if not args.gin_file:
-    print("anygpt-train: at least one --gin_file is required (e.g. gin/runs/demo.gin)", file=sys.stderr)
+    print("anygpt-train: at least one --gin_file is required (e.g. runs/demo.gin)", file=sys.stderr)
     return 2
 
   from anygpt_jax import distributed

@@ -22,16 +22,12 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import importlib.metadata
 import importlib.resources
-import json
 import logging
 import os
 import pathlib
 import re
 import sys
-import urllib.parse
-import urllib.request
 
 
 class GinConfigError(ValueError):
@@ -101,21 +97,17 @@ def _quiet_gin_lookups():
 def packaged_gin_directory() -> pathlib.Path | None:
   """The gin files (`runs/`, `models/`, `mesh/`) of the installed anygpt_jax, else None.
 
-  A wheel holds them as package data (`anygpt_jax/gin`); an editable install keeps them in the
-  sources' top-level `gin/`, found through the install's PEP 610 record (`direct_url.json`).
-  Run from a checkout without installing, only the working directory is searched."""
-  installed = importlib.resources.files("anygpt_jax").joinpath("gin")
-  if installed.is_dir():
-    return pathlib.Path(str(installed))
+  setup.py installs the sources' `gin/` and `tasks/` side by side, as `anygpt_jax/gin` (data) and
+  the package `anygpt_jax.tasks`; an editable install imports `anygpt_jax.tasks` from the sources,
+  where `gin/` is beside it too. So the gin files are found next to wherever the import system
+  finds anygpt_jax.tasks, in a wheel and in an editable install alike. Run from a checkout that
+  was never installed, only the working directory (and --gin_search_path) is searched."""
   try:
-    record = importlib.metadata.distribution("anygpt-jax").read_text("direct_url.json")
-  except importlib.metadata.PackageNotFoundError:
+    tasks = importlib.resources.files("anygpt_jax.tasks")
+  except ModuleNotFoundError:
     return None
-  url = json.loads(record or "{}")
-  if not (url.get("dir_info", {}).get("editable") and url.get("url", "").startswith("file:")):
-    return None
-  sources = pathlib.Path(urllib.request.url2pathname(urllib.parse.urlparse(url["url"]).path)) / "gin"
-  return sources if sources.is_dir() else None
+  directory = pathlib.Path(str(tasks)).parent / "gin"
+  return directory if directory.is_dir() else None
 
 
 def gin_search_paths(extra: list[str] = ()) -> list[str]:

@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 # The virtual environment: torch's local CPU wheel first, held by constraints.txt so no
 # later package pulls a CUDA build; then the locked set (libtpu of the 'tpu' extra included: the
 # fast tests compile for TPU topologies) and the project itself.
-$(VENV)/.installed: setup.py requirements.lock requirements-tpu.in constraints.txt
+$(VENV)/.installed: setup.py requirements.lock $(wildcard requirements*.in) constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0 -c constraints.txt

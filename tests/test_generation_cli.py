@@ -15,7 +15,8 @@ from PIL import Image
 
 from anygpt_jax.export import save_hf_checkpoint
 from anygpt_jax.model import Transformer, get_config
-from anygpt_jax.tokenizers import audio_io, tiny
+from anygpt_jax.tokenizers import audio_io
+from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.vocabulary import VocabularyLayout
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 from tools import generate

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from anygpt_jax.tokenizers import tiny
+from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.speech import SpeechTokenizerWorker
 
 torch.set_num_threads(1)

@@ -12,7 +12,7 @@ import transformers
 
 from anygpt_jax.model import (ConfigError, ModelConfig, Transformer, expand_vocabulary, get_config,
                               hf_config_dict, hf_state_dict_from_params, params_from_hf_state_dict)
-from anygpt_jax.model.reference import hf_logits, hf_reference_model
+from anygpt_jax.testing.hf_reference import hf_logits, hf_reference_model
 from anygpt_jax.vocabulary import VocabularyLayout
 
 # GQA (4 query heads over 2 kv heads), untied head, padded vocabulary.

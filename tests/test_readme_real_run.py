@@ -114,7 +114,7 @@ def real_run(tmp_path_factory):
 
   from anygpt_jax.data.rendering import CHAT_SYSTEM_PROMPT
   from anygpt_jax.model import get_config
-  from anygpt_jax.tokenizers.tiny import save_tiny_seed
+  from anygpt_jax.testing.tiny_tokenizers import save_tiny_seed
   from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 
   root = tmp_path_factory.mktemp("real_run")

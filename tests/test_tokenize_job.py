@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from anygpt_jax.data.shards import deserialize_sample, shard_filename
-from anygpt_jax.tokenizers import inputs, job, tiny
+from anygpt_jax.tokenizers import inputs, job
+from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.tfrecord import read_tfrecords
 from tools import tokenize_media
 

@@ -7,7 +7,7 @@ import soundfile as sf
 from PIL import Image
 
 from anygpt_jax.tokenizers import inputs
-from anygpt_jax.tokenizers.demo_corpus import build_demo_corpus
+from anygpt_jax.testing.demo_corpus import build_demo_corpus
 
 
 def test_demo_corpus_manifest_and_media(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anygpt_jax.tokenizers import tiny
+from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.audio_io import MediaError
 from anygpt_jax.tokenizers.image import CLIP_MEAN, CLIP_STD, ImageDetokenizer, SeedImageWorker, load_image, preprocess
 from anygpt_jax.tokenizers.seed_model import SeedConfig, SeedQuantizer, load_seed_quantizer

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anygpt_jax.tokenizers import tiny
+from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.music import EncodecMusicWorker, flatten_codes, unflatten_codes
 
 torch.set_num_threads(1)

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from anygpt_jax.data.shards import deserialize_sample, shard_filename
-from anygpt_jax.tokenizers import audio_io, image as image_lib, readers, tiny
+from anygpt_jax.tokenizers import audio_io, image as image_lib, readers
+from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.media import MediaError, MediaRef, TarIndex
 from anygpt_jax.tokenizers.tfrecord import read_tfrecords
 from tools import tokenize_media

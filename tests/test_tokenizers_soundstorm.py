@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anygpt_jax.tokenizers import tiny
+from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.soundstorm import (SoundStorm, is_anygpt_layout, state_dict_to_anygpt,
                                               state_dict_to_ours)
 

@@ -7,7 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from anygpt_jax.tokenizers import audio_io, tiny
+from anygpt_jax.tokenizers import audio_io
+from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.soundstorm import SoundStorm, SoundStormConfig
 from anygpt_jax.tokenizers.speech import SpeechDetokenizer, SpeechTokenizerWorker
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from anygpt_jax.tokenizers import tiny
+from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.speech import SpeechTokenizerWorker, speechtokenizer_class
 from anygpt_jax.tokenizers.speech_encoder import BatchEncoder, ChannelsLastConv, _reflect_pad_time
 

@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from anygpt_jax.tokenizers import audio_io, tiny
+from anygpt_jax.testing import tiny_tokenizers as tiny
+from anygpt_jax.tokenizers import audio_io
 from anygpt_jax.training.samples import SamplesConfigError, TrainingSamples
 from test_train_cli import run_gin_text, write_run_inputs
 from test_train_paths import gcs  # noqa: F401  (the GCS emulator fixture)

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 
-from tools import compile as compile_cli
+from . import compile as compile_cli
 
 BASE_FILES = ["gin/runs/pretrain_llama2_7b.gin", "gin/mesh/tpu_v5p_pod.gin"]
 TOPOLOGY = "v5p:4x4x2"

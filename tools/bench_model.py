@@ -75,7 +75,7 @@ def jax_train_step_seconds(cfg, batch: int, seq_len: int, steps: int) -> float:
 def torch_train_step_seconds(cfg, batch: int, seq_len: int, steps: int, threads: int) -> float:
   import torch
 
-  from anygpt_jax.model.reference import hf_reference_model
+  from anygpt_jax.testing.hf_reference import hf_reference_model
 
   torch.set_num_threads(threads)
   model = hf_reference_model(cfg, attn_implementation="sdpa", random_norms=False).train()

@@ -20,12 +20,14 @@ import subprocess
 import sys
 import tempfile
 
+from . import command as tool_command
+
 _DONE = re.compile(r"step (\d+) done ([0-9.]+) s after start")
 
 
 def _first_step_seconds(flags: list[str], model_dir: str, cache: str | None, stop: int) -> float:
   extra = [f"--gin.train.compilation_cache_dir={cache}"] if cache else ["--gin.train.compilation_cache=False"]
-  command = [sys.executable, "-m", "tools.train", *flags, f"--gin.MODEL_DIR={model_dir}",
+  command = [*tool_command("train"), *flags, f"--gin.MODEL_DIR={model_dir}",
              f"--gin.train.stop_after_steps={stop}", *extra]
   result = subprocess.run(command, capture_output=True, text=True)
   if result.returncode != 0:

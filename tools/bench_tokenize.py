@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from . import command
+
 
 def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -128,7 +130,7 @@ def _measure_batched(manifest: str, model_dir: str, threads: int, batch_size: in
 
 
 def _run_child(args: list[str]) -> dict:
-  proc = subprocess.run([sys.executable, "-m", "tools.bench_tokenize", *args], capture_output=True, text=True)
+  proc = subprocess.run([*command("bench_tokenize"), *args], capture_output=True, text=True)
   if proc.returncode != 0:
     raise RuntimeError(proc.stderr[-3000:])
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -150,7 +152,8 @@ def _webdataset_bench(kind: str, files: int, model: str, batch_size: int, worker
   import soundfile as sf
   import torch
   from PIL import Image
-  from anygpt_jax.tokenizers import audio_io, image as image_lib, job, tiny
+  from anygpt_jax.tokenizers import audio_io, image as image_lib, job
+  from anygpt_jax.testing import tiny_tokenizers as tiny
   from anygpt_jax.tokenizers.readers.webdataset import read_webdataset
   from anygpt_jax.tokenizers.seed_model import SeedConfig
   torch.set_num_threads(threads)
@@ -249,8 +252,8 @@ def main(argv=None) -> int:
     _webdataset_bench(args.webdataset, args.files, args.model, args.batch_size, args.workers, args.threads,
                       args.repeats, work)
     return 0
-  from anygpt_jax.tokenizers import tiny
-  from anygpt_jax.tokenizers.demo_corpus import build_demo_corpus
+  from anygpt_jax.testing import tiny_tokenizers as tiny
+  from anygpt_jax.testing.demo_corpus import build_demo_corpus
   model_dir = work / f"speechtokenizer_{args.model}"
   config = tiny.RELEASED_SPEECH_CONFIG if args.model == "released-size" else tiny.SPEECH_CONFIG
   tiny.save_tiny_speech_tokenizer(model_dir, config=config)

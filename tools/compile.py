@@ -24,7 +24,7 @@ import re
 import sys
 from typing import Any
 
-from tools.train import GinConfigError, import_configurables, parse_gin, split_gin_flags
+from .train import GinConfigError, import_configurables, parse_gin, split_gin_flags
 
 LLAMA2_TEXT_VOCAB_SIZE = 32000
 _REQUIRED_MACRO = re.compile(r"(\w+)/macro\.value set to `%gin\.REQUIRED`")

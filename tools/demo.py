@@ -1,7 +1,7 @@
 """`anygpt-demo`: the whole pipeline end to end on this machine's CPU, in minutes.
 
   1. builds a small raw corpus of images, speech and music with captions and transcripts
-     (`anygpt_jax.tokenizers.demo_corpus`: sample photographs, espeak-ng speech when installed,
+     (`anygpt_jax.testing.demo_corpus`: sample photographs, espeak-ng speech when installed,
      synthesised melodies);
   2. writes tiny random-weight tokenizers in the published checkpoint layouts (or takes real
      ones: --image_model/--speech_model/--music_model) and tokenizes the corpus with the
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -28,7 +27,8 @@ import time
 
 from anygpt_jax.vocabulary.layout import CONTENT_KINDS, MODALITY_NAMES
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+from . import child_env, command
+
 KINDS = MODALITY_NAMES
 MODALITIES = CONTENT_KINDS
 
@@ -55,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(cmd: list[str], what: str, log_path: pathlib.Path | None = None) -> None:
   """Runs a step of the pipeline as its own command; raises with the command's tail on failure."""
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+  env = child_env()
   if log_path is None:
-    result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     output = result.stdout + result.stderr
   else:
     with open(log_path, "w") as log:
-      process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
       lines = []
       for line in process.stdout:
@@ -77,7 +77,7 @@ def _run(cmd: list[str], what: str, log_path: pathlib.Path | None = None) -> Non
 
 def build_raw_corpus(out: pathlib.Path, args) -> dict[str, dict[str, pathlib.Path]]:
   """Raw media + one manifest per (modality, split)."""
-  from anygpt_jax.tokenizers import demo_corpus
+  from anygpt_jax.testing import demo_corpus
 
   raw = out / "raw"
   manifest = raw / "manifest.jsonl"
@@ -104,7 +104,7 @@ def tokenizer_models(out: pathlib.Path, args) -> dict[str, pathlib.Path]:
   models = {k: pathlib.Path(v) for k, v in given.items() if v}
   missing = [k for k in KINDS if k not in models]
   if missing:
-    from anygpt_jax.tokenizers import tiny
+    from anygpt_jax.testing import tiny_tokenizers as tiny
 
     makers = {"image": (tiny.save_tiny_seed, "seed_tokenizer"),
               "speech": (tiny.save_tiny_speech_tokenizer, "speechtokenizer"),
@@ -126,7 +126,7 @@ def tokenize(out: pathlib.Path, manifests, models) -> dict[str, dict]:
       shard_dir = out / "shards" / corpus
       stats_path = shard_dir / f"{corpus}-{split}-00000-of-00001.stats.json"
       if not stats_path.exists():
-        _run([sys.executable, "-m", "tools.tokenize_media", "--manifest", str(manifest), "--corpus", corpus,
+        _run([*command("tokenize_media"), "--manifest", str(manifest), "--corpus", corpus,
               "--split", split, "--output-dir", str(shard_dir), f"--{kind}-model", str(models[kind]),
               "--no-progress", "--torch-threads", "1"], f"tokenizing {corpus} ({split})")
       stats[f"{corpus}/{split}"] = json.loads(stats_path.read_text())
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
   t = time.perf_counter()
   model_dir = out / "run"
-  cmd = [sys.executable, "-m", "tools.train", "--gin_file=gin/runs/demo.gin",
+  cmd = [*command("train"), "--gin_file=gin/runs/demo.gin",
          *[f"--gin_file={f}" for f in args.gin_file],
          f"--gin.MODEL_DIR={model_dir}", f"--gin.DATA_DIR={out / 'shards'}", f"--gin.SENTENCEPIECE_MODEL={spm_model}"]
   if args.steps is not None:
@@ -277,7 +277,7 @@ def generate_samples(out: pathlib.Path, model_dir: pathlib.Path, models, manifes
   if args.image_model or args.speech_model or args.music_model:
     _log("samples: skipped (real tokenizers need real unCLIP and SoundStorm checkpoints: run anygpt-generate)")
     return
-  from anygpt_jax.tokenizers import tiny
+  from anygpt_jax.testing import tiny_tokenizers as tiny
 
   decoders = out / "tokenizer_models"
   unclip, soundstorm = decoders / "stable-diffusion-2-1-unclip", decoders / "soundstorm"
@@ -289,7 +289,7 @@ def generate_samples(out: pathlib.Path, model_dir: pathlib.Path, models, manifes
   if (samples / "generations.jsonl").exists():
     (samples / "generations.jsonl").unlink()
   tasks = sample_tasks(manifests)
-  cmd = [sys.executable, "-m", "tools.generate", f"--model={model_dir}", f"--output_dir={samples}",
+  cmd = [*command("generate"), f"--model={model_dir}", f"--output_dir={samples}",
          f"--image_model={models['image']}", f"--unclip_model={unclip}", f"--speech_model={models['speech']}",
          f"--soundstorm_model={soundstorm / tiny.SOUNDSTORM_FILE}", f"--music_model={models['music']}",
          f"--music_seconds={args.music_seconds}", "--image_steps=2", "--set=text.max_new_tokens=24",

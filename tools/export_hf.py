@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import sys
+
+from . import child_env, command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +54,7 @@ def load_run_config(model_dir: str, spm_path: str | None = None) -> dict:
 
   from anygpt_jax.data import pipeline
   from anygpt_jax.training import loop
-  from tools.train import import_configurables
+  from .train import import_configurables
 
   config_path = epath.Path(model_dir) / "config.gin"
   if not config_path.exists():
@@ -83,12 +84,10 @@ def resolve_run(model_dir: str, spm_path: str | None = None) -> dict:
   import json
   import subprocess
 
-  argv = [sys.executable, "-m", "tools.export_hf", "--model_dir", model_dir, "--output_dir", "-",
+  argv = [*command("export_hf"), "--model_dir", model_dir, "--output_dir", "-",
           "--resolve_only"] + (["--spm", spm_path] if spm_path else [])
-  # Same working directory (relative paths), and this file's package importable from it.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-  out = subprocess.run(argv, capture_output=True, text=True, env=env)
+  # Same working directory (relative paths), and this package importable from it.
+  out = subprocess.run(argv, capture_output=True, text=True, env=child_env())
   lines = [line for line in out.stdout.splitlines() if line.startswith(_RESOLVED)]
   if out.returncode or not lines:
     raise RuntimeError(f"anygpt-export: reading {model_dir}/config.gin failed:\n{out.stderr[-4000:]}")

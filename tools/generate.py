@@ -89,7 +89,7 @@ def load_model(path: str, step: int | None, spm_path: str | None):
   from anygpt_jax.generation.loading import LoadedModel, load_hf_directory
 
   if os.path.exists(os.path.join(path, "config.gin")):
-    from tools.export_hf import load_run
+    from .export_hf import load_run
     config, params, layout, spm = load_run(path, spm_path, step)
     return LoadedModel(config, params, layout, spm, path)
   if os.path.exists(os.path.join(path, "config.json")):

@@ -72,7 +72,7 @@ def format_report(name: str, rows: list[dict], steps: int, batch: int, length: i
 
 
 def parse_args(argv=None):
-  from tools.train import split_gin_flags
+  from .train import split_gin_flags
   bindings, rest = split_gin_flags(list(sys.argv[1:] if argv is None else argv))
   parser = argparse.ArgumentParser(prog="anygpt-mixture-report", description=__doc__.splitlines()[0])
   parser.add_argument("mixture", nargs="?", help="default: the run files' MIXTURE_OR_TASK_NAME")
@@ -109,7 +109,7 @@ def _register_from_run_files(args) -> None:
   import gin
 
   from anygpt_jax.training.input import sequence_length_of
-  from tools.train import import_configurables, parse_gin
+  from .train import import_configurables, parse_gin
   import_configurables()
   # Parsed as anygpt-train parses them; the report calls no configurable that needs MODEL_DIR.
   parse_gin(args.gin_file, args.bindings, finalize=False)

@@ -29,7 +29,7 @@ def check_hf_parity(cfg) -> float:
   import numpy as np
 
   from anygpt_jax.model import Transformer, params_from_hf_state_dict
-  from anygpt_jax.model.reference import hf_logits, hf_reference_model
+  from anygpt_jax.testing.hf_reference import hf_logits, hf_reference_model
 
   hf = hf_reference_model(cfg)
   params = params_from_hf_state_dict(hf.state_dict(), cfg)

@@ -3,8 +3,10 @@
   anygpt-train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=100
 
 Flags:
-  --gin_file=PATH          a gin file (repeatable); relative paths are also looked up from the
-                           repository root, so `include 'gin/models/demo.gin'` works anywhere.
+  --gin_file=PATH          a gin file (repeatable). A relative path is looked up in the working
+                           directory, then --gin_search_path, then the installed package's gin files:
+                           `runs/demo.gin` (or `gin/runs/demo.gin`, the repository's path) works from
+                           any directory, as do the run files' `include 'gin/...'` lines.
   --gin.NAME=VALUE         a binding or macro (`--gin.BATCH_SIZE=8`, `--gin.train.z_loss=1e-4`).
                            A VALUE that is not a Python/gin literal is taken as a string, so
                            `--gin.MODEL_DIR=/tmp/run` works without inner quotes.
@@ -20,13 +22,12 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import importlib.resources
 import logging
 import os
 import pathlib
 import re
 import sys
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class GinConfigError(ValueError):
@@ -93,6 +94,33 @@ def _quiet_gin_lookups():
     root.removeFilter(quiet)
 
 
+def packaged_gin_directory() -> pathlib.Path | None:
+  """The gin files (`runs/`, `models/`, `mesh/`) of the installed anygpt_jax, else None.
+
+  setup.py installs the sources' `gin/` and `tasks/` side by side, as `anygpt_jax/gin` (data) and
+  the package `anygpt_jax.tasks`; an editable install imports `anygpt_jax.tasks` from the sources,
+  where `gin/` is beside it too. So the gin files are found next to wherever the import system
+  finds anygpt_jax.tasks, in a wheel and in an editable install alike. Run from a checkout that
+  was never installed, only the working directory (and --gin_search_path) is searched."""
+  try:
+    tasks = importlib.resources.files("anygpt_jax.tasks")
+  except ModuleNotFoundError:
+    return None
+  directory = pathlib.Path(str(tasks)).parent / "gin"
+  return directory if directory.is_dir() else None
+
+
+def gin_search_paths(extra: list[str] = ()) -> list[str]:
+  """Where relative gin files and includes are looked up after the working directory: `extra`,
+  the working directory (made absolute), the packaged gin directory (`runs/demo.gin`) and its
+  parent (`gin/runs/demo.gin`, and the run files' `include 'gin/runs/base.gin'`)."""
+  paths = [*extra, os.getcwd()]
+  packaged = packaged_gin_directory()
+  if packaged is not None:
+    paths += [str(packaged.parent), str(packaged)]
+  return paths
+
+
 def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str] = (),
               finalize: bool = True) -> None:
   """Parses files then bindings; an error names the file or the binding at fault.
@@ -101,7 +129,7 @@ def parse_gin(gin_files: list[str], bindings: list[str], search_paths: list[str]
   settings without running it (anygpt-mixture-report needs no MODEL_DIR)."""
   import gin
 
-  for path in [*search_paths, str(REPO_ROOT), os.getcwd()]:
+  for path in gin_search_paths(search_paths):
     gin.add_config_file_search_path(path)
   # Gin raises many exception types (ValueError, KeyError, tokenize.TokenError, ...) for a bad
   # file or binding; each is reported with the file or the binding that caused it.
@@ -147,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   args = build_parser().parse_args(rest)
   if not args.gin_file:
-    print("anygpt-train: at least one --gin_file is required (e.g. gin/runs/demo.gin)", file=sys.stderr)
+    print("anygpt-train: at least one --gin_file is required (e.g. runs/demo.gin)", file=sys.stderr)
     return 2
 
   from anygpt_jax import distributed

@@ -32,6 +32,7 @@ renderer (shards carry codes as codes); role, chat and start/end token strings a
 
 from __future__ import annotations
 
+import importlib.resources
 import pathlib
 import re
 from typing import Mapping, Sequence
@@ -46,7 +47,9 @@ from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
 PAIR_KINDS = {f"{m}_text": m for m in MODALITY_NAMES}  # image_text -> image, ...
 TASK_KINDS = tuple(PAIR_KINDS) + ("interleaved", "chat")
 DIRECTIONS = ("to_text", "from_text")  # X->text, text->X
-INSTRUCTIONS_DIR = pathlib.Path(__file__).resolve().parents[2] / "tasks" / "instructions"
+# The instruction pools are package data of anygpt_jax.tasks (the repository's tasks/, mapped by setup.py):
+# the same lookup finds them in an editable install and in a wheel.
+INSTRUCTIONS_DIR = pathlib.Path(str(importlib.resources.files("anygpt_jax.tasks").joinpath("instructions")))
 SYSTEM_TURN_SEPARATOR = "\n"
 # The system line of AnyGPT's chat template ("MMGPT" in its m_utils/conversation.py), which its SFT
 # code and its chat inference put before every conversation; a chat with its own system part

@@ -16,6 +16,6 @@ the job runs on GPU machines without a TPU stack. Modules:
   job          shard plans, windows, prefetch, batching, shards, stats, rejects, resumability (local engine)
   ray_engine   the same job on Ray Data
   tfrecord     TFRecord framing without TensorFlow
-  tiny         tiny random checkpoints in the published layouts
-  demo_corpus  a small raw corpus with captions and a manifest
+
+Tiny random checkpoints in these layouts and the demo corpus are in `anygpt_jax.testing`.
 """

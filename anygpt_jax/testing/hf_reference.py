@@ -1,7 +1,7 @@
 """The PyTorch reference: transformers' LlamaForCausalLM with this model's configuration.
 
 Used by the parity checks (`anygpt-model-check`, the tests) and the benchmark. torch and
-transformers are imported on first use, so the model package itself does not need them.
+transformers are imported on first use; the model package never imports this module.
 """
 
 from __future__ import annotations

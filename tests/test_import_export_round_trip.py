@@ -108,6 +108,16 @@ def test_hf_import_export_round_trip_is_bit_exact(tmp_path, spm, monkeypatch):
   assert generation["eos_token_id"] == [2, layout.eos_id] == music["eos_token_id"]
   assert json.load(open("hf-out/tokenizer_config.json"))["legacy"] is True  # AnyGPT's mode (transformers 4.34.1), the pipeline's default
 
+  # The command's default dtype (bfloat16): every weight is the float32 one rounded to nearest, so
+  # test_bf16_export_parity's logits tolerance holds for what users get without --dtype.
+  assert export_hf.main(["--model_dir=run", "--output_dir=hf-default", "--max_shard_gb=0.002"]) == 0
+  default = _exported_tensors("hf-default")
+  written = json.load(open("hf-default/config.json"))
+  assert written.get("torch_dtype", written.get("dtype")) == "bfloat16"
+  for key in source:
+    assert default[key].dtype == ml_dtypes.bfloat16, key
+    np.testing.assert_array_equal(default[key], source[key].astype(ml_dtypes.bfloat16), err_msg=key)
+
   # anygpt-train's warm start reads the imported run directory: the same parameters, placed.
   config = _config(layout)
   mesh = partitioning.create_mesh({"data": -1})

@@ -1,13 +1,15 @@
 """The README's real run, exactly as written there, on this machine.
 
 The commands are read from the fenced block under "### The real run" in README.md and run one
-after the other with bash in a scratch directory. Only two things differ from what a user types:
-the first line's four locations (RAW, MODELS, DATA, RUN) point into the scratch directory (RUN
-is relative), and every `anygpt-train` gets `--gin.` overrides for the tiny model, a CPU mesh
-(XLA attention, one microbatch), short rows, batch 2 and 2 steps. The raw data is what the commands expect there: AnyGPT JSONL
-files per corpus and split (pairs, interleaved documents, AnyInstruct chats), a manifest of
-images, tiny random-weight SEED tokenizer files, a SentencePiece model, and a LLaMA saved by
-transformers in its HF layout; every corpus has a record the tokenization job rejects.
+after the other with bash in a scratch directory. Only these things differ from what a user
+types: the first line's four locations (RAW, MODELS, DATA, RUN) point into the scratch directory
+(RUN is relative), every `anygpt-train` gets `--gin.` overrides for the tiny model, a CPU mesh
+(XLA attention, one microbatch), short rows, batch 2 and 2 steps, and `anygpt-import` gets
+`--model tiny`. The raw data is what the commands expect there: AnyGPT JSONL files per corpus
+and split (pairs, interleaved documents, AnyInstruct chats), a manifest of images, tiny
+random-weight SEED tokenizer files, a SentencePiece model, and a LLaMA made by transformers
+written in Meta's layout (`consolidated.00.pth`, `params.json`, as Meta distributes LLaMA-2);
+every corpus has a record the tokenization job rejects.
 """
 
 import json
@@ -27,6 +29,7 @@ LOCATIONS = ("RAW", "MODELS", "DATA", "RUN")
 TRAIN_OVERRIDES = ("--gin.model_config.name=tiny", "--gin.train.mesh_axes=\"{'data': -1, 'fsdp': 1, 'tensor': 1}\"",
                    "--gin.model_config.overrides=\"{'attention': 'xla'}\"", "--gin.train.num_microbatches=1",
                    "--gin.BATCH_SIZE=2", "--gin.TASK_FEATURE_LENGTHS=\"{'targets': 256}\"", "--gin.TRAIN_STEPS=2")
+IMPORT_OVERRIDES = ("--model tiny",)  # the last --model wins
 PAIRS = {"laion_2b": "image", "journeydb": "image", "laion_aesthetics": "image", "mls": "speech",
          "commonvoice": "speech", "gigaspeech": "speech", "music": "music"}
 SIZES = {"image": 8192, "speech": 1024, "music": 8192}
@@ -116,6 +119,7 @@ def real_run(tmp_path_factory):
   from anygpt_jax.model import get_config
   from anygpt_jax.testing.tiny_tokenizers import save_tiny_seed
   from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
+  from anygpt_jax.weights.meta import write_meta_checkpoint
 
   root = tmp_path_factory.mktemp("real_run")
   rng = np.random.default_rng(0)
@@ -134,8 +138,15 @@ def real_run(tmp_path_factory):
       vocab_size=pieces, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
       num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads, num_key_value_heads=tiny.num_kv_heads,
       max_position_embeddings=tiny.max_position_embeddings, rms_norm_eps=tiny.rms_norm_eps,
-      rope_theta=tiny.rope_theta))  # the warm start checks the source config field by field
-  llama.save_pretrained(models / "llama2-7b-hf")
+      rope_theta=tiny.rope_theta))
+  llama.save_pretrained(root / "hf_reference")  # what the chat model is compared with, not in MODELS
+  # params.json as Meta writes it (vocab_size -1); its FFN rule gives the tiny model's width:
+  # 128 * ceil(int(0.753 * int(2 * 4 * 64 / 3)) / 128) = 128. anygpt-import checks every field.
+  meta = {"dim": tiny.hidden_size, "n_layers": tiny.num_layers, "n_heads": tiny.num_heads,
+          "n_kv_heads": tiny.num_kv_heads, "multiple_of": 128, "ffn_dim_multiplier": 0.753,
+          "norm_eps": tiny.rms_norm_eps, "vocab_size": -1}
+  write_meta_checkpoint({k: v.detach().numpy() for k, v in llama.state_dict().items()}, meta,
+                        str(models / "llama-2-7b"))
   (models / "llama2" / "tokenizer.model").write_bytes(pathlib.Path(spm).read_bytes())
 
   block = readme_block()
@@ -150,6 +161,8 @@ def real_run(tmp_path_factory):
     script = cmd
     if cmd.startswith("anygpt-train"):
       script = cmd + " " + " ".join(TRAIN_OVERRIDES)
+    elif cmd.startswith("anygpt-import"):
+      script = cmd + " " + " ".join(IMPORT_OVERRIDES)
     # The scratch directory is the cwd: anygpt-train finds the repository's gin/ files from anywhere.
     result = subprocess.run(["bash", "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=900)
     results.append((cmd, result))
@@ -205,7 +218,8 @@ def test_each_phase_trained_two_steps_and_evaluated_every_corpus(real_run, phase
 
 
 def test_the_chat_model_descends_from_the_hf_weights(real_run):
-  """LLAMA2_HF_DIR -> pretrain -> continue -> sft -> export: 6 small Adam steps move no weight far.
+  """Meta's layout -> import -> pretrain -> continue -> sft -> export: 6 small Adam steps move no
+  weight far.
 
   A fresh initialisation would differ from the HF weights by about their own scale (0.02).
   """
@@ -215,7 +229,7 @@ def test_the_chat_model_descends_from_the_hf_weights(real_run):
     return {k: v.float().numpy() for k, v in load_file(str(path)).items()}
 
   root, _ = real_run
-  hf = load(next((root / "models" / "llama2-7b-hf").glob("*.safetensors")))
+  hf = load(next((root / "hf_reference").glob("*.safetensors")))
   exported = {}
   for f in (root / "exports" / "anygpt-7b-chat").glob("*.safetensors"):
     exported.update(load(f))
@@ -234,3 +248,11 @@ def test_sft_run_has_the_chat_vocabulary_and_exports(real_run):
   config = json.loads((export / "config.json").read_text())
   assert config["vocab_size"] == layout["vocab_size"]
   assert not any("ERROR:root:Path not found" in r.stderr for _, r in results)
+
+
+def test_meta_weights_were_imported_as_a_run_directory(real_run):
+  root, results = real_run
+  out = next(r.stdout for c, r in results if c.startswith("anygpt-import"))
+  assert "(meta)" in out, out
+  run_dir = root / "runs" / "llama2-7b"
+  assert (run_dir / "config.gin").exists() and (run_dir / "checkpoints" / "0").is_dir()

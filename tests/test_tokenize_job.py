@@ -385,11 +385,9 @@ def test_prefetching_windows_changes_no_byte(models, tmp_path):
   assert len(outs[0]) == 6 and outs[0] == outs[1] == outs[3]
 
 
-def test_a_gs_output_dir_gets_the_same_files_and_reruns_skip(tmp_path):
+def test_a_gs_output_dir_gets_the_same_files_and_reruns_skip(gcs, tmp_path):
   """`--output-dir gs://...` (a local GCS emulator): the local run's files, byte for byte, no `.tmp`,
   and a rerun rewrites nothing."""
-  from gcs_emulator import GcsEmulator
-
   anygpt = tmp_path / "anygpt.jsonl"
   anygpt.write_text("".join(json.dumps({"text": f"hi {i}", "speech": f"<sosp><🗣️{i}><🗣️6><eosp>"}) + "\n"
                             for i in range(4)) + json.dumps({"text": "open", "speech": "<sosp><🗣️1>"}) + "\n")
@@ -397,18 +395,18 @@ def test_a_gs_output_dir_gets_the_same_files_and_reruns_skip(tmp_path):
   assert tokenize_media.main(args + ["--output-dir", str(tmp_path / "local")]) == 3  # one rejected record
   local = {p.name: p.read_bytes() for p in (tmp_path / "local").glob("demo-*")}
   assert len(local) == 6
-  with GcsEmulator() as gcs:
-    bucket = gcs.bucket("shards")
-    cmd = [sys.executable, "-m", "tools.tokenize_media", *args, "--output-dir", "gs://shards/demo"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), **gcs.env())
-    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 3, first.stderr[-3000:] + gcs.tail()
-    assert sorted(bucket.names()) == sorted(f"demo/{name}" for name in local)
-    for name, data in local.items():
-      if not name.endswith(".stats.json"):  # stats hold the input path and nothing else differs
-        assert bucket.read(f"demo/{name}") == data, name
-    written = {name: item["generation"] for name, item in bucket.objects().items()}
-    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 3, again.stderr[-2000:]
-    assert {name: item["generation"] for name, item in bucket.objects().items()} == written  # finished shards skipped
+  bucket, gcs_env = gcs
+  cmd = [sys.executable, "-m", "tools.tokenize_media", *args, "--output-dir", f"gs://{bucket.name}/shards/demo"]
+  env = dict(os.environ, PYTHONPATH=str(REPO), **gcs_env)
+  first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert first.returncode == 3, first.stderr[-3000:]
+  written = {name: item["generation"] for name, item in bucket.objects().items() if name.startswith("shards/")}
+  assert sorted(written) == sorted(f"shards/demo/{name}" for name in local)
+  for name, data in local.items():
+    if not name.endswith(".stats.json"):  # stats hold the input path and nothing else differs
+      assert bucket.read(f"shards/demo/{name}") == data, name
+  again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 3, again.stderr[-2000:]
+  assert {name: item["generation"] for name, item in bucket.objects().items()
+          if name.startswith("shards/")} == written  # finished shards skipped, nothing rewritten
   assert not list(tmp_path.glob("gs:*"))

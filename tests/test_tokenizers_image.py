@@ -150,3 +150,13 @@ def test_unclip_detokenizer(worker, tmp_path):
   detok = ImageDetokenizer(worker, str(unclip))
   image = detok(codes, num_inference_steps=2)
   assert image.mode == "RGB" and image.size == (64, 64)
+
+
+# Codes of the tiny checkpoint (save_tiny_seed, seed 0) for _photo(7), as this code gave them when
+# pinned: a numerical change anywhere in the encoder or quantizer shows here.
+GOLDEN_CODES = [4581, 736, 1044, 1597, 6779, 3446, 7662, 4235, 1895, 3954, 7246, 1513, 2006, 3495, 3883, 3899,
+                2457, 6402, 2290, 3291, 1466, 3053, 258, 463, 3509, 4520, 6225, 726, 5061, 1636, 4575, 3446]
+
+
+def test_golden_codes_of_the_tiny_checkpoint(worker):
+  assert worker.encode_batch([_photo(7)])[0].tolist() == GOLDEN_CODES

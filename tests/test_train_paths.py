@@ -14,7 +14,6 @@ import sys
 import pytest
 
 from anygpt_jax import filesystem
-from gcs_emulator import GcsEmulator
 from test_train_cli import run_gin_text, write_run_inputs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -76,12 +75,6 @@ def test_relative_model_dir_trains_saves_and_logs(local_run):
   assert sorted(_losses((model_dir / "tensorboard" / "metrics.jsonl").read_text())) == [1, 2, 3, 4]
   # Gin's package-resource lookups of included files no longer print Python ERROR lines.
   assert "ERROR:root" not in result.stderr and "Path not found" not in result.stderr, result.stderr[-2000:]
-
-
-@pytest.fixture(scope="module")
-def gcs():
-  with GcsEmulator() as emulator:
-    yield emulator.bucket("anygpt-test"), emulator.env()
 
 
 def test_trees_go_to_the_bucket_and_back(gcs, tmp_path):

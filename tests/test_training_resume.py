@@ -68,7 +68,7 @@ def _start(inputs, model_dir):
                           stderr=subprocess.DEVNULL)
 
 
-def _wait_for(predicate, process, timeout=300, poll=0.001):
+def _wait_for(predicate, process, timeout=300, poll=0.2):
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     if predicate():
@@ -126,7 +126,9 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_usable(inputs, ref
   # Step 4's save finished (logging runs a step behind the device, and a loaded machine may
   # take longer than a step to write a save), then the next save in progress.
   assert _wait_for(lambda: _logged_steps(model_dir) >= 5 and (checkpoints / "4").exists(), process)
-  caught = _wait_for(saving, process)  # the save of step 8 or 12, whichever the poll sees first
+  # The save of step 8 or 12, whichever the poll sees first: a save's temporary directory may
+  # live only briefly, so this poll is finer (10 ms) than the others.
+  caught = _wait_for(saving, process, poll=0.01)
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert caught, "no save was in progress when the process was killed"

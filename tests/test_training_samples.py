@@ -14,7 +14,6 @@ from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers import audio_io
 from anygpt_jax.training.samples import SamplesConfigError, TrainingSamples
 from test_train_cli import run_gin_text, write_run_inputs
-from test_train_paths import gcs  # noqa: F401  (the GCS emulator fixture)
 from tools import train as train_cli
 
 ROLE_TOKENS = ("[Human]", "[MMGPT]", "<eoh>", "<eos>")

@@ -3,12 +3,18 @@ whole-model restore it replaced), on the same 1B-class orbax checkpoint (written
 layer of a scanned parameter), side by side.
 
   python -m tools.bench_export --config 1b --reference_commit bb28fbd [--dtype bfloat16] [--workdir DIR]
+  python -m tools.bench_export --config 1b --layers_series 4,8,16   # time against size, streaming only
 
 Each export runs in a fresh subprocess that reports its own peak RSS (ru_maxrss) and wall time;
 the reference runs from `git archive {commit}` of this repository. Printed: peak RSS against the
 target (largest tensor + 1 GB), seconds, GB/s of weights written, and, for the
 streaming export, the same figures on a checkpoint with half the layers (time linear in size).
 Both exports' tensors are compared one by one (they must be equal).
+
+`--layers_series` exports checkpoints of the configuration with each layer count (streaming only)
+and fits seconds = fixed + bytes / rate over them: the rate is the export's GB/s once the fixed
+start-up cost (imports, the config child) is paid; time is linear in size when every size's
+seconds lie on that line.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ sys.argv = ['anygpt-export'] + {argv!r}
 t = time.perf_counter()
 from tools import export_hf
 rc = export_hf.main(sys.argv[1:])
+own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 print('BENCH ' + json.dumps({{'rc': rc, 'seconds': time.perf_counter() - t, 'file': export_hf.__file__,
+      'cpu_seconds': own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
       'peak_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       'child_peak_rss_bytes': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}}))
 """
@@ -97,6 +105,57 @@ def compare_exports(a: str, b: str) -> int:
   return len(index_a)
 
 
+def create(work: pathlib.Path, name: str, config: str, layers: int | None) -> tuple[pathlib.Path, dict]:
+  """A fresh random run directory `work/name` written by a subprocess; returns it and its sizes."""
+  model_dir = work / name
+  if model_dir.exists():
+    shutil.rmtree(model_dir)
+  cmd = [sys.executable, "-m", "tools.bench_export", f"--config={config}", f"--create_only={model_dir}"]
+  if layers:
+    cmd.append(f"--layers={layers}")
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  lines = [l for l in out.stdout.splitlines() if l.startswith("BENCH ")]
+  if out.returncode or not lines:
+    raise RuntimeError(f"creating {model_dir} failed (exit status {out.returncode}):\n{out.stderr[-3000:]}")
+  return model_dir, json.loads(lines[-1][len("BENCH "):])
+
+
+def series(args, work: pathlib.Path, layer_counts: list[int]) -> int:
+  """Streaming exports of checkpoints of several sizes; prints each as it is measured, then the
+  fitted line."""
+  import numpy as np
+
+  print(f"{args.config}, export dtype {args.dtype}: streaming export against checkpoint size")
+  print(f"{'layers':>6}{'GB fp32':>9}{'GB written':>11}{'wall s':>8}{'CPU s':>7}{'GB/s wall':>10}{'GB/s CPU':>9}"
+        f"{'peak RSS GB':>12}{'target GB':>10}", flush=True)
+  rows = []
+  for layers in layer_counts:
+    model_dir, sizes = create(work, f"run_{layers}", args.config, layers)
+    out = work / f"hf_{layers}"
+    shutil.rmtree(out, ignore_errors=True)
+    r = measure([f"--model_dir={model_dir}", f"--output_dir={out}", f"--dtype={args.dtype}"], str(REPO), str(REPO))
+    r["peak_rss_bytes"] = max(r["peak_rss_bytes"], r["child_peak_rss_bytes"])
+    r = {**sizes, **r, "written": weight_bytes(str(out))}
+    rows.append(r)
+    shutil.rmtree(model_dir)
+    shutil.rmtree(out)
+    written = r["written"] / GB
+    print(f"{r['layers']:>6}{r['bytes'] / GB:>9.2f}{written:>11.2f}{r['seconds']:>8.1f}{r['cpu_seconds']:>7.1f}"
+          f"{written / r['seconds']:>10.3f}{written / r['cpu_seconds']:>9.3f}"
+          f"{r['peak_rss_bytes'] / GB:>12.2f}{(r['largest_tensor_bytes'] + GB) / GB:>10.2f}", flush=True)
+  read = np.array([r["bytes"] for r in rows], np.float64) / GB
+  written_per_read = rows[-1]["written"] / rows[-1]["bytes"]  # 0.5 for a bfloat16 export
+  # CPU seconds (the export process and its config child) are what a shared machine's load
+  # disturbs least; wall seconds are printed beside them.
+  for key, label in (("seconds", "wall"), ("cpu_seconds", "CPU")):
+    seconds = np.array([r[key] for r in rows])
+    slope, fixed = np.polyfit(read, seconds, 1)
+    print(f"fit ({label}): seconds = {fixed:.1f} + {slope:.1f} x GB read (fp32): beyond the fixed {fixed:.1f} s, "
+          f"{1 / slope:.3f} GB/s read, {written_per_read / slope:.3f} GB/s written; largest residual "
+          f"{np.max(np.abs(fixed + slope * read - seconds)):.1f} s")
+  return 0 if all(r["peak_rss_bytes"] <= r["largest_tensor_bytes"] + GB for r in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="bench_export", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
   parser.add_argument("--reference_commit", default="bb28fbd", help="the commit whose export is the reference")
   parser.add_argument("--workdir", default=None)
+  parser.add_argument("--layers_series", default=None, help="comma-separated layer counts: time against size")
   parser.add_argument("--create_only", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.create_only:  # run in a subprocess: the parameters never sit in the benchmark's own memory
@@ -113,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
   work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_export_"))
   work.mkdir(parents=True, exist_ok=True)
+  if args.layers_series:
+    return series(args, work, [int(n) for n in args.layers_series.split(",")])
   reference = work / "reference_tree"
   if not reference.exists():
     reference.mkdir()
@@ -120,20 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(reference)], input=archive, check=True)
 
-  def create(name, layers):
-    model_dir = work / name
-    if model_dir.exists():
-      shutil.rmtree(model_dir)
-    cmd = [sys.executable, "-m", "tools.bench_export", f"--config={args.config}", f"--create_only={model_dir}"]
-    if layers:
-      cmd.append(f"--layers={layers}")
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    lines = [l for l in out.stdout.splitlines() if l.startswith("BENCH ")]
-    if out.returncode or not lines:
-      raise RuntimeError(f"creating {model_dir} failed:\n{out.stderr[-3000:]}")
-    return model_dir, json.loads(lines[-1][len("BENCH "):])
-
-  full_dir, full = create("run_full", args.layers)
+  full_dir, full = create(work, "run_full", args.config, args.layers)
   results = {}
   for name, cwd, path in (("streaming", REPO, str(REPO)), ("reference", reference, str(reference))):
     out = work / f"hf_{name}"
@@ -143,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     results[name]["written"] = weight_bytes(str(out))
     if not results[name]["file"].startswith(str(cwd)):
       raise RuntimeError(f"{name} ran {results[name]['file']}, not the code under {cwd}")
-  half_dir, half = create("run_half", max(1, full["layers"] // 2))
+  half_dir, half = create(work, "run_half", args.config, max(1, full["layers"] // 2))
   out = work / "hf_half"
   shutil.rmtree(out, ignore_errors=True)
   results["streaming_half"] = measure([f"--model_dir={half_dir}", f"--output_dir={out}", f"--dtype={args.dtype}"],

@@ -1,8 +1,10 @@
-"""Training-step throughput of the Flax model beside transformers' LlamaForCausalLM.
+"""Training-step throughput of the shipped `Trainer` beside transformers' LlamaForCausalLM.
 
 One run, same configuration, batch and machine, one after the other:
   1. a plain `jnp.dot` of the step's dtype: the practical matmul peak of this machine;
-  2. our forward + backward + AdamW update, jitted;
+  2. the step `anygpt-train` runs: `Trainer.jit_train_step` on a device mesh (all devices on
+     'data'), built as `training/loop.py` builds it: the optimizer of `make_optimizer` (Adam,
+     global-norm clipping at 1.0), the per-modality loss sums, the non-finite step guard;
   3. transformers' LlamaForCausalLM forward + backward + torch AdamW step (CPU only).
 It prints tokens/s for 2 and 3, their ratio, and our achieved FLOP/s against 1. On a GPU it
 also prints MFU against the card's bf16 peak (and skips the CPU-only PyTorch reference).
@@ -16,15 +18,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from anygpt_jax.hardware import GPU_PEAK_FLOPS
 from anygpt_jax.model import Transformer, get_config
-
 
 
 def time_repeated(fn, steps: int) -> float:
@@ -45,31 +44,47 @@ def matmul_peak_flops(dtype: jnp.dtype, size: int, steps: int) -> float:
   return 2 * size ** 3 / seconds
 
 
-def jax_train_step_seconds(cfg, batch: int, seq_len: int, steps: int) -> float:
+def trainer_step_seconds(cfg, batch: int, seq_len: int, steps: int, devices: int | None = None,
+                         text_vocab_size: int = 32000) -> tuple[float, int, dict]:
+  """Seconds per call of the shipped `Trainer.jit_train_step` on a mesh of the first `devices`
+  devices (None: all), all on 'data', with AnyGPT's vocabulary over `text_vocab_size` pieces.
+
+  Returns (seconds, the state's step counter after the timed calls, the mesh's shape). Rows are
+  whole segments of random tokens with every target in the loss, int32 [batch, seq_len].
+  """
+  from anygpt_jax import partitioning
+  from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
+  from anygpt_jax.training.train_state import TrainState, train_state_shardings
+  from anygpt_jax.training.trainer import Trainer
+  from anygpt_jax.vocabulary.layout import VocabularyLayout
+
+  layout = VocabularyLayout(text_vocab_size=text_vocab_size)
+  cfg = cfg.with_vocabulary(layout)
   model = Transformer(cfg)
-  params = jax.jit(lambda k: nn.unbox(model.init(k, jnp.zeros((1, 8), jnp.int32))["params"]))(jax.random.key(0))
-  optimizer = optax.adamw(1e-4)
-  opt_state = optimizer.init(params)
-  tokens = jnp.asarray(np.random.default_rng(0).integers(3, cfg.predictable_vocab_size, (batch, seq_len + 1)),
-                       jnp.int32)
-
-  def loss_fn(p, tokens):
-    logits = model.apply({"params": p}, tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-  @jax.jit
-  def step(p, o, tokens):
-    loss, grads = jax.value_and_grad(loss_fn)(p, tokens)
-    updates, o = optimizer.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
-
-  state = {"p": params, "o": opt_state}
+  mesh = partitioning.create_mesh({"data": -1}, jax.devices()[:devices])
+  rules = partitioning.logical_axis_rules()
+  params, param_shardings = partitioning.init_params(model, jax.random.key(0), mesh, rules, (1, 8))
+  lr = learning_rate_schedule(peak_learning_rate=1e-4, total_steps=1000, warmup_steps=0)
+  optimizer = make_optimizer(learning_rate=lr)
+  shardings = train_state_shardings(optimizer, jax.eval_shape(lambda: params), param_shardings, mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+  trainer = Trainer(model, optimizer, lr, layout, mesh, partitioning.data_sharding(mesh),
+                    lambda: partitioning.use_mesh(mesh, rules))
+  step = trainer.jit_train_step(shardings)
+  tokens = np.random.default_rng(0).integers(3, layout.vocab_size, (batch, seq_len + 1)).astype(np.int32)
+  host_batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
+                "decoder_loss_weights": np.ones((batch, seq_len), np.int32),
+                "decoder_segment_ids": np.ones((batch, seq_len), np.int32),
+                "decoder_positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len))}
+  device_batch = {k: jax.device_put(v, trainer.batch_sharding) for k, v in host_batch.items()}
+  holder = {"state": jax.device_put(TrainState.create(params, opt_state), shardings)}
 
   def run():
-    state["p"], state["o"], loss = step(state["p"], state["o"], tokens)
-    loss.block_until_ready()
+    holder["state"], metrics = step(holder["state"], device_batch)
+    metrics["loss"].block_until_ready()
 
-  return time_repeated(run, steps)
+  seconds = time_repeated(run, steps)
+  return seconds, int(holder["state"].step), dict(mesh.shape)
 
 
 def torch_train_step_seconds(cfg, batch: int, seq_len: int, steps: int, threads: int) -> float:
@@ -92,6 +107,7 @@ def torch_train_step_seconds(cfg, batch: int, seq_len: int, steps: int, threads:
 
 
 def main(argv=None) -> None:
+  """Prints the figures; see the module docstring."""
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="bench")
   parser.add_argument("--batch", type=int, default=8)
@@ -103,6 +119,8 @@ def main(argv=None) -> None:
   parser.add_argument("--matmul-size", type=int, default=2048)
   parser.add_argument("--torch-threads", type=int, default=2)
   parser.add_argument("--skip-torch", action="store_true")
+  parser.add_argument("--devices", type=int, default=None, help="mesh over the first N devices (default: all)")
+  parser.add_argument("--text-vocab", type=int, default=32000, help="text pieces (LLaMA-2: 32000)")
   args = parser.parse_args(argv)
 
   device = jax.devices()[0]
@@ -125,11 +143,12 @@ def main(argv=None) -> None:
   peak = matmul_peak_flops(jnp.dtype(dtype), args.matmul_size, max(args.steps, 5))
   print(f"jnp.dot {args.matmul_size}^3 {dtype}: {peak / 1e9:10.1f} GFLOP/s  (practical peak)")
 
-  ours = jax_train_step_seconds(cfg, args.batch, args.seq_len, args.steps)
+  ours, state_step, mesh_shape = trainer_step_seconds(cfg, args.batch, args.seq_len, args.steps, args.devices,
+                                                          args.text_vocab)
   ours_tps = tokens_per_step / ours
   ours_flops = ours_tps * flops_per_token
-  print(f"anygpt_jax step:        {ours_tps:10.1f} tokens/s  {ours_flops / 1e9:10.1f} GFLOP/s  "
-        f"= {100 * ours_flops / peak:5.1f} % of jnp.dot")
+  print(f"Trainer.train_step:     {ours_tps:10.1f} tokens/s  {ours_flops / 1e9:10.1f} GFLOP/s  "
+        f"= {100 * ours_flops / peak:5.1f} % of jnp.dot  (mesh {mesh_shape}, state at step {state_step})")
   if on_gpu:
     kind = next((k for k in GPU_PEAK_FLOPS if k in device.device_kind), None)
     if kind:

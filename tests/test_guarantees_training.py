@@ -1,0 +1,124 @@
+"""Guarantees of the trainer the README states, at a size the fast suite affords:
+
+- gradient clipping happens inside `make_optimizer` (the optimizer every run builds);
+- a run stopped after a save and started again with the same command restores the parameters,
+  optimizer and data position and reaches the same losses, bit for bit (the real `anygpt-train`
+  in this process; the SIGKILL variants are the slow tests of test_training_resume.py);
+- the evaluator on 2 hosts' worth of shards: each host reads its own validation file, and the two
+  hosts together evaluate every held-out record exactly once (the hosts are the evaluator's
+  `jax.process_index()`/`process_count()`, set per host; the real 2-process run with
+  `jax.distributed` is the slow tests/test_distributed_data.py; `Evaluator.evaluate` itself runs in
+  test_train_cli.py's short run).
+"""
+
+import json
+import shutil
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anygpt_jax.training.optimizer import make_optimizer
+from test_train_cli import run_gin_text, write_run_inputs
+from tools import train as train_cli
+
+
+def _first_update(tx, grads):
+  params = jax.tree.map(jnp.zeros_like, grads)
+  return tx.update(grads, tx.init(params), params)[0]["w"]
+
+
+def test_make_optimizer_clips_the_global_norm():
+  # eps=1 makes Adam's first step depend on the gradient's size: -lr * g / (|g| + 1) per element.
+  big = {"w": jnp.full((4,), 100.0)}  # global norm 200: clipped to 1, i.e. 0.5 per element
+  small = {"w": jnp.full((4,), 0.25)}  # global norm 0.5: left alone
+  clipped = make_optimizer(learning_rate=0.1, eps=1.0, clip_global_norm=1.0)
+  np.testing.assert_allclose(_first_update(clipped, big), -0.1 * 0.5 / 1.5, rtol=1e-5)
+  np.testing.assert_allclose(_first_update(clipped, small), -0.1 * 0.25 / 1.25, rtol=1e-5)
+  unclipped = make_optimizer(learning_rate=0.1, eps=1.0, clip_global_norm=None)
+  np.testing.assert_allclose(_first_update(unclipped, big), -0.1 * 100 / 101, rtol=1e-5)
+  # The default is the paper's clip at 1.0, for Adam and AdamW alike.
+  adamw = make_optimizer(learning_rate=0.1, name="adamw", eps=1.0, weight_decay=0.0)
+  np.testing.assert_allclose(_first_update(adamw, big), -0.1 * 0.5 / 1.5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("guarantees")
+  inputs = write_run_inputs(directory, records=48)
+  inputs["dir"] = directory
+  return inputs
+
+
+def _losses(model_dir) -> dict[int, list[float]]:
+  out = {}
+  for line in (model_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines():
+    entry = json.loads(line)
+    if "train/loss" in entry:
+      out.setdefault(entry["step"], []).append(entry["train/loss"])
+  return out
+
+
+def test_stop_and_restore_gives_the_same_losses_bit_for_bit(inputs, capsys):
+  run_file = inputs["dir"] / "resume.gin"
+  run_file.write_text(run_gin_text(inputs, steps=3, extra="CheckpointConfig.save_every_steps = 1\n"))
+  model_dir = inputs["dir"] / "resume"
+  command = [f"--gin_file={run_file}", f"--gin.MODEL_DIR={model_dir}"]
+  try:
+    gin.clear_config()
+    assert train_cli.main(command) == 0
+    # As if the first run had stopped right after its step-1 save: the later checkpoints are gone.
+    for step in (2, 3):
+      shutil.rmtree(model_dir / "checkpoints" / str(step))
+    gin.clear_config()
+    assert train_cli.main(command) == 0
+  finally:
+    gin.clear_config()
+  assert f"resumed from step 1 of {model_dir}" in capsys.readouterr().out
+  losses = _losses(model_dir)
+  assert [len(losses[s]) for s in (1, 2, 3)] == [1, 2, 2]  # steps 2 and 3 ran in both sessions
+  for step in (2, 3):
+    assert losses[step][0] == losses[step][1], (step, losses[step])
+  assert len({losses[1][0], losses[2][0], losses[3][0]}) == 3  # the steps saw different data and weights
+
+
+def _images(batches, layout) -> list[tuple]:
+  """The image code spans of the rows' targets: one per held-out record (an image-text pair)."""
+  image = layout.modality("image")
+  out = []
+  for batch in batches:
+    for row in batch["decoder_target_tokens"]:
+      starts = np.flatnonzero(row == image.start_id)
+      ends = np.flatnonzero(row == image.end_id)
+      out += [tuple(row[a + 1:b]) for a, b in zip(starts, ends)]
+  return out
+
+
+def test_evaluator_on_two_hosts_shards_reads_every_record_once(inputs, monkeypatch):
+  from anygpt_jax.data import pipeline, synthetic
+  from anygpt_jax.training import evaluation
+
+  data_dir = inputs["dir"] / "eval_shards"
+  synthetic.write_corpus(str(data_dir), "heldout", "image_text", 8, split="train", seed=3)
+  synthetic.write_corpus(str(data_dir), "heldout", "image_text", 14, split="validation", num_shards=2, seed=4)
+  rng = np.random.default_rng(4)  # the records write_corpus drew, in order
+  written = [tuple(s.parts[0].codes) for s in (synthetic.make_sample("image_text", i, rng, "heldout")
+                                               for i in range(14))]
+  layout = pipeline.register_corpora(str(data_dir), inputs["spm"], [("heldout", "image_text")],
+                                     shuffle_buffer_size=8).vocabulary.layout
+  evaluator = evaluation.Evaluator(["heldout"], {"targets": 256}, batch_size=4, num_batches=None)
+
+  hosts = []
+  for index in range(2):  # what each of 2 processes reads: its half of each batch, from its own file
+    monkeypatch.setattr(evaluation.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(evaluation.jax, "process_index", lambda index=index: index)
+    hosts.append(evaluator._local_batches("heldout"))
+    monkeypatch.undo()
+  assert all(b["decoder_target_tokens"].shape == (2, 256) for host in hosts for b in host)
+  first, second = _images(hosts[0], layout), _images(hosts[1], layout)
+  assert first and second and not set(first) & set(second)
+  first_code = layout.modality("image").first_code_id
+  local = sorted(tuple(int(c) - first_code for c in codes) for codes in first + second)
+  assert local == sorted(written)  # every held-out record once, on one host or the other

@@ -90,7 +90,7 @@ def test_the_7b_pretraining_command_needs_no_paths():
   """The README's exact command parses to the paper's step without MODEL_DIR, tokenizer or weights."""
   unset = compile_cli.parse_gin_for_compile(["gin/runs/pretrain_llama2_7b.gin", "gin/mesh/tpu_v5p_pod.gin"], [])
   spec = compile_cli.spec_from_gin()
-  assert {"MODEL_DIR", "SENTENCEPIECE_MODEL", "LLAMA2_HF_DIR"} <= set(unset)
+  assert {"MODEL_DIR", "SENTENCEPIECE_MODEL", "LLAMA2_DIR"} <= set(unset)
   assert (spec.batch_size, spec.sequence_length) == (480, 4500)
   assert spec.layout.text_vocab_size == 32000 and spec.config.vocab_size == 49536
   assert spec.config.num_layers == 32 and spec.mesh_axes["fsdp"] == 32

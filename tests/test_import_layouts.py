@@ -220,3 +220,12 @@ def test_sft_growth_from_an_anygpt_base_directory(tmp_path, init):
   else:
     np.testing.assert_allclose(chat, np.broadcast_to(hf_embedding[:100].mean(0), chat.shape), rtol=1e-5)
   assert not np.any(embedding[CHAT.vocab_size:])
+
+
+def test_auto_source_tells_a_run_directory_from_a_published_layout(tmp_path):
+  from anygpt_jax.weights.warm_start import detect_source
+  (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+  (tmp_path / "hf").mkdir()
+  assert detect_source(tmp_path / "run") == "run"
+  assert detect_source(tmp_path / "hf") == "hf"
+  assert detect_source("relative/missing") == "hf"  # and the hf reader then names what it did not find

@@ -91,7 +91,7 @@ def test_bad_gin_file_is_named(tmp_path, capsys, clean_gin):
 def test_run_files_parse(clean_gin):
   """Every shipped run file, with each mesh file, parses against the real configurables."""
   train_cli.import_configurables()
-  required = ["MODEL_DIR = '/r'", "SENTENCEPIECE_MODEL = '/t.model'", "DATA_DIR = '/d'", "LLAMA2_HF_DIR = '/h'",
+  required = ["MODEL_DIR = '/r'", "SENTENCEPIECE_MODEL = '/t.model'", "DATA_DIR = '/d'", "LLAMA2_DIR = '/h'",
               "PRETRAIN_DIR = '/p'", "BASE_DIR = '/b'"]
   for run in sorted(p for p in (REPO / "gin" / "runs").glob("*.gin") if p.name != "base.gin"):
     for mesh in [None, *sorted((REPO / "gin" / "mesh").glob("*.gin"))]:
@@ -100,7 +100,7 @@ def test_run_files_parse(clean_gin):
       train_cli.parse_gin([str(run)] + ([str(mesh)] if mesh else []),
                           [b for b in required if b.split(" ")[0] in text or b.startswith(("MODEL_DIR", "SENT"))])
   gin.clear_config()
-  with pytest.raises(train_cli.GinConfigError, match="LLAMA2_HF_DIR"):
+  with pytest.raises(train_cli.GinConfigError, match="LLAMA2_DIR"):
     train_cli.parse_gin([str(REPO / "gin/runs/pretrain_llama2_7b.gin")], required[:2])
   gin.clear_config()
   train_cli.parse_gin([str(REPO / "gin/runs/pretrain_llama2_7b.gin")], required[:4])

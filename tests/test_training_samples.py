@@ -114,7 +114,7 @@ def test_real_run_files_sample_block_works_uncommented(run_file, tmp_path, clean
   uncommented.write_text(head + "\n".join(l[2:] for l in ("# Evaluator.samples" + block).splitlines()) + "\n")
   train_cli.import_configurables()
   train_cli.parse_gin([str(uncommented)], ["MODEL_DIR = '/r'", "SENTENCEPIECE_MODEL = '/t.model'", "DATA_DIR = '/d'",
-                                           "LLAMA2_HF_DIR = '/h'", "PRETRAIN_DIR = '/p'"])
+                                           "LLAMA2_DIR = '/h'", "PRETRAIN_DIR = '/p'"])
   samples = gin.get_bindings("Evaluator")["samples"]  # gin calls @TrainingSamples() here
   assert isinstance(samples, TrainingSamples) and samples.sentencepiece_model == "/t.model"
   assert [t.target for t in samples.tasks] == ["image", "speech", "music"] and samples.every_evals == 5

@@ -7,7 +7,7 @@ Takes anygpt-train's flags (`--gin_file`, `--gin.NAME=VALUE`, `--gin_search_path
 run's model, optimizer, mesh and Trainer as anygpt-train does, then compiles `Trainer.train_step`
 for the topology's abstract devices (needs libtpu: `pip install -e .[tpu]`). No data, weights,
 SentencePiece model or run directory is read: macros left `%gin.REQUIRED` that the step does not
-depend on (MODEL_DIR, LLAMA2_HF_DIR, ...) are bound to None, and without a SentencePiece model the
+depend on (MODEL_DIR, LLAMA2_DIR, ...) are bound to None, and without a SentencePiece model the
 text vocabulary is LLaMA-2's 32000 pieces (`--text_vocab_size`).
 
 Prints per device the state (params + optimizer), temporaries and total against the chip's HBM,

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 from etils import epath
 
+from anygpt_jax import filesystem
 from anygpt_jax.checkpoints.manager import CHECKPOINT_SUBDIR
 
 STATE_ITEM = "state"
@@ -21,10 +22,10 @@ PARAMS_KEY = "params"
 
 
 def _kvstore_url(path: epath.Path) -> str:
-  text = os.fspath(path)
-  if "://" in text:
+  text = os.fspath(filesystem.resolve(path))
+  if not filesystem.is_local(text):
     return text.rstrip("/") + "/"
-  return "file://" + os.path.abspath(text) + "/"
+  return "file://" + text + "/"
 
 
 def step_directories(model_dir: epath.PathLike) -> dict[int, epath.Path]:

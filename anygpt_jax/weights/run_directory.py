@@ -12,20 +12,14 @@ only (no optimizer state, no data position): a run starts from it, it does not r
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
 from etils import epath
 
+from anygpt_jax import filesystem
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 
 IMPORT_STEP = 0
-
-
-def absolute(path: str) -> str:
-  """A local path made absolute (orbax requires it); gs://-style URLs as they are."""
-  path = os.fspath(path)
-  return path if "://" in path else os.path.abspath(path)
 
 
 def run_gin_text(model_name: str, overrides: Mapping[str, Any], layout: VocabularyLayout,
@@ -67,8 +61,7 @@ def save_params_as_run(params: Any, layout: VocabularyLayout, output_dir: str, g
 
   from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
 
-  output_dir = absolute(output_dir)
-  directory = epath.Path(output_dir)
+  directory = filesystem.resolve(output_dir)
   checkpoints = Checkpoints(output_dir, CheckpointConfig(async_save=False))
   try:
     if checkpoints.latest_step() is not None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 from etils import epath
 
+from anygpt_jax import filesystem
 from anygpt_jax.model.hf_convert import to_numpy
 from anygpt_jax.weights import meta
 from anygpt_jax.weights.pickled import load_pickled_tensors
@@ -36,8 +37,7 @@ class WeightsFormatError(ValueError):
 
 def _local(path: epath.Path) -> str | None:
   """The local file name of `path`, or None for a remote (gs://-style) one."""
-  text = os.fspath(path)
-  return text if "://" not in text else None
+  return os.fspath(path) if filesystem.is_local(path) else None
 
 
 def _open_safetensors(path: epath.Path):

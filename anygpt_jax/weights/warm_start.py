@@ -2,7 +2,8 @@
 
   train.warm_start = @warm_start_params
   warm_start_params.path = '/models/llama2-7b'     # any layout of `sources`, or a run directory
-  warm_start_params.source = 'hf'                  # 'hf' (any published layout, Meta's too) or 'run'
+  warm_start_params.source = 'auto'                # 'hf' (any published layout, Meta's too), 'run'
+                                                   # or 'auto': 'run' when path holds checkpoints/
   warm_start_params.new_rows_init = 'mean'         # rows the source does not have: 'normal' or 'mean'
 
 Rows the source lacks (AnyGPT's modality and role rows for a text-only LLaMA-2, the two chat rows
@@ -25,10 +26,9 @@ from anygpt_jax.model.hf_convert import params_from_hf_state_dict
 from anygpt_jax.model.vocab_expansion import EXPANSION_INITS, expand_vocabulary, source_row_counts
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 from anygpt_jax.weights.checks import SourceConfigError, check_source_config
-from anygpt_jax.weights.run_directory import absolute
 from anygpt_jax.weights.sources import open_source
 
-SOURCES = ("hf", "run")
+SOURCES = ("auto", "hf", "run")
 EMBEDDING_KEY = "model.embed_tokens.weight"
 
 
@@ -75,7 +75,7 @@ def _source_run_layout(path: str) -> VocabularyLayout | None:
   import orbax.checkpoint as ocp
 
   from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
-  checkpoints = Checkpoints(absolute(path), CheckpointConfig(async_save=False))
+  checkpoints = Checkpoints(path, CheckpointConfig(async_save=False))
   try:
     step = checkpoints.latest_step()
     if step is None:
@@ -121,7 +121,7 @@ def run_params(path: str, layout: VocabularyLayout, abstract_params: Any, new_ro
   from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
 
   source_layout = _source_run_layout(path)
-  checkpoints = Checkpoints(absolute(path), CheckpointConfig(async_save=False))
+  checkpoints = Checkpoints(path, CheckpointConfig(async_save=False))
   try:
     params = checkpoints.restore_params(abstract_params)
   finally:
@@ -135,8 +135,15 @@ def run_params(path: str, layout: VocabularyLayout, abstract_params: Any, new_ro
   return _grow_run_params(params, source_layout, layout, new_rows_init, new_rows_std, seed)
 
 
+def detect_source(path: str | os.PathLike) -> str:
+  """'run' for a run directory (it holds `checkpoints/`), 'hf' for anything else."""
+  from anygpt_jax import filesystem
+  from anygpt_jax.checkpoints.manager import CHECKPOINT_SUBDIR
+  return "run" if (filesystem.resolve(path) / CHECKPOINT_SUBDIR).is_dir() else "hf"
+
+
 @gin.configurable
-def warm_start_params(path: str = gin.REQUIRED, source: str = "hf", expand_text_vocabulary: bool | None = None,
+def warm_start_params(path: str = gin.REQUIRED, source: str = "auto", expand_text_vocabulary: bool | None = None,
                       new_rows_init: str = "normal", new_rows_std: float | None = None, seed: int = 0, *,
                       config: ModelConfig, layout: VocabularyLayout, abstract_params: Any) -> Any:
   """Parameters only, from a published checkpoint (any layout) or a run of ours.
@@ -146,7 +153,8 @@ def warm_start_params(path: str = gin.REQUIRED, source: str = "hf", expand_text_
   Args:
     path: a checkpoint directory (HF safetensors or .bin, single or sharded; Meta's
       consolidated.NN.pth + params.json) when source='hf'; a run's `model_dir` when 'run'.
-    source: 'hf' or 'run'.
+    source: 'hf', 'run', or 'auto' (the default): 'run' when `path` holds a `checkpoints/`
+      directory (anygpt-train's or anygpt-import's output), else 'hf'.
     expand_text_vocabulary: False refuses a source with fewer rows than the layout (True/None:
       grow it).
     new_rows_init: 'normal' (N(0, new_rows_std^2)) or 'mean' (the mean text row) for the rows
@@ -159,6 +167,8 @@ def warm_start_params(path: str = gin.REQUIRED, source: str = "hf", expand_text_
   if new_rows_init not in EXPANSION_INITS:
     raise ValueError(f"warm_start_params.new_rows_init={new_rows_init!r}: expected one of {EXPANSION_INITS}")
   std = config.initializer_range if new_rows_std is None else new_rows_std
+  if source == "auto":
+    source = detect_source(path)
   if source == "run":
     return run_params(path, layout, abstract_params, new_rows_init, std, seed)
   return import_params(path, config, layout, new_rows_init, std, seed, grow=expand_text_vocabulary is not False)

@@ -1,6 +1,5 @@
 """`anygpt-generate` end to end: every base task string on the demo's tiny tokenizers, from an
-exported directory (a run directory is what the end of `anygpt-demo` generates from, in
-test_demo's slow test); bad requests fail alone; the README's commands."""
+exported directory and from a run directory; bad requests fail alone; the README's commands."""
 
 import json
 import os
@@ -81,6 +80,23 @@ def test_every_task_string_from_an_export(setup):
   assert "unknown direction text|video" in bad[0]["error"]
   assert "missing_file" in bad[1]["error"] and "missing.png" in bad[1]["error"]
   assert "speech input" in bad[2]["error"]
+
+
+def test_a_run_directory_generates_what_its_export_generates(setup, tmp_path):
+  """The run-directory load path: `anygpt-import` of the export, then the same requests from both."""
+  from tools import import_weights
+  run = tmp_path / "run"
+  assert import_weights.main([f"--source={setup['export']}", "--model=tiny", f"--output_dir={run}",
+                              f"--spm={os.path.join(setup['export'], 'tokenizer.model')}",
+                              "--override=max_position_embeddings=1024"]) == 0
+  tasks = ["text|music|a calm violin", "text|image|a red car"]
+  outputs = {}
+  for name, model in (("export", setup["export"]), ("run", str(run))):
+    out = tmp_path / name
+    assert generate.main([f"--model={model}", f"--output_dir={out}", *setup["flags"], *tasks]) == 0
+    outputs[name] = [(r["prompt_ids"], r["output_ids"]) for r in records(out)]
+  assert outputs["run"] == outputs["export"]
+  assert all(len(o) > 1 for _, o in outputs["run"])
 
 
 def test_answer_text_is_the_text_up_to_the_first_stop_without_role_or_modality_tokens(setup):

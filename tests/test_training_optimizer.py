@@ -1,6 +1,7 @@
 """Learning-rate schedule and optimizer construction (paper Table 8 settings)."""
 
 import gin
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -72,3 +73,23 @@ def test_gin_binds_the_paper_settings():
     assert isinstance(make_optimizer(learning_rate=lr), optax.GradientTransformation)
   finally:
     gin.clear_config()
+
+
+# Clipping happens inside `make_optimizer`, the optimizer every run builds.
+def _first_update(tx, grads):
+  params = jax.tree.map(jnp.zeros_like, grads)
+  return tx.update(grads, tx.init(params), params)[0]["w"]
+
+
+def test_make_optimizer_clips_the_global_norm():
+  # eps=1 makes Adam's first step depend on the gradient's size: -lr * g / (|g| + 1) per element.
+  big = {"w": jnp.full((4,), 100.0)}  # global norm 200: clipped to 1, i.e. 0.5 per element
+  small = {"w": jnp.full((4,), 0.25)}  # global norm 0.5: left alone
+  clipped = make_optimizer(learning_rate=0.1, eps=1.0, clip_global_norm=1.0)
+  np.testing.assert_allclose(_first_update(clipped, big), -0.1 * 0.5 / 1.5, rtol=1e-5)
+  np.testing.assert_allclose(_first_update(clipped, small), -0.1 * 0.25 / 1.25, rtol=1e-5)
+  unclipped = make_optimizer(learning_rate=0.1, eps=1.0, clip_global_norm=None)
+  np.testing.assert_allclose(_first_update(unclipped, big), -0.1 * 100 / 101, rtol=1e-5)
+  # The default is the paper's clip at 1.0, for Adam and AdamW alike.
+  adamw = make_optimizer(learning_rate=0.1, name="adamw", eps=1.0, weight_decay=0.0)
+  np.testing.assert_allclose(_first_update(adamw, big), -0.1 * 0.5 / 1.5, rtol=1e-5)

@@ -9,7 +9,8 @@ import pytest
 from anygpt_jax.data import pipeline
 from anygpt_jax.data.shards import Part, Sample
 from anygpt_jax.data.synthetic import write_shards
-from anygpt_jax.training.loss import MODALITIES, loss_sums
+from anygpt_jax.training.loss import loss_sums
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 
 WORDS = "a the red blue cat dog sits runs on under sofa park song calm piano bird sings loud".split()
@@ -76,5 +77,5 @@ def test_the_loss_counts_the_assistant_tokens_per_modality(batches):
   for modality in ("image", "speech", "music"):
     # The assistant's codes plus its span's start and end tokens (they count as the modality).
     answers = sum(len(p.codes) + 2 for s in samples for p in s.parts if p.kind == modality and p.role == "assistant")
-    assert per_modality[MODALITIES.index(modality)] == answers, modality
-  assert per_modality[MODALITIES.index("text")] > 0  # the replies' words and the final </s>
+    assert per_modality[CONTENT_KINDS.index(modality)] == answers, modality
+  assert per_modality[CONTENT_KINDS.index("text")] > 0  # the replies' words and the final </s>

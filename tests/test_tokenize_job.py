@@ -16,7 +16,6 @@ from PIL import Image
 
 from anygpt_jax.data.shards import deserialize_sample, shard_filename
 from anygpt_jax.tokenizers import inputs, job
-from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.tfrecord import read_tfrecords
 from tools import tokenize_media
 
@@ -34,14 +33,6 @@ def _tone(seconds, rate, freq=220.0, channels=1):
 def _photo(seed):
   rng = np.random.default_rng(seed)
   return Image.fromarray(rng.integers(0, 255, size=(40, 50, 3), dtype=np.uint8))
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-  root = tmp_path_factory.mktemp("job_models")
-  return {"speech": str(tiny.save_tiny_speech_tokenizer(root / "st")),
-          "music": str(tiny.save_tiny_encodec(root / "enc")),
-          "image": str(tiny.save_tiny_seed(root / "seed"))}
 
 
 def _good_corpus(d: pathlib.Path, n_each=4) -> list[dict]:

@@ -17,20 +17,11 @@ from PIL import Image
 
 from anygpt_jax.data.shards import deserialize_sample, shard_filename
 from anygpt_jax.tokenizers import audio_io, image as image_lib, readers
-from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers.media import MediaError, MediaRef, TarIndex
 from anygpt_jax.tokenizers.tfrecord import read_tfrecords
 from tools import tokenize_media
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-  root = tmp_path_factory.mktemp("reader_models")
-  return {"speech": str(tiny.save_tiny_speech_tokenizer(root / "st")),
-          "music": str(tiny.save_tiny_encodec(root / "enc")),
-          "image": str(tiny.save_tiny_seed(root / "seed"))}
 
 
 def _model_args(models):

@@ -26,6 +26,17 @@ def write_run_inputs(directory: pathlib.Path, records: int = 96) -> dict[str, st
   return {"data_dir": str(data_dir), "spm": spm}
 
 
+def losses_by_step(metrics_jsonl: str) -> dict[int, list[float]]:
+  """step -> every training loss `metrics.jsonl` logged for it (several when a step ran before and
+  after a stop); lines without one (evaluation only) are skipped."""
+  out = {}
+  for line in metrics_jsonl.splitlines():
+    entry = json.loads(line)
+    if "train/loss" in entry:
+      out.setdefault(entry["step"], []).append(entry["train/loss"])
+  return out
+
+
 def run_gin_text(inputs: dict[str, str], steps: int, extra: str = "") -> str:
   """A small run configuration on the tiny model, written the way users write run files."""
   return f"""

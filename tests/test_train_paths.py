@@ -5,7 +5,6 @@ Both are subprocesses of the real `anygpt-train`. The `gs://` run talks to fake-
 every other file through `etils.epath`'s fsspec backend (gcsfs).
 """
 
-import json
 import os
 import pathlib
 import subprocess
@@ -14,7 +13,7 @@ import sys
 import pytest
 
 from anygpt_jax import filesystem
-from test_train_cli import run_gin_text, write_run_inputs
+from test_train_cli import losses_by_step, run_gin_text, write_run_inputs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -50,14 +49,6 @@ def _train(inputs, model_dir, cwd, env=None, *extra):
   return result
 
 
-def _losses(lines: str) -> dict[int, list[float]]:
-  out = {}
-  for line in lines.splitlines():
-    entry = json.loads(line)
-    out.setdefault(entry["step"], []).append(entry["train/loss"])
-  return out
-
-
 @pytest.fixture(scope="module")
 def local_run(inputs):
   """A relative MODEL_DIR, from a working directory outside the repository."""
@@ -72,7 +63,7 @@ def test_relative_model_dir_trains_saves_and_logs(local_run):
   assert sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
   assert "MODEL_DIR = 'runs/rel'" in (model_dir / "config.gin").read_text()
   assert (model_dir / "vocabulary_layout.json").exists()
-  assert sorted(_losses((model_dir / "tensorboard" / "metrics.jsonl").read_text())) == [1, 2, 3, 4]
+  assert sorted(losses_by_step((model_dir / "tensorboard" / "metrics.jsonl").read_text())) == [1, 2, 3, 4]
   # Gin's package-resource lookups of included files no longer print Python ERROR lines.
   assert "ERROR:root" not in result.stderr and "Path not found" not in result.stderr, result.stderr[-2000:]
 
@@ -126,9 +117,9 @@ def test_gs_model_dir_writes_everything_to_the_bucket_and_resumes_exactly(inputs
   assert any(n.startswith("profile/plugins/profile/") and n.endswith(".xplane.pb") for n in run)
   # Metrics of both sessions in one file, equal to the uninterrupted local run's: the data
   # iterator came back from the bucket at the right position.
-  losses = _losses(bucket.read("runs/a/tensorboard/metrics.jsonl").decode())
+  losses = losses_by_step(bucket.read("runs/a/tensorboard/metrics.jsonl").decode())
   local_model_dir, _ = local_run
-  reference = _losses((local_model_dir / "tensorboard" / "metrics.jsonl").read_text())
+  reference = losses_by_step((local_model_dir / "tensorboard" / "metrics.jsonl").read_text())
   assert losses == reference
   # Nothing landed in a local folder named after the URL.
   for root in (cwd, REPO):

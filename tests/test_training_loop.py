@@ -10,7 +10,6 @@
   test_train_cli.py's short run).
 """
 
-import json
 import shutil
 
 import gin
@@ -18,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_train_cli import run_gin_text, write_run_inputs
+from test_train_cli import losses_by_step, run_gin_text, write_run_inputs
 from tools import train as train_cli
 
 
@@ -28,15 +27,6 @@ def inputs(tmp_path_factory):
   inputs = write_run_inputs(directory, records=48)
   inputs["dir"] = directory
   return inputs
-
-
-def _losses(model_dir) -> dict[int, list[float]]:
-  out = {}
-  for line in (model_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines():
-    entry = json.loads(line)
-    if "train/loss" in entry:
-      out.setdefault(entry["step"], []).append(entry["train/loss"])
-  return out
 
 
 def test_stop_and_restore_gives_the_same_losses_bit_for_bit(inputs, capsys):
@@ -55,7 +45,7 @@ def test_stop_and_restore_gives_the_same_losses_bit_for_bit(inputs, capsys):
   finally:
     gin.clear_config()
   assert f"resumed from step 1 of {model_dir}" in capsys.readouterr().out
-  losses = _losses(model_dir)
+  losses = losses_by_step((model_dir / "tensorboard" / "metrics.jsonl").read_text())
   assert [len(losses[s]) for s in (1, 2, 3)] == [1, 2, 2]  # steps 2 and 3 ran in both sessions
   for step in (2, 3):
     assert losses[step][0] == losses[step][1], (step, losses[step])

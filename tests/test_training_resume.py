@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from test_train_cli import run_gin_text, write_run_inputs
+from test_train_cli import losses_by_step, run_gin_text, write_run_inputs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 12
@@ -46,11 +46,7 @@ def _run(cmd, timeout=600):
 
 def _losses(model_dir) -> dict[int, list[float]]:
   """step -> every loss logged for it (several when a step ran before and after a kill)."""
-  out = {}
-  for line in (pathlib.Path(model_dir) / "tensorboard" / "metrics.jsonl").read_text().splitlines():
-    entry = json.loads(line)
-    out.setdefault(entry["step"], []).append(entry["train/loss"])
-  return out
+  return losses_by_step((pathlib.Path(model_dir) / "tensorboard" / "metrics.jsonl").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -385,17 +385,24 @@ def is_anygpt_layout(state: dict) -> bool:
   return anygpt
 
 
+def _renamed(state: dict, renames) -> dict:
+  """`state` with the first matching (old, new) key fragment of `renames` replaced in each key."""
+  renames = tuple(renames)
+  out = {}
+  for key, value in state.items():
+    for old, new in renames:
+      if old in key:
+        key = key.replace(old, new)
+        break
+    out[key] = value
+  return out
+
+
 def state_dict_to_ours(state: dict) -> dict:
   """A state dict in our key layout: AnyGPT's conv keys renamed and its einops bias (1, 1, q, l) squeezed."""
   if not is_anygpt_layout(state):
     return dict(state)
-  out = {}
-  for key, value in state.items():
-    for theirs, ours in _ANYGPT_CONV_KEYS.items():
-      if theirs in key:
-        key = key.replace(theirs, ours)
-        break
-    out[key] = value
+  out = _renamed(state, _ANYGPT_CONV_KEYS.items())
   bias = out[_LOGITS_BIAS]
   out[_LOGITS_BIAS] = bias.reshape(bias.shape[-2:])
   return out
@@ -403,13 +410,7 @@ def state_dict_to_ours(state: dict) -> dict:
 
 def state_dict_to_anygpt(state: dict) -> dict:
   """Our state dict in AnyGPT's layout (what its `load_soundstorm` reads)."""
-  out = {}
-  for key, value in state.items():
-    for theirs, ours in _ANYGPT_CONV_KEYS.items():
-      if ours in key:
-        key = key.replace(ours, theirs)
-        break
-    out[key] = value
+  out = _renamed(state, ((ours, theirs) for theirs, ours in _ANYGPT_CONV_KEYS.items()))
   out[_LOGITS_BIAS] = out[_LOGITS_BIAS].reshape(1, 1, *out[_LOGITS_BIAS].shape)
   return out
 

@@ -21,6 +21,7 @@ import gin
 import jax
 import numpy as np
 
+from anygpt_jax import filesystem
 from anygpt_jax.model.config import ModelConfig
 from anygpt_jax.model.hf_convert import params_from_hf_state_dict
 from anygpt_jax.model.vocab_expansion import EXPANSION_INITS, expand_vocabulary, source_row_counts
@@ -137,8 +138,7 @@ def run_params(path: str, layout: VocabularyLayout, abstract_params: Any, new_ro
 
 def detect_source(path: str | os.PathLike) -> str:
   """'run' for a run directory (it holds `checkpoints/`), 'hf' for anything else."""
-  from anygpt_jax import filesystem
-  from anygpt_jax.checkpoints.manager import CHECKPOINT_SUBDIR
+  from anygpt_jax.checkpoints.manager import CHECKPOINT_SUBDIR  # orbax: only when a run is read
   return "run" if (filesystem.resolve(path) / CHECKPOINT_SUBDIR).is_dir() else "hf"
 
 

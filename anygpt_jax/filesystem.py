@@ -19,6 +19,7 @@ run a local GCS emulator that way).
 
 from __future__ import annotations
 
+import glob as _glob
 import os
 import re
 import shutil
@@ -45,6 +46,17 @@ def resolve(path: PathLike) -> epath.Path:
   if is_local(text):
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
   return epath.Path(text)
+
+
+def glob(pattern: str) -> list[str]:
+  """The sorted matches of a glob pattern, local (as `glob.glob` spells them) or a URL (`gs://b/*/x-*.tar`)."""
+  if is_local(pattern):
+    return sorted(_glob.glob(pattern))
+  wildcard = min((pattern.find(c) for c in "*?[" if c in pattern), default=-1)
+  if wildcard < 0:
+    return [pattern] if resolve(pattern).exists() else []
+  base = pattern[:wildcard].rsplit("/", 1)[0]
+  return sorted(str(p) for p in resolve(base).glob(pattern[len(base) + 1:]))
 
 
 def write_text(path: PathLike, text: str) -> None:

@@ -105,6 +105,12 @@ class Bucket:
   def names(self) -> list[str]:
     return list(self.objects())
 
+  def write(self, name: str, data: bytes) -> None:
+    quoted = urllib.parse.quote(name, safe="")
+    request = urllib.request.Request(f"{self.url}/upload/storage/v1/b/{self.name}/o?uploadType=media&name={quoted}",
+                                     method="POST", data=data, headers={"Content-Type": "application/octet-stream"})
+    urllib.request.urlopen(request, timeout=30).read()
+
   def read(self, name: str) -> bytes:
     quoted = urllib.parse.quote(name, safe="")
     return urllib.request.urlopen(f"{self.url}/storage/v1/b/{self.name}/o/{quoted}?alt=media", timeout=30).read()

@@ -414,6 +414,90 @@ def test_ray_engine_writes_the_same_bytes_for_every_reader(models, tmp_path):
     ray.shutdown()
 
 
+def test_ray_engine_streams_webdataset_tars_through_ray_data(models, tmp_path, monkeypatch):
+  """`--engine ray` reads webdataset tars in Ray Data read tasks (the driver never scans one) and writes the local
+  engine's bytes: member and parquet rejections, a shard of two windows, a tar with no sample, a compressed tar,
+  one and two output shards per input."""
+  import ray
+  from anygpt_jax.tokenizers.readers import webdataset as webdataset_reader
+  src = tmp_path / "wds"
+  src.mkdir()
+  for i in range(2):
+    _img2dataset_shard(src, f"{i:05d}", seed=i)
+  _write_tar(src / "00002.tar", {})
+  with tarfile.open(src / "00003.tar", "w:gz") as tar:
+    tar.add(src / "00000.parquet", arcname="x.json")
+  local = {n: tmp_path / f"local{n}" for n in (1, 2)}
+  for n in (1, 2):
+    assert _run(["--input", str(src / "*.tar"), "--corpus", "laion2b", "--shards-per-input", str(n),
+                 "--output-dir", str(local[n])], models) == 3
+
+  def no_scan(path):
+    raise AssertionError(f"the driver scanned {path}")
+
+  monkeypatch.setattr(webdataset_reader, "TarIndex", no_scan)  # what the driver would read with; Ray's workers not
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+  try:
+    for n in (1, 2):
+      out = tmp_path / f"ray{n}"
+      assert _run(["--input", str(src / "*.tar"), "--corpus", "laion2b", "--shards-per-input", str(n),
+                   "--output-dir", str(out), "--engine", "ray", "--ray-actors", "2"], models) == 3
+      assert len(_files(local[n])) == 12 * n and _files(out) == _files(local[n]), n
+  finally:
+    ray.shutdown()
+  assert [s.id for s in _samples(local[1], "laion2b", 0, 4)] == ["000000000", "000000001"]
+  assert _stats(local[1], "laion2b", 0, 4)["records_in"] == 5  # 4 keys + 1 parquet row: windows of 4 and 1
+  assert _stats(local[1], "laion2b", 2, 4)["records_in"] == 0
+  assert [r["reason"] for r in _rejects(local[1], "laion2b", 3, 4)] == ["compressed_tar"]
+
+
+def _content(out: pathlib.Path) -> dict:
+  """What an output directory holds apart from paths: per shard the samples' ids, parts and duration, and the
+  rejections' ids, reasons and dropped parts."""
+  content = {}
+  for shard in sorted(p for p in out.iterdir() if p.name.startswith("c-train-") and "." not in p.name):
+    samples = [deserialize_sample(r) for r in read_tfrecords(str(shard))]
+    rejects = [json.loads(line) for line in shard.with_name(shard.name + ".rejects.jsonl").read_text().splitlines()]
+    content[shard.name] = ([(s.id, [(p.kind, p.text, p.codes, p.role) for p in s.parts], s.duration_s) for s in samples],
+                           [(r["id"], r["reason"], r.get("dropped_part")) for r in rejects])
+  return content
+
+
+@pytest.mark.slow
+def test_gs_inputs_tokenize_like_local_files_with_both_engines(models, gcs, tmp_path):
+  """Every reader family given `gs://` inputs (a local GCS emulator): webdataset tars and parquet, MMC4 with its
+  images in a tar, AnyInstruct with media tars beside it, GigaSpeech segments cut from an opus file by seeking in
+  the bucket. Samples and rejections equal those of the same files read locally; the Ray engine, which streams the
+  tars through Ray Data, writes the local engine's bytes."""
+  import subprocess
+  import sys
+  bucket, gcs_env = gcs
+  root = tmp_path / "in"
+  corpora = _all_formats(root)
+  for p in sorted(root.rglob("*")):
+    if p.is_file():
+      bucket.write(f"in/{p.relative_to(root)}", p.read_bytes())
+  url = f"gs://{bucket.name}/in"
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(__import__("os").environ, PYTHONPATH=str(repo), **gcs_env)
+
+  def on_gs(args, out, *extra):
+    cmd = [sys.executable, "-m", "tools.tokenize_media", *[a.replace(str(root), url) for a in args], "--corpus", "c",
+           "--output-dir", str(out), *extra, *_model_args(models)]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stderr[-3000:]
+
+  for corpus, args in corpora.items():
+    local, remote = tmp_path / "local" / corpus, tmp_path / "gs" / corpus
+    assert _run(args + ["--corpus", "c", "--output-dir", str(local)], models) == 3
+    on_gs(args, remote)
+    assert _content(local) and _content(remote) == _content(local), corpus
+    assert url in _stats(remote, "c", 0, len(_content(remote)))["inputs"][0]
+  on_gs(corpora["laion2b"], tmp_path / "gs-ray" / "laion2b", "--engine", "ray", "--ray-num-cpus", "2")
+  assert _files(tmp_path / "gs-ray" / "laion2b") == _files(tmp_path / "gs" / "laion2b")
+  assert not list(tmp_path.glob("gs:*"))
+
+
 # --- the README's commands, verbatim ------------------------------------------------------------------
 README = pathlib.Path(__file__).resolve().parents[1] / "anygpt_jax" / "tokenizers" / "README.md"
 

@@ -248,6 +248,7 @@ def main(argv=None) -> int:
     return 0
 
   work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_tokenize_"))
+  work.mkdir(parents=True, exist_ok=True)
   if args.webdataset:
     _webdataset_bench(args.webdataset, args.files, args.model, args.batch_size, args.workers, args.threads,
                       args.repeats, work)

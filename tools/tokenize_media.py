@@ -24,6 +24,7 @@ import sys
 import time
 import traceback
 
+from anygpt_jax import filesystem
 from anygpt_jax.tokenizers.readers import FORMATS
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES
 
@@ -88,14 +89,14 @@ def _plan_inputs(args) -> tuple[list[str], str]:
     raise ValueError(f"inputs of several formats {sorted(set(formats.values()))}; one job reads one format")
   fmt = formats[files[0]]
   if fmt == "webdataset":
-    from anygpt_jax.tokenizers.media import MediaError, TarIndex
-    for f in files[:1]:  # the header check is cheap, the member scan is not: the rest fail per shard
+    from anygpt_jax.tokenizers.media import MediaError, check_plain_tar
+    with filesystem.resolve(files[0]).open("rb") as f:  # a corpus of compressed tars fails here; a stray one is its shard's rejection
       try:
-        TarIndex(f)
+        check_plain_tar(files[0], f.read(3))
       except MediaError as e:
         raise ValueError(e.detail) from None
   for loc in args.images:
-    if not os.path.exists(loc):
+    if not filesystem.resolve(loc).exists():
       raise FileNotFoundError(f"--images not found: {loc}")
   return files, fmt
 
@@ -121,10 +122,10 @@ def _usage_errors(args) -> list[str]:
   elif args.num_shards is None:
     args.num_shards = 1
   for path in args.manifest + args.anygpt_data:
-    if not os.path.isfile(path):
+    if not filesystem.resolve(path).is_file():
       errors.append(f"input file not found: {path}")
   for path in args.folder:
-    if not os.path.isdir(path):
+    if not filesystem.resolve(path).is_dir():
       errors.append(f"input folder not found: {path}")
   for flag in (f"{kind}_model" for kind in MODALITY_NAMES):
     path = getattr(args, flag)
@@ -159,7 +160,8 @@ def main(argv=None) -> int:
     from anygpt_jax.tokenizers import readers
     files, fmt = _plan_inputs(args)
     options = readers.ReaderOptions(media_kind=args.media_kind, images=tuple(args.images))
-    plan = job.InputShardPlan(files, lambda path: readers.read_input(fmt, path, options), args.shards_per_input)
+    plan = job.InputShardPlan(files, lambda path: readers.read_input(fmt, path, options), args.shards_per_input,
+                              format=fmt, options=options)
   else:
     plan = job.ModuloPlan(lambda: inputs.read_inputs(args.manifest, args.folder, args.anygpt_data,
                                                      args.folder_audio_kind), args.num_shards)

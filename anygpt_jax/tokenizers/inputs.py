@@ -16,6 +16,7 @@ import pathlib
 import zipfile
 from typing import Iterator
 
+from anygpt_jax import filesystem
 from anygpt_jax.tokenizers.media import MediaRef
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES
 
@@ -84,16 +85,16 @@ def rejected(record_id: str, source: str, reason: str, detail: str) -> InputReco
 
 
 def open_text(path: str):
-  """A text file, also inside `.gz` or a one-member `.zip` (MMC4 ships `docs_shard_*_v2.jsonl.zip`)."""
+  """A text file (local or a URL), also inside `.gz` or a one-member `.zip` (MMC4 ships `docs_shard_*_v2.jsonl.zip`)."""
   if str(path).endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8")
+    return gzip.open(filesystem.resolve(path).open("rb"), "rt", encoding="utf-8")
   if str(path).endswith(".zip"):
-    archive = zipfile.ZipFile(path)
+    archive = zipfile.ZipFile(filesystem.resolve(path).open("rb"))
     names = [n for n in archive.namelist() if not n.endswith("/")]
     if len(names) != 1:
       raise ValueError(f"{path}: expected one file in the zip, found {names[:5]}")
     return io.TextIOWrapper(archive.open(names[0]), encoding="utf-8")
-  return open(path, encoding="utf-8")
+  return filesystem.resolve(path).open("r", encoding="utf-8")
 
 
 def jsonl_objects(path: str) -> Iterator[tuple[str, object]]:
@@ -116,14 +117,15 @@ def _malformed(record_id: str, path: str, detail: str) -> InputRecord:
 
 def read_manifest(path: str) -> Iterator[InputRecord]:
   """`{"id", "kind", "path", "text"}` per line; relative paths are relative to the manifest."""
-  base = pathlib.Path(path).resolve().parent
+  base = pathlib.Path(path).resolve().parent if filesystem.is_local(path) else filesystem.resolve(path).parent
   for fallback_id, d in jsonl_objects(path):
     problem = _manifest_problem(d)
     if problem:
       yield _malformed(str(d.get("id", fallback_id)) if isinstance(d, dict) else fallback_id, path,
                        f"{fallback_id}: {problem}")
       continue
-    media = d["path"] if os.path.isabs(d["path"]) else str(base / d["path"])
+    absolute = os.path.isabs(d["path"]) or not filesystem.is_local(d["path"])
+    media = d["path"] if absolute else str(base / d["path"])
     yield InputRecord(str(d.get("id", fallback_id)), d["kind"], media, d.get("text", ""), source=media)
 
 
@@ -149,8 +151,8 @@ def read_folder(folder: str, audio_kind: str = "speech") -> Iterator[InputRecord
 
   Audio files count as `audio_kind` ('speech' or 'music'); ids are paths relative to the folder.
   """
-  root = pathlib.Path(folder)
-  for p in sorted(x for x in root.rglob("*") if x.is_file()):
+  root = pathlib.Path(folder) if filesystem.is_local(folder) else filesystem.resolve(folder)
+  for p in sorted(_files_under(root), key=str):
     ext = p.suffix.lower()
     if ext in IMAGE_EXTENSIONS:
       kind = "image"
@@ -160,7 +162,16 @@ def read_folder(folder: str, audio_kind: str = "speech") -> Iterator[InputRecord
       continue
     sidecar = p.with_suffix(".txt")
     text = sidecar.read_text(encoding="utf-8").strip() if sidecar.exists() else ""
-    yield InputRecord(str(p.relative_to(root)), kind, str(p), text, source=str(p))
+    yield InputRecord(str(p)[len(str(root)) + 1:], kind, str(p), text, source=str(p))
+
+
+def _files_under(root) -> Iterator:
+  """Every file below `root` (a pathlib or epath directory; epath has no recursive glob on object stores)."""
+  for item in root.iterdir():
+    if item.is_dir():
+      yield from _files_under(item)
+    else:
+      yield item
 
 
 def read_anygpt(path: str) -> Iterator[InputRecord]:

@@ -336,10 +336,13 @@ class InputShardPlan:
   output shard's stats name its input. Inputs are taken in the sorted order given.
   """
 
-  def __init__(self, inputs: Sequence[str], read: Callable[[str], Iterable[InputRecord]], per_input: int = 1):
+  def __init__(self, inputs: Sequence[str], read: Callable[[str], Iterable[InputRecord]], per_input: int = 1,
+               format: str = "", options=None):
     if not inputs:
       raise ValueError("no input shards")
     self.inputs, self.read, self.per_input = list(inputs), read, per_input
+    # What `read` reads, when the caller says (the Ray engine reads webdataset tars with Ray Data's reader).
+    self.format, self.options = format, options
     self.num_shards = len(self.inputs) * per_input
 
   def records(self, index: int) -> Iterator[InputRecord]:

@@ -14,6 +14,8 @@ import os
 import tarfile
 from typing import BinaryIO
 
+from anygpt_jax import filesystem
+
 
 class MediaError(ValueError):
   """A medium (or record) that cannot be tokenized.
@@ -34,7 +36,8 @@ class MediaRef:
 
   path: the file, or the tar that holds it; member/offset/size: the tar member's name and
   the byte range of its data (offset -1: the whole file); start/end: a span in seconds of an
-  audio file (None: all of it).
+  audio file (None: all of it); data: the member's bytes themselves, when a reader already
+  holds them (Ray Data's read tasks stream a tar and ship its members this way).
   """
 
   path: str
@@ -43,6 +46,7 @@ class MediaRef:
   size: int = -1
   start: float | None = None
   end: float | None = None
+  data: bytes | None = dataclasses.field(default=None, repr=False)
 
   @property
   def name(self) -> str:
@@ -58,13 +62,15 @@ class MediaRef:
 
   def check_exists(self) -> None:
     """Raises MediaError('missing_file') when the file (or the tar holding the member) is absent."""
-    if not os.path.isfile(self.path):
+    if not filesystem.resolve(self.path).is_file():
       raise MediaError("missing_file", self.name)
 
   def read_bytes(self) -> bytes:
     """The medium's bytes (the member's data for a tar member). Raises MediaError."""
+    if self.data is not None:
+      return self.data
     self.check_exists()
-    with open(self.path, "rb") as f:
+    with filesystem.resolve(self.path).open("rb") as f:
       if self.is_whole_file:
         return f.read()
       f.seek(self.offset)
@@ -75,9 +81,10 @@ class MediaRef:
 
   def open(self) -> BinaryIO:
     """A binary file object over the medium (a whole file is opened, a member read into memory)."""
-    self.check_exists()
-    if self.is_whole_file:
-      return open(self.path, "rb")
+    if self.data is None:
+      self.check_exists()
+    if self.is_whole_file and self.data is None:
+      return filesystem.resolve(self.path).open("rb")
     return io.BytesIO(self.read_bytes())
 
   def to_dict(self) -> dict:
@@ -86,6 +93,12 @@ class MediaRef:
   @classmethod
   def from_dict(cls, d: dict) -> "MediaRef":
     return cls(**d)
+
+
+def check_plain_tar(path: str, head: bytes) -> None:
+  """Raises MediaError('compressed_tar') when a tar's first bytes are a gzip, bzip2 or xz header."""
+  if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:3] == b"\xfd7z":
+    raise MediaError("compressed_tar", f"{path}: compressed; media are read at offsets in plain tars")
 
 
 class TarIndex:
@@ -97,19 +110,18 @@ class TarIndex:
 
   def __init__(self, path: str):
     self.path = str(path)
-    with open(self.path, "rb") as f:
-      magic = f.read(3)
-    if magic[:2] == b"\x1f\x8b" or magic == b"BZh" or magic[:3] == b"\xfd7z":
-      raise MediaError("compressed_tar", f"{self.path}: compressed; media are read at offsets in plain tars")
     self.members: dict[str, tuple[int, int]] = {}
     self.truncated = ""
-    try:
-      with tarfile.open(self.path, "r:") as tar:
-        for m in tar:
-          if m.isfile():
-            self.members[m.name] = (m.offset_data, m.size)
-    except (tarfile.TarError, EOFError, OSError) as e:  # a cut-off download: keep the members before the cut
-      self.truncated = f"{self.path}: {type(e).__name__}: {e}"
+    with filesystem.resolve(self.path).open("rb") as f:
+      check_plain_tar(self.path, f.read(3))
+      f.seek(0)
+      try:
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+          for m in tar:
+            if m.isfile():
+              self.members[m.name] = (m.offset_data, m.size)
+      except (tarfile.TarError, EOFError, OSError) as e:  # a cut-off download: keep the members before the cut
+        self.truncated = f"{self.path}: {type(e).__name__}: {e}"
 
   def ref(self, member: str) -> MediaRef:
     offset, size = self.members[member]
@@ -121,7 +133,7 @@ _TAR_INDEXES: dict[str, TarIndex] = {}
 
 def tar_index(path: str) -> TarIndex:
   """A process-wide cache of `TarIndex`es (a conversation corpus looks members up many times)."""
-  key = os.path.abspath(str(path))
+  key = str(filesystem.resolve(path))
   if key not in _TAR_INDEXES:
     _TAR_INDEXES[key] = TarIndex(key)
   return _TAR_INDEXES[key]
@@ -138,9 +150,9 @@ class MediaStore:
     self.folders, self.tars = [], []
     for loc in locations:
       loc = str(loc)
-      if os.path.isdir(loc):
+      if filesystem.resolve(loc).is_dir():
         self.folders.append(loc)
-      elif os.path.isfile(loc):
+      elif filesystem.resolve(loc).is_file():
         self.tars.append(tar_index(loc))
       else:
         raise FileNotFoundError(f"media location not found: {loc}")
@@ -153,7 +165,7 @@ class MediaStore:
     """The medium called `name`, or None when no location holds it."""
     for folder in self.folders:
       path = os.path.join(folder, name)
-      if os.path.isfile(path):
+      if filesystem.resolve(path).is_file():
         return MediaRef(path)
     for tar in self.tars:
       if name in tar.members:

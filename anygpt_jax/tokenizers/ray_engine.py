@@ -1,12 +1,14 @@
 """The tokenization job on Ray Data: the same windows, processed by a pool of tokenizer actors.
 
-The driver reads each shard's records through the same plan and readers as the local engine
-(records carry media references, a tar member's offset or an audio span, not media bytes),
-one Ray Data pipeline maps the windows of every unfinished shard through `TokenizeActor`s
-(each holding the tokenizer models, started once per job, reading the media itself, on a GPU
-when `num_gpus` > 0), and the driver writes the results in plan order with the local engine's
-`ShardWriter`, committing each shard at its last window. Same windows, same batches, same writer:
-the shard bytes equal the local engine's.
+Windows come from Ray Data read tasks for webdataset tars (`ray_webdataset`: Ray's webdataset
+reader streams each tar, media bytes travel with the records), and from the driver for the
+other formats (it reads each shard's records through the same plan and readers as the local
+engine; records carry media references, a tar member's offset or an audio span, not bytes).
+One Ray Data pipeline maps the windows of every unfinished shard through `TokenizeActor`s (each
+holding the tokenizer models, started once per job, on a GPU when `num_gpus` > 0), and the
+driver writes the results with the local engine's `ShardWriter`, in window order per shard,
+committing each shard at its last window. Same windows, same batches, same writer: the shard
+bytes equal the local engine's.
 """
 
 from __future__ import annotations
@@ -32,7 +34,26 @@ class TokenizeActor:
       records = [InputRecord.from_dict(d) for d in pickle.loads(blob)]
       results = job.process_window(records, self.toks, self.cfg, pool=None)
       out.append(pickle.dumps([dataclasses.asdict(r) for r in results]))
-    return {"shard": batch["shard"], "window": batch["window"], "results": out}
+    return {"shard": batch["shard"], "window": batch["window"], "last": batch["last"], "results": out}
+
+
+def _driver_windows(plan, cfg: job.JobConfig, todo: list[int]):
+  """The windows of `todo` read by the driver through the plan's readers, as a Ray Dataset."""
+  import ray
+  items = []
+  for index in todo:
+    shard_windows = list(job.windows(plan.records(index), cfg.window)) or [[]]
+    items += [{"shard": index, "window": i, "last": i == len(shard_windows) - 1,
+               "records": pickle.dumps([r.to_dict() for r in w])} for i, w in enumerate(shard_windows)]
+  return ray.data.from_items(items, override_num_blocks=len(items))
+
+
+def _windows(plan, cfg: job.JobConfig, todo: list[int]):
+  """Rows {shard, window, last, records} of every window of the shards in `todo`."""
+  if isinstance(plan, job.InputShardPlan) and plan.format == "webdataset":
+    from anygpt_jax.tokenizers import ray_webdataset
+    return ray_webdataset.read_windows(plan.inputs, plan.per_input, todo, cfg.window, plan.options.media_kind)
+  return _driver_windows(plan, cfg, todo)
 
 
 def run_ray(cfg: job.JobConfig, records_or_plan, num_actors: int = 1,
@@ -64,39 +85,29 @@ def run_ray(cfg: job.JobConfig, records_or_plan, num_actors: int = 1,
         stats[index] = done
       else:
         todo.append(index)
-    # One pipeline for every unfinished shard, so the actors (and their models) start once per job.
-    items, counts = [], {}
-    for index in todo:
-      shard_windows = list(job.windows(plan.records(index), cfg.window))
-      counts[index] = len(shard_windows)
-      items += [{"shard": index, "window": i, "records": pickle.dumps([r.to_dict() for r in w])}
-                for i, w in enumerate(shard_windows)]
-    writers: dict[int, job.ShardWriter] = {}
-
-    def open_writer(index: int) -> job.ShardWriter:
-      writers[index] = job.ShardWriter(cfg, index, plan.describe(index))
-      return writers[index]
-
-    for index in todo:
-      if counts[index] == 0:  # an empty input still gets its (empty) shard, stats and rejects
-        stats[index] = open_writer(index).commit()
-    if items:
-      ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+    if todo:  # one pipeline for every unfinished shard, so the actors (and their models) start once per job
+      ds = _windows(plan, cfg, todo).map_batches(
           TokenizeActor, fn_constructor_kwargs={"cfg_dict": dataclasses.asdict(cfg)}, batch_size=1,
-          concurrency=num_actors, num_gpus=num_gpus_per_actor or None, num_cpus=1)
-      expected = iter([(it["shard"], it["window"]) for it in items])
-      for row in ds.iter_rows():  # in plan order (preserve_order above), streamed to the writers
+          compute=ray.data.ActorPoolStrategy(size=num_actors), num_gpus=num_gpus_per_actor or None, num_cpus=1)
+      writers: dict[int, job.ShardWriter] = {}
+      next_window = dict.fromkeys(todo, 0)
+      for row in ds.iter_rows():  # streamed to the writers; each shard's windows in order
         index, window = row["shard"], row["window"]
-        if (index, window) != next(expected):
-          raise RuntimeError(f"Ray returned shard {index} window {window} out of plan order")
-        writer = writers.get(index) or open_writer(index)
+        if next_window.get(index) != window:
+          raise RuntimeError(f"Ray returned shard {index} window {window}; expected window {next_window.get(index)}")
+        next_window[index] += 1
+        if index not in writers:
+          writers[index] = job.ShardWriter(cfg, index, plan.describe(index))
         for d in pickle.loads(row["results"]):
           result = job.RecordResult(**d)
-          writer.add(result)
+          writers[index].add(result)
           if on_progress:
             on_progress(result)
-        if window == counts[index] - 1:  # the shard's last window: rename it into place now
-          stats[index] = writer.commit()
+        if row["last"]:  # the shard's last window: move it into place now
+          stats[index] = writers[index].commit()
+          next_window.pop(index)
+      if next_window:
+        raise RuntimeError(f"Ray returned no last window for shards {sorted(next_window)}")
     return [stats[i] for i in cfg.shards()]
   finally:
     if started:

@@ -20,11 +20,11 @@ the sorted list of input shards every machine of a job computes alike.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from typing import Iterator
 
+from anygpt_jax import filesystem
 from anygpt_jax.tokenizers import inputs
 from anygpt_jax.tokenizers.inputs import InputRecord
 
@@ -50,7 +50,7 @@ def read_input(fmt: str, path: str, options: ReaderOptions = ReaderOptions()) ->
   if fmt == "mmc4":
     from anygpt_jax.tokenizers.media import MediaStore
     from anygpt_jax.tokenizers.readers.mmc4 import read_mmc4
-    return read_mmc4(path, MediaStore(options.images or (os.path.dirname(os.path.abspath(path)),)))
+    return read_mmc4(path, MediaStore(options.images or (str(filesystem.resolve(path).parent),)))
   if fmt == "anyinstruct":
     from anygpt_jax.tokenizers.readers.anyinstruct import read_anyinstruct
     return read_anyinstruct(path)
@@ -112,20 +112,20 @@ def detect_format(path: str) -> str:
 
 
 def expand_inputs(paths, fmt: str | None = None) -> list[str]:
-  """Paths, globs and directories -> the sorted, de-duplicated input files (FileNotFoundError if none).
+  """Paths, globs and directories (local or URLs) -> the sorted, de-duplicated input files (FileNotFoundError if none).
 
   A directory stands for its files of the format's pattern (e.g. `*.tar` for webdataset).
   """
   out = []
   for p in paths:
-    if os.path.isdir(p):
+    if any(c in p for c in "*?["):
+      found = filesystem.glob(p)
+    elif filesystem.resolve(p).is_dir():
       if fmt is None or fmt == "auto":
         raise ValueError(f"{p} is a directory: give --format so the job knows which files it holds")
-      found = sorted(glob.glob(os.path.join(p, _DIR_PATTERNS[fmt])))
-    elif any(c in p for c in "*?["):
-      found = sorted(glob.glob(p))
+      found = filesystem.glob(os.path.join(p, _DIR_PATTERNS[fmt]))
     else:
-      found = [p] if os.path.isfile(p) else []
+      found = [p] if filesystem.resolve(p).is_file() else []
     if not found:
       raise FileNotFoundError(f"input not found: {p}")
     out.extend(found)

@@ -19,13 +19,13 @@ turn and the file).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 from typing import Iterator
 
-from anygpt_jax.tokenizers.inputs import InputRecord, jsonl_objects, media_part, rejected, text_part
+from anygpt_jax import filesystem
+from anygpt_jax.tokenizers.inputs import InputRecord, jsonl_objects, media_part, open_text, rejected, text_part
 from anygpt_jax.tokenizers.media import MediaStore
 from anygpt_jax.vocabulary.layout import MODALITIES
 
@@ -37,10 +37,10 @@ _SPAN = re.compile("|".join(f"({re.escape(m.start_token)})(.*?){re.escape(m.end_
 
 def _objects(path: str) -> Iterator[tuple[str, object]]:
   """(fallback id, value) per conversation: a JSON list file, or JSONL."""
-  with open(path, encoding="utf-8") as f:
+  with open_text(path) as f:
     head = f.read(1 << 12).lstrip()
   if head.startswith("["):
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
       items = json.load(f)
     name = os.path.basename(path)
     yield from ((f"{name}[{i}]", d) for i, d in enumerate(items))
@@ -87,8 +87,8 @@ def _turn_parts(i: int, msg, store: MediaStore) -> list[dict]:
 
 def media_store_for(path: str) -> MediaStore:
   """The metadata file's folder and every tar beside it."""
-  folder = os.path.dirname(os.path.abspath(path))
-  return MediaStore([folder] + sorted(glob.glob(os.path.join(folder, "*.tar"))))
+  folder = str(filesystem.resolve(path).parent)
+  return MediaStore([folder] + filesystem.glob(os.path.join(folder, "*.tar")))
 
 
 def read_anyinstruct(path: str, store: MediaStore | None = None) -> Iterator[InputRecord]:

@@ -21,7 +21,8 @@ import os
 import re
 from typing import Iterator
 
-from anygpt_jax.tokenizers.inputs import InputRecord, media_part, rejected, text_part
+from anygpt_jax import filesystem
+from anygpt_jax.tokenizers.inputs import InputRecord, media_part, open_text, rejected, text_part
 from anygpt_jax.tokenizers.media import MediaRef
 
 MLS_AUDIO_EXTENSIONS = (".flac", ".opus")
@@ -34,7 +35,7 @@ def _pair(record_id: str, ref: MediaRef, text: str) -> InputRecord:
 def read_mls(transcripts: str) -> Iterator[InputRecord]:
   """Multilingual LibriSpeech: one split's `transcripts.txt`, audio under `audio/` beside it."""
   audio_dir = os.path.join(os.path.dirname(transcripts), "audio")
-  with open(transcripts, encoding="utf-8") as f:
+  with open_text(transcripts) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -45,14 +46,15 @@ def read_mls(transcripts: str) -> Iterator[InputRecord]:
                        f"{transcripts}:{line_no}: expected '{{speaker}}_{{book}}_{{segment}}<TAB>text'")
         continue
       stem = os.path.join(audio_dir, fields[0], fields[1], utt)
-      path = next((stem + e for e in MLS_AUDIO_EXTENSIONS if os.path.isfile(stem + e)), stem + MLS_AUDIO_EXTENSIONS[0])
+      path = next((stem + e for e in MLS_AUDIO_EXTENSIONS if filesystem.resolve(stem + e).is_file()),
+                  stem + MLS_AUDIO_EXTENSIONS[0])
       yield _pair(utt, MediaRef(path), text.strip())
 
 
 def read_common_voice(tsv: str) -> Iterator[InputRecord]:
   """Common Voice: one `<split>.tsv`, clips under `clips/` beside it."""
   clips = os.path.join(os.path.dirname(tsv), "clips")
-  with open(tsv, encoding="utf-8", newline="") as f:
+  with open_text(tsv) as f:
     # Sentences hold quotes freely: Common Voice's TSVs are not quoted.
     reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
     missing = {"path", "sentence"} - set(reader.fieldnames or ())
@@ -85,10 +87,10 @@ _LAST_METADATA: dict = {}
 
 def _gigaspeech_metadata(path: str) -> dict:
   """The parsed metadata file; the last one is kept, since each of its output shards reads it again."""
-  key = (os.path.abspath(path), os.path.getmtime(path))
+  key = (str(filesystem.resolve(path)), os.path.getmtime(path) if filesystem.is_local(path) else None)
   if key not in _LAST_METADATA:
     _LAST_METADATA.clear()
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
       _LAST_METADATA[key] = json.load(f)
   return _LAST_METADATA[key]
 

@@ -15,8 +15,9 @@ import json
 import os
 from typing import Iterator
 
+from anygpt_jax import filesystem
 from anygpt_jax.tokenizers.inputs import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, InputRecord, media_part, rejected, text_part
-from anygpt_jax.tokenizers.media import MediaError, TarIndex
+from anygpt_jax.tokenizers.media import MediaError, MediaRef, TarIndex
 
 
 def split_key(member: str) -> tuple[str, str]:
@@ -30,15 +31,15 @@ def _media_exts(kind: str) -> tuple[str, ...]:
   return tuple(e.lstrip(".") for e in (IMAGE_EXTENSIONS if kind == "image" else AUDIO_EXTENSIONS))
 
 
-def _caption(index: TarIndex, members: dict[str, str]) -> tuple[str, str]:
+def _caption(members: dict[str, MediaRef]) -> tuple[str, str]:
   """(caption, '') or ('', why not) from the `.txt` member, else the `.json` member's `caption`."""
   try:
     if "txt" in members:
-      return index.ref(members["txt"]).read_bytes().decode("utf-8").strip(), ""
+      return members["txt"].read_bytes().decode("utf-8").strip(), ""
     if "json" in members:
-      meta = json.loads(index.ref(members["json"]).read_bytes())
+      meta = json.loads(members["json"].read_bytes())
       caption = meta.get("caption") if isinstance(meta, dict) else None
-      return (caption.strip(), "") if isinstance(caption, str) else ("", f"{members['json']} has no 'caption'")
+      return (caption.strip(), "") if isinstance(caption, str) else ("", f"{members['json'].member} has no 'caption'")
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     return "", f"unreadable caption member: {e}"
   except MediaError as e:
@@ -48,39 +49,52 @@ def _caption(index: TarIndex, members: dict[str, str]) -> tuple[str, str]:
 
 def parquet_success_keys(tar_path: str) -> list[str] | None:
   """Keys img2dataset's `<shard>.parquet` lists as downloaded (None without a parquet)."""
-  parquet = os.path.splitext(tar_path)[0] + ".parquet"
-  if not os.path.isfile(parquet):
+  parquet = filesystem.resolve(os.path.splitext(tar_path)[0] + ".parquet")
+  if not parquet.is_file():
     return None
   import pyarrow.parquet as pq  # only needed for this check
-  table = pq.read_table(parquet, columns=["key", "status"])
+  with parquet.open("rb") as f:
+    table = pq.read_table(f, columns=["key", "status"])
   return [k for k, s in zip(table.column("key").to_pylist(), table.column("status").to_pylist()) if s == "success"]
+
+
+def key_record(tar_path: str, key: str, members: dict[str, MediaRef], kind: str) -> InputRecord:
+  """The pair record of one key, from its members (lower-case extension -> ref), or its rejection."""
+  exts = _media_exts(kind)
+  medium = next((members[e] for e in members if e in exts), None)
+  source = f"{tar_path}::{key}"
+  if medium is None:
+    return rejected(key, source, "missing_member", f"{tar_path}: key {key!r} has {sorted(members)} but no {kind} "
+                    f"member ({'/'.join(exts)})")
+  caption, why = _caption(members)
+  if not caption:
+    return rejected(key, source, "missing_text", f"{tar_path}: key {key!r}: {why or 'empty caption'}")
+  return InputRecord(key, kind, text=caption, source=f"{tar_path}::{medium.member}",
+                     parts=[media_part(kind, medium), text_part(caption)])
+
+
+def shard_rejections(tar_path: str, keys, truncated: str) -> Iterator[InputRecord]:
+  """What a tar's end adds: keys its parquet lists as downloaded but `keys` lacks, and a cut-off tar."""
+  keys = set(keys)
+  for key in parquet_success_keys(tar_path) or ():
+    if key not in keys:
+      yield rejected(key, tar_path, "missing_member",
+                     f"{os.path.splitext(tar_path)[0]}.parquet lists key {key!r} as downloaded; {tar_path} lacks it")
+  if truncated:
+    yield rejected(os.path.basename(tar_path), tar_path, "truncated_tar", truncated)
 
 
 def read_webdataset(tar_path: str, kind: str = "image") -> Iterator[InputRecord]:
   """Pair records of one webdataset tar, in tar order; `kind` is the medium's kind."""
-  index = TarIndex(tar_path)
-  groups: dict[str, dict[str, str]] = {}
+  try:
+    index = TarIndex(tar_path)
+  except MediaError as e:  # a compressed tar: its shard says so
+    yield rejected(os.path.basename(tar_path), tar_path, e.reason, e.detail)
+    return
+  groups: dict[str, dict[str, MediaRef]] = {}
   for member in index.members:
     key, ext = split_key(member)
-    groups.setdefault(key, {})[ext] = member
-  exts = _media_exts(kind)
+    groups.setdefault(key, {})[ext] = index.ref(member)
   for key, members in groups.items():
-    medium = next((members[e] for e in members if e in exts), None)
-    source = f"{tar_path}::{key}"
-    if medium is None:
-      yield rejected(key, source, "missing_member", f"{tar_path}: key {key!r} has {sorted(members)} but no {kind} "
-                     f"member ({'/'.join(exts)})")
-      continue
-    caption, why = _caption(index, members)
-    if not caption:
-      yield rejected(key, source, "missing_text", f"{tar_path}: key {key!r}: {why or 'empty caption'}")
-      continue
-    ref = index.ref(medium)
-    yield InputRecord(key, kind, text=caption, source=f"{tar_path}::{medium}",
-                      parts=[media_part(kind, ref), text_part(caption)])
-  for key in parquet_success_keys(tar_path) or ():
-    if key not in groups:
-      yield rejected(key, tar_path, "missing_member",
-                     f"{os.path.splitext(tar_path)[0]}.parquet lists key {key!r} as downloaded; {tar_path} lacks it")
-  if index.truncated:
-    yield rejected(os.path.basename(tar_path), tar_path, "truncated_tar", index.truncated)
+    yield key_record(tar_path, key, members, kind)
+  yield from shard_rejections(tar_path, groups, index.truncated)

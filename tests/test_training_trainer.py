@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from anygpt_jax import partitioning
-from anygpt_jax.model import Transformer, get_config
+from anygpt_jax.model import get_config
+from anygpt_jax.training.assembly import build_trainer
 from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
-from anygpt_jax.training.train_state import TrainState, train_state_shardings
 from anygpt_jax.training.trainer import Trainer
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 
@@ -27,19 +27,12 @@ def _fresh(setup):
   return trainer, jax.device_put(host_state, shardings), shardings, step
 
 
-def _setup(num_microbatches=1, mesh_axes=None):
-  config = get_config("tiny").with_vocabulary(LAYOUT)
-  model = Transformer(config)
-  mesh = partitioning.create_mesh(mesh_axes or {"data": -1, "fsdp": 2})
-  rules = partitioning.logical_axis_rules()
-  params, param_shardings = partitioning.init_params(model, jax.random.key(0), mesh, rules, (1, 8))
+def _setup():
+  mesh = partitioning.create_mesh({"data": -1, "fsdp": 2})
   lr = learning_rate_schedule(peak_learning_rate=1e-3, total_steps=100, warmup_steps=0)
-  tx = make_optimizer(learning_rate=lr)
-  shardings = train_state_shardings(tx, jax.eval_shape(lambda: params), param_shardings, mesh)
-  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  trainer = Trainer(model, tx, lr, LAYOUT, mesh, partitioning.data_sharding(mesh),
-                    lambda: partitioning.use_mesh(mesh, rules), num_microbatches=num_microbatches)
-  return trainer, TrainState.create(params, opt_state), shardings
+  sharded = build_trainer(get_config("tiny").with_vocabulary(LAYOUT), LAYOUT, make_optimizer(learning_rate=lr), lr,
+                          mesh, partitioning.logical_axis_rules(), batch_size=BATCH, sequence_length=LENGTH)
+  return sharded.trainer, sharded.fresh_state(sharded.random_params(0)), sharded.state_shardings
 
 
 def _batch(trainer, seed=0):

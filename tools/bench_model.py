@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from anygpt_jax.hardware import GPU_PEAK_FLOPS
-from anygpt_jax.model import Transformer, get_config
+from anygpt_jax.model import get_config
 
 
 def time_repeated(fn, steps: int) -> float:
@@ -53,31 +53,24 @@ def trainer_step_seconds(cfg, batch: int, seq_len: int, steps: int, devices: int
   whole segments of random tokens with every target in the loss, int32 [batch, seq_len].
   """
   from anygpt_jax import partitioning
+  from anygpt_jax.training.assembly import build_trainer
   from anygpt_jax.training.optimizer import learning_rate_schedule, make_optimizer
-  from anygpt_jax.training.train_state import TrainState, train_state_shardings
-  from anygpt_jax.training.trainer import Trainer
   from anygpt_jax.vocabulary.layout import VocabularyLayout
 
   layout = VocabularyLayout(text_vocab_size=text_vocab_size)
-  cfg = cfg.with_vocabulary(layout)
-  model = Transformer(cfg)
   mesh = partitioning.create_mesh({"data": -1}, jax.devices()[:devices])
-  rules = partitioning.logical_axis_rules()
-  params, param_shardings = partitioning.init_params(model, jax.random.key(0), mesh, rules, (1, 8))
   lr = learning_rate_schedule(peak_learning_rate=1e-4, total_steps=1000, warmup_steps=0)
-  optimizer = make_optimizer(learning_rate=lr)
-  shardings = train_state_shardings(optimizer, jax.eval_shape(lambda: params), param_shardings, mesh)
-  opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
-  trainer = Trainer(model, optimizer, lr, layout, mesh, partitioning.data_sharding(mesh),
-                    lambda: partitioning.use_mesh(mesh, rules))
-  step = trainer.jit_train_step(shardings)
+  sharded = build_trainer(cfg.with_vocabulary(layout), layout, make_optimizer(learning_rate=lr), lr, mesh,
+                          partitioning.logical_axis_rules(), batch_size=batch, sequence_length=seq_len)
+  trainer = sharded.trainer
+  step = trainer.jit_train_step(sharded.state_shardings)
   tokens = np.random.default_rng(0).integers(3, layout.vocab_size, (batch, seq_len + 1)).astype(np.int32)
   host_batch = {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
                 "decoder_loss_weights": np.ones((batch, seq_len), np.int32),
                 "decoder_segment_ids": np.ones((batch, seq_len), np.int32),
                 "decoder_positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len))}
   device_batch = {k: jax.device_put(v, trainer.batch_sharding) for k, v in host_batch.items()}
-  holder = {"state": jax.device_put(TrainState.create(params, opt_state), shardings)}
+  holder = {"state": sharded.fresh_state(sharded.random_params(0))}
 
   def run():
     holder["state"], metrics = step(holder["state"], device_batch)

@@ -100,9 +100,9 @@ class WebDatasetWindows(WebDatasetDatasource):
     for sample in _group_by_keys(members, meta={"__url__": tar_path}):
       key = sample["__key__"]
       keys.append(key)
-      members = {suffix.lower(): MediaRef(tar_path, member=f"{key}.{suffix}", data=data)
-                 for suffix, data in sample.items() if not suffix.startswith("__")}
-      yield webdataset.key_record(tar_path, key, members, self.kind)
+      refs = {suffix.lower(): MediaRef(tar_path, member=f"{key}.{suffix}", data=data)
+              for suffix, data in sample.items() if not suffix.startswith("__")}
+      yield webdataset.key_record(tar_path, key, refs, self.kind)
     yield from webdataset.shard_rejections(tar_path, keys, cut[0] if cut else "")
 
   def _read_stream(self, stream, path: str):
@@ -129,9 +129,8 @@ class WebDatasetWindows(WebDatasetDatasource):
       filling[shard].append(record)
       if len(filling[shard]) == self.window:
         full[shard], filling[shard] = filling[shard], []
-    for shard in mine:  # each shard's last window (empty for a shard the tar gives no record)
-      if shard in full and filling[shard]:
-        yield row(shard, full.pop(shard), last=False)
+    # Each shard's last window: the held-back full one, else the partial one (empty when the shard got no record).
+    for shard in mine:
       yield row(shard, full.pop(shard, None) or filling[shard], last=True)
 
 

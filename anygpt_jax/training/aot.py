@@ -33,7 +33,6 @@ import os
 import re
 from typing import Any, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,11 +40,11 @@ import optax
 
 from anygpt_jax import hardware
 from anygpt_jax import partitioning
-from anygpt_jax.model import ModelConfig, Transformer
+from anygpt_jax.model import ModelConfig
 from anygpt_jax.model import splash_attention as splash_lib
-from anygpt_jax.training.train_state import TrainState, abstract_train_state, train_state_shardings
+from anygpt_jax.training.assembly import build_trainer
+from anygpt_jax.training.train_state import abstract_train_state
 from anygpt_jax.data.features import BATCH_FEATURES
-from anygpt_jax.training.trainer import Trainer
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 
 
@@ -161,27 +160,15 @@ def _per_device_bytes(abstract: Any) -> int:
 def compile_train_step(spec: StepSpec, devices: list[Any]) -> CompiledStep:
   """Lowers and compiles `Trainer.train_step` for `devices` with abstract sharded arguments.
 
-  The Trainer is built as `anygpt_jax.training.loop.train` builds it: the same model, optimizer,
-  mesh, rules, batch sharding, microbatches and z-loss.
+  The Trainer is built by `assembly.build_trainer`, as `anygpt_jax.training.loop.train` builds it.
   """
-  config = spec.config
-  model = Transformer(config)
   mesh = partitioning.create_mesh(spec.mesh_axes or {"data": -1}, devices=devices)
-  rules = tuple(spec.rules)
-  batch_sharding = partitioning.data_sharding(mesh)
-  ways = mesh.shape["data"] * mesh.shape["fsdp"]
-  if spec.batch_size % (ways * spec.num_microbatches):
-    raise ValueError(f"batch size {spec.batch_size} must be a multiple of the mesh's data x fsdp = {ways} devices "
-                     f"times num_microbatches={spec.num_microbatches} ({dict(mesh.shape)})")
-  trainer = Trainer(model, spec.optimizer, spec.learning_rate, spec.layout, mesh, batch_sharding,
-                    lambda: partitioning.use_mesh(mesh, rules), num_microbatches=spec.num_microbatches,
-                    z_loss=spec.z_loss, loss_chunk_length=spec.loss_chunk_length)
-  with partitioning.use_mesh(mesh, rules):
-    boxed = partitioning.abstract_params(model, (1, min(spec.sequence_length, 8)))
-    param_shardings = partitioning.logical_to_sharding(boxed, mesh, rules)
-  params_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(boxed))
-  state_shardings = train_state_shardings(spec.optimizer, params_abstract, param_shardings, mesh)
-  state = abstract_train_state(spec.optimizer, params_abstract, state_shardings)
+  built = build_trainer(spec.config, spec.layout, spec.optimizer, spec.learning_rate, mesh, tuple(spec.rules),
+                        batch_size=spec.batch_size, sequence_length=spec.sequence_length,
+                        num_microbatches=spec.num_microbatches, z_loss=spec.z_loss,
+                        loss_chunk_length=spec.loss_chunk_length)
+  trainer, state_shardings, batch_sharding = built.trainer, built.state_shardings, built.trainer.batch_sharding
+  state = abstract_train_state(spec.optimizer, built.params_abstract, state_shardings)
   batch = {k: jax.ShapeDtypeStruct((spec.batch_size, spec.sequence_length), jnp.int32, sharding=batch_sharding)
            for k in BATCH_FEATURES}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -22,7 +22,6 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-import flax.linen as nn
 import gin
 import jax
 import numpy as np
@@ -32,13 +31,13 @@ from anygpt_jax import distributed
 from anygpt_jax import filesystem
 from anygpt_jax import partitioning
 from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
-from anygpt_jax.model import ModelConfig, Transformer, get_config
+from anygpt_jax.model import ModelConfig, get_config
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training import optimizer as optimizer_lib
+from anygpt_jax.training.assembly import ShardedTrainer, build_trainer
 from anygpt_jax.training.evaluation import Evaluator
 from anygpt_jax.training.input import TrainInput, to_global_batch
-from anygpt_jax.training.train_state import TrainState, abstract_train_state, train_state_shardings
-from anygpt_jax.training.trainer import Trainer
+from anygpt_jax.training.train_state import TrainState, abstract_train_state
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 from anygpt_jax.weights.warm_start import warm_start_params  # noqa: F401  (registers the gin configurable)
 
@@ -113,17 +112,11 @@ class Run:
   train_steps: int
   layout: VocabularyLayout
   config: ModelConfig
-  transformer: Transformer
   mesh: jax.sharding.Mesh
-  rules: Any
-  batch_sharding: jax.sharding.Sharding
   optimizer: Any
-  trainer: Trainer
   data: TrainInput
-  params_abstract: Any
-  param_shardings: Any
-  state_shardings: Any
   checkpoints: Checkpoints
+  sharded: ShardedTrainer  # the Trainer, its model, rules and the state's shardings
 
 
 def build_run(model_dir: str, train_steps: int, model: ModelConfig, layout: VocabularyLayout | None,
@@ -143,39 +136,25 @@ def build_run(model_dir: str, train_steps: int, model: ModelConfig, layout: Voca
   if layout is None:
     raise ValueError("train needs a vocabulary layout: bind train.layout or train.data_registration")
   config = model.with_vocabulary(layout)
-  transformer = Transformer(config)
   mesh = partitioning.create_mesh(mesh_axes) if mesh_axes is not None else partitioning.create_mesh()
-  rules = partitioning.logical_axis_rules()
-  batch_sharding = partitioning.data_sharding(mesh)
   # The schedule always spans the run's train_steps (learning_rate_schedule's other arguments in gin).
   learning_rate = optimizer_lib.learning_rate_schedule(total_steps=_schedule_steps(train_steps))
   optimizer = optimizer_lib.make_optimizer(learning_rate=learning_rate)
-  trainer = Trainer(transformer, optimizer, learning_rate, layout, mesh, batch_sharding,
-                    lambda: partitioning.use_mesh(mesh, rules), num_microbatches=num_microbatches, z_loss=z_loss)
-
   data = train_input()
-  batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-  if data.batch_size % (batch_ways * num_microbatches):
-    raise ValueError(f"batch size {data.batch_size} must be a multiple of the mesh's data x fsdp = {batch_ways} "
-                     f"devices times num_microbatches={num_microbatches}; change BATCH_SIZE or the mesh "
-                     f"({dict(mesh.shape)})")
-  with partitioning.use_mesh(mesh, rules):
-    boxed = partitioning.abstract_params(transformer, (1, min(data.sequence_length, 8)))
-    param_shardings = partitioning.logical_to_sharding(boxed, mesh, rules)
-  params_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(boxed))
-  state_shardings = train_state_shardings(optimizer, params_abstract, param_shardings, mesh)
-  return Run(model_dir=model_dir, train_steps=train_steps, layout=layout, config=config, transformer=transformer,
-             mesh=mesh, rules=rules, batch_sharding=batch_sharding, optimizer=optimizer, trainer=trainer, data=data,
-             params_abstract=params_abstract, param_shardings=param_shardings, state_shardings=state_shardings,
-             checkpoints=Checkpoints(model_dir, checkpoint))
+  sharded = build_trainer(config, layout, optimizer, learning_rate, mesh, partitioning.logical_axis_rules(),
+                          batch_size=data.batch_size, sequence_length=data.sequence_length,
+                          num_microbatches=num_microbatches, z_loss=z_loss)
+  return Run(model_dir=model_dir, train_steps=train_steps, layout=layout, config=config, mesh=mesh, optimizer=optimizer,
+             data=data, checkpoints=Checkpoints(model_dir, checkpoint), sharded=sharded)
 
 
 def initial_state(run: Run, seed: int, warm_start: Callable[..., Any] | None) -> TrainState:
   """The latest checkpoint of the run directory (data iterators included), else a fresh state:
   warm-started parameters or a random initialisation from `seed`."""
   t0 = time.perf_counter()
+  sharded = run.sharded
   if run.checkpoints.latest_step() is not None:
-    restored = run.checkpoints.restore(abstract_train_state(run.optimizer, run.params_abstract, run.state_shardings),
+    restored = run.checkpoints.restore(abstract_train_state(run.optimizer, sharded.params_abstract, sharded.state_shardings),
                                        iterators=run.data.iterators)
     if restored.layout is not None and restored.layout.vocab_size != run.layout.vocab_size:
       raise ValueError(f"{run.model_dir} was trained with a vocabulary of {restored.layout.vocab_size} rows, this "
@@ -185,14 +164,12 @@ def initial_state(run: Run, seed: int, warm_start: Callable[..., Any] | None) ->
     return restored.state
   if warm_start is not None:
     abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                            run.params_abstract, run.param_shardings)
+                            sharded.params_abstract, sharded.param_shardings)
     params = _put_params(warm_start(config=run.config, layout=run.layout, abstract_params=abstract),
-                         run.param_shardings, run.params_abstract)
+                         sharded.param_shardings, sharded.params_abstract)
   else:
-    params, _ = partitioning.init_params(run.transformer, jax.random.key(seed), run.mesh, run.rules,
-                                         (1, min(run.data.sequence_length, 8)))
-  opt_state = jax.jit(run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params)
-  return jax.device_put(TrainState.create(params, opt_state), run.state_shardings)
+    params = sharded.random_params(seed)
+  return sharded.fresh_state(params)
 
 
 def write_run_files(run: Run, operative: str) -> None:
@@ -325,8 +302,8 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, ope
   step resumes exactly.
   """
   data, checkpoints = run.data, run.checkpoints
-  step_fn = run.trainer.jit_train_step(run.state_shardings)
-  eval_fn = run.trainer.jit_eval_sums(run.param_shardings) if evaluator is not None else None
+  step_fn = run.sharded.trainer.jit_train_step(run.sharded.state_shardings)
+  eval_fn = run.sharded.trainer.jit_eval_sums(run.sharded.param_shardings) if evaluator is not None else None
   throughput = metrics_lib.Throughput(run.config.flops_per_token(data.sequence_length), metrics_lib.peak_flops())
   eta = metrics_lib.Eta(last_step)
   step = first_step = int(jax.device_get(state.step))
@@ -359,7 +336,7 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, ope
   stopped_by_signal = False
   while step < last_step:
     profile.before_step(step + 1)
-    batch = to_global_batch(data.next_local_batch(), run.batch_sharding)
+    batch = to_global_batch(data.next_local_batch(), run.sharded.trainer.batch_sharding)
     state, step_metrics = step_fn(state, batch)
     step += 1
     if step == first_step + 1:
@@ -374,7 +351,7 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, ope
     pending = _Pending(step, step_metrics)
     if evaluator is not None and eval_every_steps and (step % eval_every_steps == 0 or step == last_step):
       watchdog.pause()
-      eval_scalars = evaluator.evaluate(eval_fn, state.params, run.batch_sharding)
+      eval_scalars = evaluator.evaluate(eval_fn, state.params, run.sharded.trainer.batch_sharding)
       writer.write(step, eval_scalars)
       for line in metrics_lib.eval_console_lines(step, eval_scalars):
         _console(line)

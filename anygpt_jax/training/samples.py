@@ -159,7 +159,7 @@ class TrainingSamples:
             f"{run.config.max_position_embeddings}")
       prompts.append(text)
       requests.append(Request(ids, settings, requested))
-    generator = Generator(run.transformer, params, mesh=run.mesh, rules=run.rules, constraints=tables)
+    generator = Generator(run.sharded.transformer, params, mesh=run.mesh, rules=run.sharded.rules, constraints=tables)
     return _Prepared(list(self.tasks), prompts, requests, generator, vocabulary, stop_ids)
 
   # --- every round ------------------------------------------------------------------------------

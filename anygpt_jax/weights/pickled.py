@@ -22,7 +22,12 @@ def load_pickled_tensors(path: str | os.PathLike | io.BytesIO, mmap: bool = True
   Raises:
     UnsafePickleError: naming the file, when the pickle asks for anything else.
   """
-  import torch
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f"{getattr(path, 'name', path)}: reading a pickled PyTorch file (.bin/.pth/.pt) needs torch, "
+                      "which this install lacks; install the 'tokenize' or 'test' extra (pip install "
+                      "'anygpt_jax[tokenize]'), or convert the weights to safetensors first") from e
 
   if isinstance(path, io.BytesIO):
     mmap = False  # a remote file's bytes

@@ -21,7 +21,8 @@ import json
 import pytest
 import tensorflow as tf
 
-from anygpt_jax.data import preprocessors, rendering, synthetic
+from anygpt_jax.data import preprocessors, rendering
+from anygpt_jax.testing import synthetic_corpus
 from anygpt_jax.data.shards import serialize_sample
 from anygpt_jax.tokenizers.anygpt_data import record_to_sample
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary, train_llama_like_sentencepiece
@@ -254,7 +255,7 @@ GOLDEN_PAIRS = [
 
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory):
-  texts = list(synthetic.TEXT_SAMPLES) + [" ".join(synthetic.WORDS)] * 3
+  texts = list(synthetic_corpus.TEXT_SAMPLES) + [" ".join(synthetic_corpus.WORDS)] * 3
   spm = train_llama_like_sentencepiece(texts, str(tmp_path_factory.mktemp("spm") / "m"), 600)
   return AnyGPTVocabulary(spm, chat_tokens=True)  # the default mode: AnyGPT's (legacy=True)
 

@@ -7,7 +7,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from anygpt_jax.data import pipeline, synthetic
+from anygpt_jax.data import pipeline
+from anygpt_jax.testing import synthetic_corpus
 from anygpt_jax.data.features import BATCH_FEATURES
 from anygpt_jax.data.shards import Part, Sample
 from anygpt_jax.vocabulary.layout import target_modality
@@ -22,11 +23,11 @@ CORPORA = [("demo_image", "image_text", "{name}/{name}-{split}-*", 0.5),
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
-  spm = train_llama_like_sentencepiece(list(synthetic.TEXT_SAMPLES) + [" ".join(synthetic.WORDS)] * 3,
+  spm = train_llama_like_sentencepiece(list(synthetic_corpus.TEXT_SAMPLES) + [" ".join(synthetic_corpus.WORDS)] * 3,
                                        str(root / "spm" / "m"), 600)
   for i, (name, kind, _, _) in enumerate(CORPORA):
-    synthetic.write_corpus(str(root), name, kind, 24, num_shards=2, seed=i)
-  synthetic.write_corpus(str(root), "demo_image", "image_text", 10, split="validation", seed=9)
+    synthetic_corpus.write_corpus(str(root), name, kind, 24, num_shards=2, seed=i)
+  synthetic_corpus.write_corpus(str(root), "demo_image", "image_text", 10, split="validation", seed=9)
   reg = pipeline.register_corpora(str(root), spm, CORPORA, default_mixtures=False, mixture_name="demo_mixture",
                                   shuffle_buffer_size=64)
   return root, reg
@@ -168,7 +169,7 @@ def test_a_corpus_longer_than_the_rows_is_a_clear_error(data):
 
 def test_out_of_range_code_names_shard_file_and_record(data, tmp_path):
   root, reg = data
-  paths = synthetic.write_shards(str(tmp_path / "bad"), "bad", "train",
+  paths = synthetic_corpus.write_shards(str(tmp_path / "bad"), "bad", "train",
                                  [Sample("good-1", [Part("image", codes=[1]), Part("text", "ok")]),
                                   Sample("bad-2", [Part("image", codes=[9000]), Part("text", "oops")])])
   pipeline.register_corpora(str(tmp_path), reg.vocabulary.spm_path, [("bad", "image_text", "bad/bad-{split}-*")],

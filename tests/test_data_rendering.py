@@ -7,14 +7,15 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from anygpt_jax.data import pipeline, preprocessors, rendering, synthetic
+from anygpt_jax.data import pipeline, preprocessors, rendering
+from anygpt_jax.testing import synthetic_corpus
 from anygpt_jax.data.shards import Part, Sample, serialize_sample
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary, train_llama_like_sentencepiece
 
 
 @pytest.fixture(scope="module")
 def spm_path(tmp_path_factory):
-  texts = list(synthetic.TEXT_SAMPLES) + [" ".join(synthetic.WORDS)] * 3
+  texts = list(synthetic_corpus.TEXT_SAMPLES) + [" ".join(synthetic_corpus.WORDS)] * 3
   return train_llama_like_sentencepiece(texts, str(tmp_path_factory.mktemp("spm") / "m"), 600)
 
 
@@ -40,7 +41,7 @@ def graph_render(vocab, sample, kind, to_text=None, instruction=None):
 def test_pairs_equal_the_template_string(vocab, kind, to_text):
   rng = np.random.default_rng(1)
   for i in range(3):
-    sample = synthetic.make_sample(kind, i, rng)
+    sample = synthetic_corpus.make_sample(kind, i, rng)
     instruction = "Describe what you get, please."
     ids, weights = graph_render(vocab, sample, kind, to_text, instruction)
     assert ids == rendering.reference_ids(vocab, kind, sample.parts, instruction, to_text)
@@ -58,7 +59,7 @@ def test_pairs_equal_the_template_string(vocab, kind, to_text):
 def test_interleaved_documents(vocab):
   rng = np.random.default_rng(2)
   for i in range(3):
-    sample = synthetic.make_sample("interleaved", i, rng)
+    sample = synthetic_corpus.make_sample("interleaved", i, rng)
     ids, weights = graph_render(vocab, sample, "interleaved")
     assert ids == rendering.reference_ids(vocab, "interleaved", sample.parts)
     assert sum(weights) == len(ids) - 1
@@ -148,8 +149,8 @@ def test_wrong_parts_are_clear_errors(vocab):
 
 
 def test_direction_probability_and_instruction_pools(tmp_path, spm_path):
-  synthetic.write_corpus(str(tmp_path), "dirs", "image_text", 300)
-  synthetic.write_corpus(str(tmp_path), "capts", "image_text", 40, seed=1)
+  synthetic_corpus.write_corpus(str(tmp_path), "dirs", "image_text", 300)
+  synthetic_corpus.write_corpus(str(tmp_path), "capts", "image_text", 40, seed=1)
   reg = pipeline.register_corpora(str(tmp_path), spm_path, [("dirs", "image_text", pipeline.DEFAULT_PATTERN, 0.8),
                                                           ("capts", "image_text", pipeline.DEFAULT_PATTERN, 1.0)],
                                   default_mixtures=False)

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import seqio
 
-from anygpt_jax.data import pipeline, preprocessors, sources, synthetic
+from anygpt_jax.data import pipeline, preprocessors, sources
+from anygpt_jax.testing import synthetic_corpus
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 
 
 def test_only_shard_names_are_read(tmp_path):
-  shards = synthetic.write_corpus(str(tmp_path), "c", "image_text", 6, num_shards=2)
+  shards = synthetic_corpus.write_corpus(str(tmp_path), "c", "image_text", 6, num_shards=2)
   directory = tmp_path / "c"
   for name in ("c-train-00000-of-00002.rejects.jsonl", "c-train-00001-of-00002.tmp",
                "c-train-00002-of-00004.rejects.jsonl.tmp", "c-train-notes.txt", "c-validation-00000-of-00001"):
@@ -42,8 +43,8 @@ def test_hosts_share_records_when_files_are_too_few_or_empty():
 
 @pytest.mark.parametrize("num_shards, records", [(1, 7), (3, 7), (2, 1)])
 def test_every_record_read_by_exactly_one_host(tmp_path, num_shards, records):
-  spm = train_llama_like_sentencepiece(list(synthetic.TEXT_SAMPLES) * 2, str(tmp_path / "spm" / "m"), 300)
-  synthetic.write_corpus(str(tmp_path), "c", "image_text", records, num_shards=num_shards)
+  spm = train_llama_like_sentencepiece(list(synthetic_corpus.TEXT_SAMPLES) * 2, str(tmp_path / "spm" / "m"), 300)
+  synthetic_corpus.write_corpus(str(tmp_path), "c", "image_text", records, num_shards=num_shards)
   (tmp_path / "c" / f"c-train-00000-of-{num_shards:05d}.rejects.jsonl").write_text("")  # the job always writes it
   pipeline.register_corpora(str(tmp_path), spm, [("c", "image_text")])
   task = seqio.get_mixture_or_task("c")

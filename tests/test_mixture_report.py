@@ -4,16 +4,17 @@ import re
 
 import pytest
 
-from anygpt_jax.data import pipeline, synthetic
+from anygpt_jax.data import pipeline
+from anygpt_jax.testing import synthetic_corpus
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 from tools import mixture_report
 
 
 def test_report_arithmetic(tmp_path, capsys):
-  spm = train_llama_like_sentencepiece(list(synthetic.TEXT_SAMPLES) + [" ".join(synthetic.WORDS)] * 3,
+  spm = train_llama_like_sentencepiece(list(synthetic_corpus.TEXT_SAMPLES) + [" ".join(synthetic_corpus.WORDS)] * 3,
                                        str(tmp_path / "spm" / "m"), 600)
-  synthetic.write_corpus(str(tmp_path), "rep_image", "image_text", 20, seed=1)
-  synthetic.write_corpus(str(tmp_path), "rep_music", "music_text", 10, seed=2)
+  synthetic_corpus.write_corpus(str(tmp_path), "rep_image", "image_text", 20, seed=1)
+  synthetic_corpus.write_corpus(str(tmp_path), "rep_music", "music_text", 10, seed=2)
   args = ["custom_mixture", "--steps", "100", "--batch", "4", "--length", "2048", "--data-dir", str(tmp_path),
           "--spm", spm, "--corpus", "rep_image:image_text:{name}/{name}-{split}-*:0.5",
           "--corpus", "rep_music:music_text:{name}/{name}-{split}-*"]

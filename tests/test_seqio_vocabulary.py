@@ -11,7 +11,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from anygpt_jax.data.synthetic import TEXT_SAMPLES, WORDS
+from anygpt_jax.testing.synthetic_corpus import TEXT_SAMPLES, WORDS
 from anygpt_jax.vocabulary import layout
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary, train_llama_like_sentencepiece
 from tools import vocab as vocab_tool

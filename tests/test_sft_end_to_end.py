@@ -8,7 +8,7 @@ import pytest
 
 from anygpt_jax.data import pipeline
 from anygpt_jax.data.shards import Part, Sample
-from anygpt_jax.data.synthetic import write_shards
+from anygpt_jax.testing.synthetic_corpus import write_shards
 from anygpt_jax.training.loss import loss_sums
 from anygpt_jax.vocabulary.layout import CONTENT_KINDS
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece

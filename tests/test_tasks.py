@@ -6,7 +6,8 @@ import gin
 import pytest
 import seqio
 
-from anygpt_jax.data import pipeline, synthetic
+from anygpt_jax.data import pipeline
+from anygpt_jax.testing import synthetic_corpus
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 
 PRETRAIN = {"laion_2b": "image_text", "laion_coco": "image_text", "journeydb": "image_text",
@@ -17,7 +18,7 @@ PRETRAIN = {"laion_2b": "image_text", "laion_coco": "image_text", "journeydb": "
 @pytest.fixture(scope="module")
 def spm(tmp_path_factory):
   root = tmp_path_factory.mktemp("spm")
-  return train_llama_like_sentencepiece(list(synthetic.TEXT_SAMPLES) + [" ".join(synthetic.WORDS)] * 3,
+  return train_llama_like_sentencepiece(list(synthetic_corpus.TEXT_SAMPLES) + [" ".join(synthetic_corpus.WORDS)] * 3,
                                         str(root / "m"), 600)
 
 
@@ -25,7 +26,7 @@ def spm(tmp_path_factory):
 def default_data(tmp_path_factory, spm):
   root = tmp_path_factory.mktemp("defaults")
   for i, (name, kind) in enumerate({**PRETRAIN, "anyinstruct": "chat"}.items()):
-    synthetic.write_corpus(str(root), name, kind, 8, seed=i)
+    synthetic_corpus.write_corpus(str(root), name, kind, 8, seed=i)
   return str(root), spm
 
 
@@ -58,7 +59,7 @@ def test_a_missing_corpus_is_an_error_naming_it(tmp_path, default_data, caplog):
   root, spm = default_data
   for i, (name, kind) in enumerate(PRETRAIN.items()):
     if name not in ("gigaspeech", "mmc4"):
-      synthetic.write_corpus(str(tmp_path), name, kind, 8, seed=i)
+      synthetic_corpus.write_corpus(str(tmp_path), name, kind, 8, seed=i)
   with pytest.raises(pipeline.MissingCorpusError) as e:
     pipeline.register_corpora(str(tmp_path), spm, mixture_name="anygpt_pretrain")
   message = str(e.value)
@@ -98,8 +99,8 @@ def test_sft_mixture_and_chat_tokens(default_data):
 
 
 def test_custom_corpus_list_keeps_its_groups(tmp_path, spm):
-  synthetic.write_corpus(str(tmp_path), "pics", "image_text", 8, seed=1)
-  synthetic.write_corpus(str(tmp_path), "tunes", "music_text", 8, seed=2)
+  synthetic_corpus.write_corpus(str(tmp_path), "pics", "image_text", 8, seed=1)
+  synthetic_corpus.write_corpus(str(tmp_path), "tunes", "music_text", 8, seed=2)
   corpora = [("pics", "image_text", pipeline.DEFAULT_PATTERN, 0.5, "image_text"),
              ("tunes", "music_text", pipeline.DEFAULT_PATTERN, 0.5, "music")]
   reg = pipeline.register_corpora(str(tmp_path), spm, corpora, mixture_name="anygpt_pretrain")

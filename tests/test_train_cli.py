@@ -14,14 +14,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def write_run_inputs(directory: pathlib.Path, records: int = 96) -> dict[str, str]:
   """Real pretokenized shards (the `anygpt_jax.data.shards` schema) of an image-text corpus and a SentencePiece model."""
-  from anygpt_jax.data import synthetic
+  from anygpt_jax.testing import synthetic_corpus
   from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
 
   data_dir = directory / "shards"
-  synthetic.write_corpus(str(data_dir), "pairs", "image_text", records, split="train", seed=1)
-  synthetic.write_corpus(str(data_dir), "pairs", "image_text", 8, split="validation", seed=2)
+  synthetic_corpus.write_corpus(str(data_dir), "pairs", "image_text", records, split="train", seed=1)
+  synthetic_corpus.write_corpus(str(data_dir), "pairs", "image_text", 8, split="validation", seed=2)
   rng = np.random.default_rng(0)
-  texts = [synthetic.random_text(rng, 5, 30) for _ in range(300)]
+  texts = [synthetic_corpus.random_text(rng, 5, 30) for _ in range(300)]
   spm = train_llama_like_sentencepiece(texts, str(directory / "spm" / "test"), vocab_size=400)
   return {"data_dir": str(data_dir), "spm": spm}
 

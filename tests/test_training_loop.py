@@ -65,14 +65,15 @@ def _images(batches, layout) -> list[tuple]:
 
 
 def test_evaluator_on_two_hosts_shards_reads_every_record_once(inputs, monkeypatch):
-  from anygpt_jax.data import pipeline, synthetic
+  from anygpt_jax.data import pipeline
+from anygpt_jax.testing import synthetic_corpus
   from anygpt_jax.training import evaluation
 
   data_dir = inputs["dir"] / "eval_shards"
-  synthetic.write_corpus(str(data_dir), "heldout", "image_text", 8, split="train", seed=3)
-  synthetic.write_corpus(str(data_dir), "heldout", "image_text", 14, split="validation", num_shards=2, seed=4)
+  synthetic_corpus.write_corpus(str(data_dir), "heldout", "image_text", 8, split="train", seed=3)
+  synthetic_corpus.write_corpus(str(data_dir), "heldout", "image_text", 14, split="validation", num_shards=2, seed=4)
   rng = np.random.default_rng(4)  # the records write_corpus drew, in order
-  written = [tuple(s.parts[0].codes) for s in (synthetic.make_sample("image_text", i, rng, "heldout")
+  written = [tuple(s.parts[0].codes) for s in (synthetic_corpus.make_sample("image_text", i, rng, "heldout")
                                                for i in range(14))]
   layout = pipeline.register_corpora(str(data_dir), inputs["spm"], [("heldout", "image_text")],
                                      shuffle_buffer_size=8).vocabulary.layout

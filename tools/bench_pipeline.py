@@ -27,7 +27,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from anygpt_jax.data import pipeline, synthetic
+from anygpt_jax.data import pipeline
+from anygpt_jax.testing import synthetic_corpus
 from anygpt_jax.data.preprocessors import parse_batch, read_shard_file
 from anygpt_jax.vocabulary.layout import CONTENT_KINDS, target_modality
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
@@ -47,8 +48,8 @@ def write_data(data_dir: str, scale: float) -> str:
     return os.path.join(data_dir, "spm", "m.model")
   shutil.rmtree(data_dir, ignore_errors=True)
   for i, (name, (kind, records, shards)) in enumerate(CORPORA.items()):
-    synthetic.write_corpus(data_dir, name, kind, max(shards, int(records * scale)), num_shards=shards, seed=i)
-  texts = list(synthetic.TEXT_SAMPLES) + [" ".join(synthetic.WORDS)] * 3
+    synthetic_corpus.write_corpus(data_dir, name, kind, max(shards, int(records * scale)), num_shards=shards, seed=i)
+  texts = list(synthetic_corpus.TEXT_SAMPLES) + [" ".join(synthetic_corpus.WORDS)] * 3
   spm = train_llama_like_sentencepiece(texts, os.path.join(data_dir, "spm", "m"), 600)
   open(os.path.join(data_dir, "DONE"), "w").close()
   return spm

@@ -8,5 +8,4 @@
   packing.py        first-fit-decreasing packing of one corpus into LM-feature rows
   mixing.py         token counts from the tokenization stats, rate functions
   pipeline.py       register_corpora, get_dataset, iterator state
-  synthetic.py      random corpora in the shard schema (tests, benchmark)
 """

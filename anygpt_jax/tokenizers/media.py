@@ -3,7 +3,9 @@
 Readers describe media with a `MediaRef` and never unpack anything: a tar member is read by
 seeking to its data inside the tar (img2dataset, AnyInstruct and MMC4 image tars are plain,
 uncompressed tars), a GigaSpeech segment by seeking inside its long opus file. A `MediaRef` is
-a small picklable value, so the Ray engine ships references, not bytes, to its actors.
+a small picklable value, so the Ray engine ships references, not bytes, to its actors (except for
+webdataset tars, which Ray Data's read tasks stream: their members travel as `data`). Paths may be
+local or URLs (`gs://...`): files are opened through `anygpt_jax.filesystem`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Every reader takes one input file (a tar, a JSONL part, a TSV, a transcripts fil
 JSON) and yields `InputRecord`s in the shard schema's shapes: pairs, interleaved documents,
 chats. `read_input(format, path, options)` dispatches; `detect_format(path)` picks a format
 from the file's name and first bytes; `expand_inputs` turns the user's paths and globs into
-the sorted list of input shards every machine of a job computes alike.
+the sorted list of input shards every machine of a job computes alike. Paths, globs and
+directories may be local or URLs (`gs://bucket/laion/*.tar`).
 
   format       input shard                                  records
   webdataset   img2dataset `.tar` (+ `.parquet`)             image (or audio) pairs

@@ -66,7 +66,7 @@ def _images(batches, layout) -> list[tuple]:
 
 def test_evaluator_on_two_hosts_shards_reads_every_record_once(inputs, monkeypatch):
   from anygpt_jax.data import pipeline
-from anygpt_jax.testing import synthetic_corpus
+  from anygpt_jax.testing import synthetic_corpus
   from anygpt_jax.training import evaluation
 
   data_dir = inputs["dir"] / "eval_shards"

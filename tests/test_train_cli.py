@@ -91,6 +91,16 @@ def test_bad_binding_is_named(flag, named, capsys, clean_gin):
   assert named in err and "gin binding" in err
 
 
+def test_both_gin_commands_share_the_usage_errors(capsys):
+  from tools import compile as compile_cli
+  compile_flags = ["--topology=v5p:2x2x1", "--output_dir=unused"]
+  for main, prog, flags in ((train_cli.main, "anygpt-train", []), (compile_cli.main, "anygpt-compile", compile_flags)):
+    assert main(["--gin.MODEL_DIR='x'", *flags]) == 2
+    assert capsys.readouterr().err.startswith(f"{prog}: at least one --gin_file is required")
+    assert main(["--gin_file=gin/runs/demo.gin", "--gin.nonsense", *flags]) == 2
+    assert capsys.readouterr().err.startswith(f"{prog}: '--gin.nonsense': expected --gin.NAME=VALUE")
+
+
 def test_bad_gin_file_is_named(tmp_path, capsys, clean_gin):
   bad = tmp_path / "bad.gin"
   bad.write_text("include 'gin/runs/base.gin'\ntrain.modle_dir = 'x'\n")

@@ -24,7 +24,7 @@ import re
 import sys
 from typing import Any
 
-from .train import GinConfigError, import_configurables, parse_gin, split_gin_flags
+from .train import GinConfigError, import_configurables, parse_command_line, parse_gin
 
 LLAMA2_TEXT_VOCAB_SIZE = 32000
 _REQUIRED_MACRO = re.compile(r"(\w+)/macro\.value set to `%gin\.REQUIRED`")
@@ -156,16 +156,10 @@ def compile_run(spec, topology: str, output_dir: str, estimate_cost: bool = True
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  try:
-    bindings, rest = split_gin_flags(argv)
-  except GinConfigError as e:
-    print(f"anygpt-compile: {e}", file=sys.stderr)
+  parsed = parse_command_line(build_parser(), argv)
+  if parsed is None:
     return 2
-  args = build_parser().parse_args(rest)
-  if not args.gin_file:
-    print("anygpt-compile: at least one --gin_file is required", file=sys.stderr)
-    return 2
+  bindings, args = parsed
   try:
     unset = parse_gin_for_compile(args.gin_file, bindings, args.gin_search_path)
     spec = spec_from_gin(args.text_vocab_size)

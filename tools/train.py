@@ -166,17 +166,31 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None,
+                       example: str = "") -> tuple[list[str], argparse.Namespace] | None:
+  """(the `--gin.NAME=value` bindings, the parsed other flags) of a gin command line (t5x's flags).
+
+  On a usage error (a malformed binding, no `--gin_file`) prints it as `<prog>: ...` and returns None.
+  """
   argv = sys.argv[1:] if argv is None else argv
   try:
     bindings, rest = split_gin_flags(argv)
   except GinConfigError as e:
-    print(f"anygpt-train: {e}", file=sys.stderr)
-    return 2
-  args = build_parser().parse_args(rest)
+    print(f"{parser.prog}: {e}", file=sys.stderr)
+    return None
+  args = parser.parse_args(rest)
   if not args.gin_file:
-    print("anygpt-train: at least one --gin_file is required (e.g. runs/demo.gin)", file=sys.stderr)
+    print(f"{parser.prog}: at least one --gin_file is required{f' (e.g. {example})' if example else ''}",
+          file=sys.stderr)
+    return None
+  return bindings, args
+
+
+def main(argv: list[str] | None = None) -> int:
+  parsed = parse_command_line(build_parser(), argv, example="runs/demo.gin")
+  if parsed is None:
     return 2
+  bindings, args = parsed
 
   from anygpt_jax import distributed
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,

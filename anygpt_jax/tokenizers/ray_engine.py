@@ -52,7 +52,8 @@ def _windows(plan, cfg: job.JobConfig, todo: list[int]):
   """Rows {shard, window, last, records} of every window of the shards in `todo`."""
   if isinstance(plan, job.InputShardPlan) and plan.format == "webdataset":
     from anygpt_jax.tokenizers import ray_webdataset
-    return ray_webdataset.read_windows(plan.inputs, plan.per_input, todo, cfg.window, plan.options.media_kind)
+    kind = plan.options.media_kind if plan.options is not None else "image"
+    return ray_webdataset.read_windows(plan.inputs, plan.per_input, todo, cfg.window, kind)
   return _driver_windows(plan, cfg, todo)
 
 

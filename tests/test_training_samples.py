@@ -142,3 +142,13 @@ _append_lines(path, [{{"step": 4, "index": 0}}])
   lines = [json.loads(l) for l in bucket.read("run/samples.jsonl").decode().splitlines()]
   assert [(l["step"], l["index"]) for l in lines] == [(2, 0), (2, 1), (4, 0)]
   assert not (tmp_path / "gs:").exists()
+
+
+def test_sample_lines_accumulate_on_a_local_disk(tmp_path):
+  """Sampling steps accumulate in a local run directory (created if needed) as on an object store."""
+  from anygpt_jax import filesystem
+  from anygpt_jax.training.samples import _append_lines
+  path = filesystem.resolve(tmp_path / "run") / "samples.jsonl"
+  _append_lines(path, [{"step": 2, "index": 0}])
+  _append_lines(path, [{"step": 4, "index": 0}])
+  assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [2, 4]

@@ -239,7 +239,13 @@ class TrainingSamples:
 
 
 def _append_lines(path, records: list[dict]) -> None:
-  """Appends JSON lines to `path` (local or URL: object stores have no append, so the file is
-  rewritten whole; it stays small)."""
+  """Appends JSON lines to `path`: in place on a local disk; on an object store (no append there)
+  by rewriting the object, a few KB per sampling step."""
+  lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  if filesystem.is_local(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+      f.write(lines)
+    return
   previous = path.read_text() if path.exists() else ""
-  filesystem.write_text(path, previous + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+  filesystem.write_text(path, previous + lines)

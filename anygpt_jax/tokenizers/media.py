@@ -62,17 +62,21 @@ class MediaRef:
   def is_whole_file(self) -> bool:
     return self.offset < 0
 
-  def check_exists(self) -> None:
-    """Raises MediaError('missing_file') when the file (or the tar holding the member) is absent."""
-    if not filesystem.resolve(self.path).is_file():
-      raise MediaError("missing_file", self.name)
+  def _open_file(self) -> BinaryIO:
+    """The file (or the tar holding the member), opened; MediaError('missing_file') when absent.
+
+    Opening is the existence check: one request, not two, on an object store.
+    """
+    try:
+      return filesystem.resolve(self.path).open("rb")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+      raise MediaError("missing_file", self.name) from None
 
   def read_bytes(self) -> bytes:
     """The medium's bytes (the member's data for a tar member). Raises MediaError."""
     if self.data is not None:
       return self.data
-    self.check_exists()
-    with filesystem.resolve(self.path).open("rb") as f:
+    with self._open_file() as f:
       if self.is_whole_file:
         return f.read()
       f.seek(self.offset)
@@ -83,10 +87,8 @@ class MediaRef:
 
   def open(self) -> BinaryIO:
     """A binary file object over the medium (a whole file is opened, a member read into memory)."""
-    if self.data is None:
-      self.check_exists()
     if self.is_whole_file and self.data is None:
-      return filesystem.resolve(self.path).open("rb")
+      return self._open_file()
     return io.BytesIO(self.read_bytes())
 
   def to_dict(self) -> dict:

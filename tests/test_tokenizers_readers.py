@@ -124,6 +124,30 @@ def test_webdataset_tars_tokenize_in_place_with_member_rejections(models, tmp_pa
   assert stats["inputs"] == [f"{src}/00000.tar"] and stats["records_in"] == 5 and stats["records_out"] == 2
 
 
+def _record_view(r):
+  """What a record says, media as their bytes (the indexed reader holds offsets, the stream the bytes)."""
+  parts = [(p["kind"], p.get("text"), MediaRef.from_dict(p["media"]).read_bytes() if "media" in p else None)
+           for p in r.parts or ()]
+  return r.id, r.kind, r.text, r.source, r.reject, r.reject_detail, parts
+
+
+def test_streaming_a_tar_gives_the_indexed_records(tmp_path):
+  """`stream_webdataset` (object stores, Ray's read tasks) and the indexed reader agree on a well-formed tar,
+  rejections included; a key split across the tar is a `split_key` rejection of its later fragment."""
+  from anygpt_jax.tokenizers.readers import webdataset
+  _img2dataset_shard(tmp_path, "00000", seed=0)
+  tar = str(tmp_path / "00000.tar")
+  with open(tar, "rb") as f:
+    streamed = list(webdataset.stream_webdataset(f, tar))
+  assert [_record_view(r) for r in streamed] == [_record_view(r) for r in webdataset.read_webdataset(tar)]
+  assert len(streamed) == 5 and streamed[2].reject == "missing_member"
+  _write_tar(tmp_path / "split.tar", {"a.jpg": _jpeg(1), "b.jpg": _jpeg(2), "b.txt": b"bee", "a.txt": b"late"})
+  with open(tmp_path / "split.tar", "rb") as f:
+    split = list(webdataset.stream_webdataset(f, str(tmp_path / "split.tar")))
+  assert [(r.id, r.reject) for r in split] == [("a", "missing_text"), ("b", ""), ("a", "split_key")]
+  assert "['txt']" in split[2].reject_detail
+
+
 def test_input_shards_are_the_unit_of_work(models, tmp_path):
   src = tmp_path / "coco"
   src.mkdir()

@@ -2,22 +2,33 @@
 
 LAION-2B, LAION-COCO, LAION-Aesthetics and JourneyDB reach a user as img2dataset output:
 `00000.tar` holding each sample's files under one key, and `00000.parquet` listing every
-sample of the shard with its download `status`. Each key becomes one pair record whose
-medium is read at its offset inside the tar (nothing is unpacked). The caption is the `.txt`
-member, else the `.json` member's `caption`. A key without a medium member, and a parquet row
-marked `success` whose key the tar lacks, are rejected as `missing_member`; a tar cut short
-keeps the members before the cut and adds one `truncated_tar` rejection.
+sample of the shard with its download `status`. Each key becomes one pair record. The caption
+is the `.txt` member, else the `.json` member's `caption`. A key without a medium member, and a
+parquet row marked `success` whose key the tar lacks, are rejected as `missing_member`; a tar
+cut short keeps the members before the cut and adds one `truncated_tar` rejection.
+
+Two ways to read a tar, with the same records for a well-formed one:
+- `read_webdataset` on a local tar indexes its headers and reads each medium at its offset
+  when it is decoded (nothing is unpacked or held).
+- `stream_webdataset` reads the tar once, front to back, members carried as bytes: for tars on
+  an object store (`gs://`), where a read at an offset is a request of its own, and in the Ray
+  engine's read tasks. A stream needs each key's members adjacent (the webdataset rule, which
+  img2dataset follows); a key seen again later is a `split_key` rejection of that fragment, and
+  a member cut off by the end of the tar is lost with it (the index rejects it as
+  `truncated_member`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import tarfile
 from typing import Iterator
 
 from anygpt_jax import filesystem
 from anygpt_jax.tokenizers.inputs import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, InputRecord, media_part, rejected, text_part
-from anygpt_jax.tokenizers.media import MediaError, MediaRef, TarIndex
+from anygpt_jax.tokenizers.media import MediaError, MediaRef, TarIndex, check_plain_tar
 
 
 def split_key(member: str) -> tuple[str, str]:
@@ -84,8 +95,77 @@ def shard_rejections(tar_path: str, keys, truncated: str) -> Iterator[InputRecor
     yield rejected(os.path.basename(tar_path), tar_path, "truncated_tar", truncated)
 
 
+class _Prefixed:
+  """A stream whose first bytes were already read (to check the tar is not compressed)."""
+
+  def __init__(self, head: bytes, stream):
+    self.head, self.stream = head, stream
+
+  def read(self, size: int = -1) -> bytes:
+    if size is not None and 0 <= size <= len(self.head):
+      data, self.head = self.head[:size], self.head[size:]
+      return data
+    data, self.head = self.head, b""
+    return data + self.stream.read(-1 if size is None or size < 0 else size - len(data))
+
+
+def _stream_members(stream, tar_path: str, cut: list[str]) -> Iterator[tuple[str, bytes]]:
+  """(name, bytes) of each regular member of a plain tar stream, in order.
+
+  Raises MediaError('compressed_tar') before the first member; a tar cut short ends the
+  iteration and appends the reason to `cut`.
+  """
+  head = stream.read(3)
+  check_plain_tar(tar_path, head)
+  try:
+    with tarfile.open(fileobj=_Prefixed(head, stream), mode="r|") as tar:
+      for info in tar:
+        if info.isreg():
+          yield info.name, tar.extractfile(info).read()
+  except (tarfile.TarError, EOFError, OSError) as e:
+    cut.append(f"{tar_path}: {type(e).__name__}: {e}")
+
+
+def stream_webdataset(stream, tar_path: str, kind: str = "image") -> Iterator[InputRecord]:
+  """Pair records of a webdataset tar read front to back from `stream` (named `tar_path`)."""
+  cut: list[str] = []
+  members = _stream_members(stream, tar_path, cut)
+  try:
+    first = next(members, None)
+  except MediaError as e:  # a compressed tar: its shard says so
+    yield rejected(os.path.basename(tar_path), tar_path, e.reason, e.detail)
+    return
+  seen: set[str] = set()
+  key, refs = None, {}
+  for name, data in itertools.chain([first] if first else [], members):
+    member_key, ext = split_key(name)
+    if member_key != key:
+      if key is not None:
+        yield _finished_key(tar_path, key, refs, kind, seen)
+      key, refs = member_key, {}
+    refs[ext] = MediaRef(tar_path, member=name, data=data)
+  if key is not None:
+    yield _finished_key(tar_path, key, refs, kind, seen)
+  yield from shard_rejections(tar_path, seen, cut[0] if cut else "")
+
+
+def _finished_key(tar_path: str, key: str, refs: dict[str, MediaRef], kind: str, seen: set[str]) -> InputRecord:
+  if key in seen:
+    return rejected(key, f"{tar_path}::{key}", "split_key", f"{tar_path}: key {key!r} appears again after other keys "
+                    f"(members {sorted(refs)}); a streamed webdataset tar needs each key's members together")
+  seen.add(key)
+  return key_record(tar_path, key, refs, kind)
+
+
 def read_webdataset(tar_path: str, kind: str = "image") -> Iterator[InputRecord]:
-  """Pair records of one webdataset tar, in tar order; `kind` is the medium's kind."""
+  """Pair records of one webdataset tar, in tar order; `kind` is the medium's kind.
+
+  A local tar is indexed and read at offsets; a tar at a URL is streamed once (`stream_webdataset`).
+  """
+  if not filesystem.is_local(tar_path):
+    with filesystem.resolve(tar_path).open("rb") as f:
+      yield from stream_webdataset(f, tar_path, kind)
+    return
   try:
     index = TarIndex(tar_path)
   except MediaError as e:  # a compressed tar: its shard says so

@@ -1,9 +1,9 @@
 """The tokenization job on Ray Data: the same windows, processed by a pool of tokenizer actors.
 
-Windows come from Ray Data read tasks for webdataset tars (`ray_webdataset`: Ray's webdataset
-reader streams each tar, media bytes travel with the records), and from the driver for the
-other formats (it reads each shard's records through the same plan and readers as the local
-engine; records carry media references, a tar member's offset or an audio span, not bytes).
+Windows come from Ray Data read tasks for webdataset tars (`ray_webdataset`: each read task of
+Ray's webdataset datasource streams one tar, media bytes travel with the records), and from the
+driver for the other formats (it reads each shard's records through the same plan and readers as
+the local engine; records carry media references, a tar member's offset or an audio span).
 One Ray Data pipeline maps the windows of every unfinished shard through `TokenizeActor`s (each
 holding the tokenizer models, started once per job, on a GPU when `num_gpus` > 0), and the
 driver writes the results with the local engine's `ShardWriter`, in window order per shard,

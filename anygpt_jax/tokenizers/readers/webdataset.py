@@ -20,7 +20,6 @@ Two ways to read a tar, with the same records for a well-formed one:
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import tarfile
@@ -110,15 +109,10 @@ class _Prefixed:
 
 
 def _stream_members(stream, tar_path: str, cut: list[str]) -> Iterator[tuple[str, bytes]]:
-  """(name, bytes) of each regular member of a plain tar stream, in order.
-
-  Raises MediaError('compressed_tar') before the first member; a tar cut short ends the
-  iteration and appends the reason to `cut`.
-  """
-  head = stream.read(3)
-  check_plain_tar(tar_path, head)
+  """(name, bytes) of each regular member of a plain tar stream, in order; a tar cut short ends
+  the iteration and appends the reason to `cut`."""
   try:
-    with tarfile.open(fileobj=_Prefixed(head, stream), mode="r|") as tar:
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
       for info in tar:
         if info.isreg():
           yield info.name, tar.extractfile(info).read()
@@ -128,16 +122,16 @@ def _stream_members(stream, tar_path: str, cut: list[str]) -> Iterator[tuple[str
 
 def stream_webdataset(stream, tar_path: str, kind: str = "image") -> Iterator[InputRecord]:
   """Pair records of a webdataset tar read front to back from `stream` (named `tar_path`)."""
-  cut: list[str] = []
-  members = _stream_members(stream, tar_path, cut)
+  head = stream.read(3)
   try:
-    first = next(members, None)
+    check_plain_tar(tar_path, head)
   except MediaError as e:  # a compressed tar: its shard says so
     yield rejected(os.path.basename(tar_path), tar_path, e.reason, e.detail)
     return
+  cut: list[str] = []
   seen: set[str] = set()
   key, refs = None, {}
-  for name, data in itertools.chain([first] if first else [], members):
+  for name, data in _stream_members(_Prefixed(head, stream), tar_path, cut):
     member_key, ext = split_key(name)
     if member_key != key:
       if key is not None:

@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 from anygpt_jax.data import preprocessors, rendering
+from anygpt_jax.vocabulary import chat_format
 from anygpt_jax.testing import synthetic_corpus
 from anygpt_jax.data.shards import serialize_sample
 from anygpt_jax.tokenizers.anygpt_data import record_to_sample
@@ -288,7 +289,7 @@ def test_chat_ids_and_loss_mask_equal_anygpt(vocab, record):
   assert weights == mask_from_runs(GOLDEN_MASK_RUNS[record["id"]])
   # The Python string form says the same (system line, turns, spaces next to spans).
   string = rendering.render_reference_string(vocab.layout, "chat", sample.parts)
-  assert string.startswith(rendering.CHAT_SYSTEM_PROMPT + "\n[Human]: ")
+  assert string.startswith(chat_format.SYSTEM_PROMPT + "\n[Human]: ")
   assert [1] + vocab.encode(string) + [2] == ids
 
 

@@ -14,6 +14,32 @@ from tools import demo
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+def readme_transformers_block() -> str:
+  """The python block of README's "Serving an export" section."""
+  section = (REPO / "README.md").read_text().split("### Serving an export", 1)[1].split("\n## ", 1)[0]
+  return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def run_readme_transformers_block(cwd) -> str:
+  result = subprocess.run([sys.executable, "-c", readme_transformers_block()], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_readme_transformers_block_on_an_export(tmp_path):
+  """The README's block, verbatim, on a tiny export laid out where `make demo` writes its own."""
+  from test_vocabulary_chat_format import tiny_export
+  from anygpt_jax.testing import synthetic_corpus
+  from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
+
+  texts = list(synthetic_corpus.TEXT_SAMPLES) + [" ".join(synthetic_corpus.WORDS)] * 3
+  spm = train_llama_like_sentencepiece(texts, str(tmp_path / "spm"), 600)
+  tiny_export(tmp_path / "demo_out" / "export", spm)
+  printed = run_readme_transformers_block(tmp_path)
+  assert printed.strip(), "the block prints the decoded reply"
+
+
 def test_loss_summary_and_metrics_reading(tmp_path):
   log = tmp_path / "run" / "tensorboard" / "metrics.jsonl"
   log.parent.mkdir(parents=True)
@@ -56,8 +82,16 @@ def test_demo_end_to_end_then_resume(tmp_path):
     assert summary["losses"][name]["start"] is not None, name
   metrics = [json.loads(l) for l in (run / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
   assert any(k.startswith("eval/demo_music/") for m in metrics for k in m)  # held-out evaluation ran
-  for line in ("checkpoint:", "TensorBoard logs:", "loss plot:", str(out / "losses_per_modality.png")):
+  for line in ("checkpoint:", "TensorBoard logs:", "loss plot:", str(out / "losses_per_modality.png"),
+               "HuggingFace export:"):
     assert line in result.stdout
+  # The demo ends with a servable export: it loads, and the README's transformers block runs on it.
+  import transformers
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out / "export")
+  assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                       tokenize=False).endswith("[Human]: hi<eoh>\n[MMGPT]:")
+  assert transformers.AutoModelForCausalLM.from_pretrained(out / "export").config.vocab_size == len(tokenizer)
+  assert run_readme_transformers_block(tmp_path).strip()
 
   # Same command, more steps: the data is reused and training resumes from step 6.
   result = subprocess.run(cmd + ["--steps=8"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)

@@ -66,7 +66,8 @@ def test_export_command_on_a_trained_run(tmp_path):
   out = tmp_path / "hf"
   assert export_hf.main([f"--model_dir={model_dir}", f"--output_dir={out}", "--dtype=float32"]) == 0
 
-  config, params, layout, _ = load_run(str(model_dir))
+  loaded = load_run(str(model_dir))
+  config, params, layout = loaded.config, loaded.params, loaded.layout
   hf = transformers.LlamaForCausalLM.from_pretrained(str(out)).eval()
   tokens = np.random.default_rng(0).integers(3, layout.vocab_size, size=(1, 16))
   with torch.no_grad():

@@ -115,7 +115,7 @@ def real_run(tmp_path_factory):
   import torch
   import transformers
 
-  from anygpt_jax.data.rendering import CHAT_SYSTEM_PROMPT
+  from anygpt_jax.vocabulary.chat_format import SYSTEM_PROMPT as CHAT_SYSTEM_PROMPT
   from anygpt_jax.model import get_config
   from anygpt_jax.testing.tiny_tokenizers import save_tiny_seed
   from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece

@@ -9,7 +9,10 @@
   3. trains a small SentencePiece model on the corpus's texts;
   4. trains the demo model on the token-count mixture with `anygpt-train --gin_file=gin/runs/demo.gin`
      (checkpoints, TensorBoard logs, held-out evaluation);
-  5. plots the per-modality training losses (PNG) and prints where everything is.
+  5. exports the run with `anygpt-export` to a HuggingFace directory with AnyGPT's chat template
+     (`demo_out/export`: what transformers and OpenAI-compatible engines serve);
+  6. plots the per-modality training losses (PNG), prints where everything is, and generates one
+     sample per direction with `anygpt-generate`.
 
 Running it again reuses the data it already built and resumes training from the last
 checkpoint (a finished run is not trained further; pass --steps to extend it).
@@ -201,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
   timings = {}
 
   t = time.perf_counter()
-  _log(f"1/5 raw demo corpus: {args.items} images, speech clips and music clips -> {out / 'raw'}")
+  _log(f"1/6 raw demo corpus: {args.items} images, speech clips and music clips -> {out / 'raw'}")
   manifests = build_raw_corpus(out, args)
   timings["raw_corpus_s"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  _log("2/5 tokenizing with anygpt-tokenize (" +
+  _log("2/6 tokenizing with anygpt-tokenize (" +
        ("tiny random-weight tokenizers" if not (args.image_model or args.speech_model or args.music_model)
         else "given tokenizer checkpoints") + ")")
   models = tokenizer_models(out, args)
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
   t = time.perf_counter()
   spm_model = train_sentencepiece(out, manifests, args.spm_vocab_size)
-  _log(f"3/5 SentencePiece model on the corpus texts: {spm_model}")
+  _log(f"3/6 SentencePiece model on the corpus texts: {spm_model}")
   timings["sentencepiece_s"] = time.perf_counter() - t
 
   t = time.perf_counter()
@@ -227,20 +230,26 @@ def main(argv: list[str] | None = None) -> int:
          f"--gin.MODEL_DIR={model_dir}", f"--gin.DATA_DIR={out / 'shards'}", f"--gin.SENTENCEPIECE_MODEL={spm_model}"]
   if args.steps is not None:
     cmd.append(f"--gin.TRAIN_STEPS={args.steps}")
-  _log("4/5 training: anygpt-train " + " ".join(cmd[3:]))
+  _log("4/6 training: anygpt-train " + " ".join(cmd[3:]))
   _run(cmd, "training", log_path=out / "train.log")
   timings["train_s"] = time.perf_counter() - t
+
+  t = time.perf_counter()
+  export_dir = out / "export"
+  _log(f"5/6 exporting the run to HuggingFace with AnyGPT's chat template: {export_dir}")
+  _run([*command("export_hf"), f"--model_dir={model_dir}", f"--output_dir={export_dir}"], "export")
+  timings["export_s"] = time.perf_counter() - t
 
   metrics = read_metrics(model_dir)
   plot_path = out / "losses_per_modality.png"
   plot_losses(metrics, plot_path)
   summary = {"wall_time_s": time.perf_counter() - start, "timings_s": timings, "losses": loss_summary(metrics),
-             "model_dir": str(model_dir), "tokenization": stats}
+             "model_dir": str(model_dir), "export_dir": str(export_dir), "tokenization": stats}
   (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
 
-  _log("5/5 done in %.0f s (raw corpus %.0f s, tokenization %.0f s, SentencePiece %.0f s, training %.0f s)" % (
-      summary["wall_time_s"], timings["raw_corpus_s"], timings["tokenize_s"], timings["sentencepiece_s"],
-      timings["train_s"]))
+  _log("6/6 done in %.0f s (raw corpus %.0f s, tokenization %.0f s, SentencePiece %.0f s, training %.0f s, "
+       "export %.0f s)" % (summary["wall_time_s"], timings["raw_corpus_s"], timings["tokenize_s"],
+                           timings["sentencepiece_s"], timings["train_s"], timings["export_s"]))
   losses = summary["losses"]
   _log(f"training loss per target modality over {losses['steps']} steps (mean of the first and last 10 steps):")
   for name in ("loss",) + tuple(f"{m}/loss" for m in MODALITIES):
@@ -254,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
   if (model_dir / "samples.jsonl").exists():  # gin/runs/demo.gin's samples during training
     _log(f"training samples:  {model_dir / 'samples.jsonl'}   (TensorBoard: 'samples/' under Text)")
   _log(f"operative config:  {model_dir / 'config.gin'}")
+  _log(f"HuggingFace export: {export_dir}   (chat template included; README 'Serving an export')")
   _log(f"summary:           {out / 'demo_summary.json'}")
   generate_samples(out, model_dir, models, manifests, args)
   return 0

@@ -108,9 +108,10 @@ def _print_resolved(model_dir: str, spm_path: str | None) -> None:
 
 
 def load_run(model_dir: str, spm_path: str | None = None, step: int | None = None):
-  """(ModelConfig, params as numpy, VocabularyLayout, spm path) of a run's checkpoint, the whole
-  model in host memory (for tests and small models; the export itself streams)."""
+  """A run's checkpoint as a `generation.loading.LoadedModel` (params as numpy, the text mode of its
+  data), the whole model in host memory (for tests and small models; the export itself streams)."""
   from anygpt_jax.export.orbax_arrays import CheckpointArrays
+  from anygpt_jax.generation.loading import LoadedModel
 
   run = load_run_config(model_dir, spm_path)
   arrays = CheckpointArrays(model_dir, step)
@@ -120,7 +121,7 @@ def load_run(model_dir: str, spm_path: str | None = None, step: int | None = Non
     for key in leaf[:-1]:
       node = node.setdefault(key, {})
     node[leaf[-1]] = arrays.read(leaf)
-  return run["config"], params, run["layout"], run["spm_path"]
+  return LoadedModel(run["config"], params, run["layout"], run["spm_path"], model_dir, run["legacy"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,12 +86,11 @@ def modality_overrides(args) -> dict[str, dict[str, Any]]:
 
 def load_model(path: str, step: int | None, spm_path: str | None):
   """A run directory (config.gin) or an exported HF directory (config.json)."""
-  from anygpt_jax.generation.loading import LoadedModel, load_hf_directory
+  from anygpt_jax.generation.loading import load_hf_directory
 
   if os.path.exists(os.path.join(path, "config.gin")):
     from .export_hf import load_run
-    config, params, layout, spm = load_run(path, spm_path, step)
-    return LoadedModel(config, params, layout, spm, path)
+    return load_run(path, spm_path, step)
   if os.path.exists(os.path.join(path, "config.json")):
     loaded = load_hf_directory(path)
     loaded.spm_path = spm_path or loaded.spm_path
@@ -167,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
   if not loaded.spm_path or not os.path.exists(loaded.spm_path):
     raise SystemExit(f"anygpt-generate: the SentencePiece model {loaded.spm_path!r} does not exist here; pass --spm")
   layout = loaded.layout
-  vocabulary = AnyGPTVocabulary(loaded.spm_path, chat_tokens=layout.chat_tokens, pad_multiple=layout.pad_multiple)
+  vocabulary = AnyGPTVocabulary(loaded.spm_path, chat_tokens=layout.chat_tokens, pad_multiple=layout.pad_multiple,
+                                legacy=loaded.legacy)
   media = media_from_args(args)
   stops = (EOS_ID, layout.eos_id)
   tables = build_tables(layout, stops, image_length=media.image_length, music_codebooks=media.music_codebooks)

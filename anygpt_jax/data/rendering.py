@@ -8,8 +8,9 @@ A sample (parsed from a shard, see `anygpt_jax.data.shards`) is rendered in two 
      - text->X pair:  `[Human]: {instruction} This is input: {text}<eoh> [MMGPT]: <soim><eoim><eos>`
      - interleaved:   the parts concatenated as they are (text keeps its own spaces).
      - chat:          `{system}\n[Human]: {user parts}<eoh>\n[MMGPT]: {assistant parts}<eos>\n...`,
-                      AnyGPT's "MMGPT" conversation template; `{system}` is the chat's system
-                      part or AnyGPT's system line (`CHAT_SYSTEM_PROMPT`). Consecutive parts of
+                      AnyGPT's "MMGPT" conversation template (`vocabulary.chat_format`, which the
+                      export's chat template is written from); `{system}` is the chat's system
+                      part or AnyGPT's system line. Consecutive parts of
                       one role form one turn, concatenated as they are (spaces next to modality
                       spans kept); an assistant speech reply is e.g. a text part
                       `<-Ins-> {transcript}\n <-Res-> {reply}` then a speech part.
@@ -41,6 +42,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from anygpt_jax.data.shards import PART_KINDS, Part
+from anygpt_jax.vocabulary import chat_format
 from anygpt_jax.vocabulary.layout import BOS_ID, CHAT_TOKENS, EOS_ID, MODALITIES, MODALITY_NAMES, ROLE_TOKENS
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
 
@@ -50,12 +52,6 @@ DIRECTIONS = ("to_text", "from_text")  # X->text, text->X
 # The instruction pools are package data of anygpt_jax.tasks (the repository's tasks/, mapped by setup.py):
 # the same lookup finds them in an editable install and in a wheel.
 INSTRUCTIONS_DIR = pathlib.Path(str(importlib.resources.files("anygpt_jax.tasks").joinpath("instructions")))
-SYSTEM_TURN_SEPARATOR = "\n"
-# The system line of AnyGPT's chat template ("MMGPT" in its m_utils/conversation.py), which its SFT
-# code and its chat inference put before every conversation; a chat with its own system part
-# uses that instead.
-CHAT_SYSTEM_PROMPT = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, "
-                      "including text, speech, images and audio.")
 
 
 class RenderError(ValueError):
@@ -94,22 +90,8 @@ def part_string(layout, part: Part) -> str:
 
 
 def chat_string(layout, parts: Sequence[Part]) -> str:
-  turns, role, body = [], None, []
-
-  def close():
-    if role is not None:
-      turns.append({"system": "{}", "user": "[Human]: {}<eoh>", "assistant": "[MMGPT]: {}<eos>"}[role]
-                   .format("".join(body)))
-
-  for part in parts:
-    if part.role != role:
-      close()
-      role, body = part.role, []
-    body.append(part_string(layout, part))
-  close()
-  if not parts or parts[0].role != "system":
-    turns.insert(0, CHAT_SYSTEM_PROMPT)
-  return SYSTEM_TURN_SEPARATOR.join(turns)
+  """AnyGPT's conversation format (`vocabulary.chat_format`) of a chat's parts, codes as tokens."""
+  return chat_format.render_turns(chat_format.merge_turns([(p.role, part_string(layout, p)) for p in parts]))
 
 
 def render_reference_string(layout, kind: str, parts: Sequence[Part], instruction: str = "",
@@ -159,6 +141,9 @@ class GraphRenderer:
     self.end_ids = tf.constant([r.end_id for r in ranges], tf.int32)
     self.item_strings = tf.constant([""] + [r.modality.start_token + r.modality.end_token for r in ranges])
     self.kind_names = tf.constant(list(PART_KINDS))
+    self.roles = tf.constant(chat_format.ROLES)
+    self.turn_open = tf.constant([chat_format.TURN_OPEN[r] for r in chat_format.ROLES])
+    self.turn_close = tf.constant([chat_format.TURN_CLOSE[r] for r in chat_format.ROLES])
     # Tokens of the `:` that follows `[MMGPT]` in the chat template (its chunk gets the dummy
     # prefix in legacy mode); whitespace splits SentencePiece words, so they are the same in context.
     self.colon_tokens = len(vocabulary.encode_text(":", dummy_prefix=vocabulary.legacy))
@@ -241,7 +226,7 @@ class GraphRenderer:
   def chat_strings(self, batch, kinds) -> tf.Tensor:
     roles_rt = batch["part_role"]
     roles = roles_rt.flat_values
-    known = tf.reduce_any(tf.equal(roles[:, None], tf.constant(["system", "user", "assistant"])), 1)
+    known = tf.reduce_any(tf.equal(roles[:, None], self.roles[None, :]), 1)
     part_row = roles_rt.value_rowids()
     bad_parts = tf.math.unsorted_segment_sum(tf.cast(tf.logical_not(known), tf.int32), part_row, roles_rt.nrows())
     assistant = tf.math.unsorted_segment_sum(tf.cast(tf.equal(roles, "assistant"), tf.int32), part_row,
@@ -262,14 +247,15 @@ class GraphRenderer:
     following = tf.concat([roles[1:], [""]], 0)
     opens = tf.logical_or(row_start, tf.not_equal(roles, previous))
     closes = tf.logical_or(row_end, tf.not_equal(roles, following))
-    open_text = tf.where(tf.equal(roles, "user"), "[Human]: ", tf.where(tf.equal(roles, "assistant"), "[MMGPT]: ", ""))
-    close_text = tf.where(tf.equal(roles, "user"), "<eoh>", tf.where(tf.equal(roles, "assistant"), "<eos>", ""))
-    separator = tf.where(tf.logical_and(opens, tf.logical_not(row_start)), SYSTEM_TURN_SEPARATOR, "")
+    role_index = tf.argmax(tf.cast(tf.equal(roles[:, None], self.roles[None, :]), tf.int32), 1)
+    open_text = tf.gather(self.turn_open, role_index)
+    close_text = tf.gather(self.turn_close, role_index)
+    separator = tf.where(tf.logical_and(opens, tf.logical_not(row_start)), chat_format.TURN_SEPARATOR, "")
     pieces = tf.strings.join([separator, tf.where(opens, open_text, ""), body, tf.where(closes, close_text, "")])
     joined = tf.strings.reduce_join(roles_rt.with_flat_values(pieces), axis=1)
     first_role = tf.gather(roles, roles_rt.row_starts())
     return tf.where(tf.equal(first_role, "system"), joined,
-                    tf.strings.join([CHAT_SYSTEM_PROMPT + SYSTEM_TURN_SEPARATOR, joined]))
+                    tf.strings.join([chat_format.SYSTEM_PROMPT + chat_format.TURN_SEPARATOR, joined]))
 
   # -- ids -------------------------------------------------------------------------------------
   def strings_to_ids(self, strings: tf.Tensor, code_rows: tf.RaggedTensor, kinds: tf.Tensor, batch) -> tf.RaggedTensor:

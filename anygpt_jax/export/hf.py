@@ -10,7 +10,9 @@ Layout (what `transformers.LlamaForCausalLM.from_pretrained` and AnyGPT's tools 
                                          AnyGPT's per-modality decoding settings, where its
                                          inference CLI reads them (run it from this directory)
   tokenizer.model + tokenizer files      SentencePiece + the added tokens in AnyGPT's order, the
-                                         text mode (`legacy`) stated
+                                         text mode (`legacy`) stated, AnyGPT's conversation format
+                                         as the chat template (chat_template.jinja, and in
+                                         tokenizer_config.json for older readers)
   anygpt_vocabulary.json                 the vocabulary layout (groups and ids)
 
 Two entry points share one writer: `export_checkpoint` streams a run's orbax checkpoint (one
@@ -36,6 +38,7 @@ from anygpt_jax.export.safetensors_stream import SafetensorsWriter
 from anygpt_jax.generation.settings import ANYGPT_GENERATE_CONFIGS
 from anygpt_jax.model.config import ModelConfig
 from anygpt_jax.model.hf_convert import HFTensor, hf_config_dict, hf_tensor_plan, leaf_value, to_hf_tensor
+from anygpt_jax.vocabulary import chat_format
 from anygpt_jax.vocabulary.layout import BOS_ID, EOS_ID, PAD_ID, VocabularyLayout
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -181,7 +184,8 @@ def _legacy_tokenizer_json(path: str) -> None:
 
 
 def save_tokenizer(spm_path: str, layout: VocabularyLayout, out_dir: str, legacy: bool = True) -> None:
-  """tokenizer.model plus AnyGPT's added tokens, in order, as HF tokenizer files, the mode stated.
+  """tokenizer.model plus AnyGPT's added tokens, in order, as HF tokenizer files, the mode stated,
+  with AnyGPT's conversation format as the chat template (`chat_format.jinja_chat_template`).
 
   legacy=False: the `LlamaTokenizer` of transformers 5 (and 4.x's with `legacy: false`).
   legacy=True: the config says `legacy: true` (what 4.34.1's slow tokenizer, AnyGPT's, does) and
@@ -195,11 +199,13 @@ def save_tokenizer(spm_path: str, layout: VocabularyLayout, out_dir: str, legacy
   if tokenizer.vocab_size != layout.text_vocab_size:
     raise ValueError(f"{spm_path} has {tokenizer.vocab_size} pieces, the layout expects {layout.text_vocab_size}")
   tokenizer.add_tokens(layout.added_tokens(), special_tokens=False)
-  tokenizer.save_pretrained(out_dir)
+  tokenizer.chat_template = chat_format.jinja_chat_template(legacy)
+  tokenizer.save_pretrained(out_dir)  # transformers 5 writes the template to chat_template.jinja
   config_path = os.path.join(out_dir, "tokenizer_config.json")
   with open(config_path) as f:
     config = json.load(f)
-  config.update(legacy=legacy, add_bos_token=True, add_eos_token=False)
+  # Engines on transformers before 4.43 read the template from tokenizer_config.json only.
+  config.update(legacy=legacy, add_bos_token=True, add_eos_token=False, chat_template=tokenizer.chat_template)
   if legacy:
     _legacy_tokenizer_json(os.path.join(out_dir, "tokenizer.json"))
     config["tokenizer_class"] = "PreTrainedTokenizerFast"

@@ -14,13 +14,15 @@ from anygpt_jax.vocabulary.layout import VocabularyLayout
 
 @dataclasses.dataclass
 class LoadedModel:
-  """config (padded vocabulary), params (numpy tree), layout, and the SentencePiece model path."""
+  """config (padded vocabulary), params (numpy tree), layout, the SentencePiece model path, where
+  it came from, and the text mode (`legacy`) its data was tokenized in: prompts must be too."""
 
   config: ModelConfig
   params: Any
   layout: VocabularyLayout
   spm_path: str | None
   source: str
+  legacy: bool = True
 
 
 def model_config_from_hf(hf_config: dict, layout: VocabularyLayout) -> ModelConfig:
@@ -62,4 +64,13 @@ def load_hf_directory(path: str) -> LoadedModel:
   state = {k: v.astype("float32") for k, v in state.items()}  # bf16/fp16 exports compute in fp32 here
   params = params_from_hf_state_dict(state, config)
   spm = os.path.join(path, "tokenizer.model")
-  return LoadedModel(config, params, layout, spm if os.path.exists(spm) else None, path)
+  return LoadedModel(config, params, layout, spm if os.path.exists(spm) else None, path, exported_legacy(path))
+
+
+def exported_legacy(path: str) -> bool:
+  """The text mode an export states in tokenizer_config.json (`legacy`; AnyGPT's True when unstated)."""
+  config_path = os.path.join(path, "tokenizer_config.json")
+  if not os.path.exists(config_path):
+    return True
+  with open(config_path) as f:
+    return bool(json.load(f).get("legacy", True))

@@ -21,6 +21,7 @@ import random
 from typing import Sequence
 
 from anygpt_jax.generation import constraints as cons
+from anygpt_jax.vocabulary import chat_format
 from anygpt_jax.vocabulary.layout import CONTENT_KINDS
 
 TASK_MODALITIES = CONTENT_KINDS  # text and every modality of the vocabulary's table
@@ -119,11 +120,14 @@ class Prompts:
   def chat(self, task: Task) -> tuple[str, list[int], str | None]:
     """(prompt string, ids, None) of a chat request, up to the assistant's reply."""
     from anygpt_jax.data.shards import Part
+    try:  # the problems the export's chat template refuses, refused here too
+      chat_format.check_roles([m.get("role") if isinstance(m, dict) else None for m in task.messages],
+                              add_generation_prompt=True)
+    except chat_format.ConversationError as e:
+      raise RequestError(f"chat request: {e}") from None
     parts = []
     for message in task.messages:
-      role = message.get("role")
-      if role not in ("system", "user", "assistant"):
-        raise RequestError(f"chat message role {role!r}: expected system, user or assistant")
+      role = message["role"]
       content = message.get("content", [])
       content = [{"text": content}] if isinstance(content, str) else content
       for item in content:
@@ -136,7 +140,7 @@ class Prompts:
           raise RequestError(f"chat content item {item!r}: expected text, image, speech or music")
     parts.append(Part("text", text=PLACEHOLDER, role="assistant"))
     full = self.rendering.chat_string(self.layout, parts)
-    text = full[:full.index(PLACEHOLDER)].rstrip()
+    text = full[:full.index(PLACEHOLDER)].rstrip()  # ends with chat_format.GENERATION_PROMPT
     return text, self._encode(text), None
 
   def prompt(self, task: Task) -> tuple[str, list[int], str | None]:

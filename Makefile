@@ -20,6 +20,8 @@ $(VENV)/.installed: setup.py requirements.lock $(wildcard requirements*.in) cons
 	# Python parts (resample, transforms) that speechtokenizer and encodec import.
 	rm -f $(VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
 	$(PY) -c "import torchaudio, speechtokenizer, encodec, anygpt_jax"
+	# anygpt-eval's caption scores: pycocoevalcap's PTB tokenizer runs Stanford CoreNLP under java.
+	command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq default-jre-headless; }
 	touch $@
 
 install: $(VENV)/.installed

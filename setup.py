@@ -53,6 +53,7 @@ setuptools.setup(
             "anygpt-demo=anygpt_jax.tools.demo:main",
             "anygpt-compile=anygpt_jax.tools.compile:main",
             "anygpt-generate=anygpt_jax.tools.generate:main",
+            "anygpt-eval=anygpt_jax.tools.eval:main",
         ]
     },
 )

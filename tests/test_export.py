@@ -46,6 +46,26 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path):
   assert generation["eos_token_id"] == [2, layout.eos_id]
 
 
+def test_exporting_again_into_the_same_directory_replaces_the_export(tmp_path):
+  """As `make demo` run twice does: the second export replaces the first's files, shards included."""
+  layout = VocabularyLayout(text_vocab_size=300)
+  cfg = get_config("tiny").with_vocabulary(layout)
+  model = Transformer(cfg)
+  out = str(tmp_path / "hf")
+  for seed, shard_bytes in ((0, 2**20), (1, 2**30)):
+    params = jax.tree.map(np.asarray, nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))["params"]))
+    save_hf_checkpoint(params, cfg, layout, out, max_shard_bytes=shard_bytes)
+  assert sorted(os.listdir(out)) == sorted(["model-00001-of-00001.safetensors", "model.safetensors.index.json",
+                                            "config.json", "generation_config.json", "anygpt_vocabulary.json",
+                                            "config"])
+  hf = transformers.LlamaForCausalLM.from_pretrained(out).eval()
+  tokens = np.arange(3, 19)[None]
+  with torch.no_grad():
+    theirs = hf(torch.from_numpy(tokens)).logits.numpy()
+  ours = np.asarray(model.apply({"params": params}, jnp.asarray(tokens, jnp.int32)))[..., :layout.vocab_size]
+  assert np.max(np.abs(ours - theirs)) <= 1e-4  # the second export's weights
+
+
 @pytest.mark.slow
 def test_export_command_on_a_trained_run(tmp_path):
   """anygpt-train a few steps, anygpt-export the run, load it in transformers: same logits."""

@@ -52,6 +52,28 @@ print(json.dumps({"codes": codes, "loaded": loaded}))
 """
 
 
+_SCORE_PROBE = r"""
+import importlib.util, json, sys
+assert importlib.util.find_spec("jax") is importlib.util.find_spec("tensorflow") is None  # as if not installed
+from anygpt_jax.evaluation import benchmarks
+from anygpt_jax.testing import benchmark_data
+from anygpt_jax.tools import eval as eval_cli
+out = sys.argv[1]
+data = str(benchmark_data.write_librispeech(out + "/LibriSpeech", utterances_per_chapter=1))
+items = benchmarks.get("librispeech_asr").items(data)
+(run := __import__("pathlib").Path(out) / "eval" / "librispeech_asr").mkdir(parents=True)
+(run / "run.json").write_text(json.dumps({"model": "m", "step": None, "data": data, "limit": None, "seed": 0,
+                                          "settings": {"num_beams": 5}}))
+lines = [json.dumps({"id": item.id, "text": item.references[0].lower()}) for item in items]
+(run / "generations-00000-of-00001.jsonl").write_text("\n".join(lines) + "\n")
+rc = eval_cli.main(["score", "--output_dir", out + "/eval"])
+wer = json.load(open(out + "/eval/report.json"))["benchmarks"][0]["scores"]["WER"]
+loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in
+                ("jax", "jaxlib", "flax", "tensorflow", "seqio"))
+print(json.dumps({"rc": rc, "wer": wer, "loaded": loaded}))
+"""
+
+
 def _role_blocker(role: str) -> str:
   """Source that makes every distribution of the full install outside `role` unimportable."""
   requires = importlib.metadata.distribution("anygpt-jax").requires
@@ -77,3 +99,9 @@ def test_train_role_commands_import_without_torch(tmp_path):
   assert result["loaded"] == []
   # Every command parsed --help: exit code 0 and its own usage line.
   assert result["codes"] == {name: [0, ["usage:", name]] for name in roles.TRAIN_COMMANDS}
+
+
+def test_eval_scoring_runs_in_the_tokenize_role(tmp_path):
+  """`anygpt-eval score` on the scoring box: no JAX, TensorFlow or SeqIO."""
+  result = _probe("tokenize", _SCORE_PROBE, str(tmp_path), cwd=tmp_path)
+  assert result == {"rc": 0, "wer": 0.0, "loaded": []}

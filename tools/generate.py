@@ -40,16 +40,13 @@ SETTING_TYPES = {"do_sample": lambda v: v.lower() in ("1", "true", "yes"), "temp
                  "num_beams": int, "length_penalty": float}
 
 
-def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="anygpt-generate", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-  p.add_argument("tasks", nargs="*", help="task strings such as 'text|image|a red car'")
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+  """The flags of a generation session: the model, the media tokenizers, the seed and batch, and the
+  decoding overrides (shared with anygpt-eval's generation stage)."""
   p.add_argument("--model", required=True, help="run directory (config.gin) or exported HF directory")
   p.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: the latest)")
   p.add_argument("--spm", default=None, help="SentencePiece model (default: the run's or the export's)")
   p.add_argument("--output_dir", required=True)
-  p.add_argument("--prompts_file", action="append", default=[], help="one task string per line")
-  p.add_argument("--chat_file", action="append", default=[], help="one chat request (JSON) per line")
   p.add_argument("--image_model", help="SEED tokenizer directory (images in and out)")
   p.add_argument("--unclip_model", help="Stable Diffusion 2.1 unCLIP directory (images out)")
   p.add_argument("--speech_model", help="SpeechTokenizer directory (speech in and out)")
@@ -64,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(f"--{name}", type=kind, default=None, help=f"override {name} for every request")
   p.add_argument("--set", action="append", default=[], metavar="MODALITY.NAME=VALUE",
                  help="override a setting for one output modality, e.g. image.top_p=0.9")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="anygpt-generate", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  p.add_argument("tasks", nargs="*", help="task strings such as 'text|image|a red car'")
+  p.add_argument("--prompts_file", action="append", default=[], help="one task string per line")
+  p.add_argument("--chat_file", action="append", default=[], help="one chat request (JSON) per line")
+  add_model_flags(p)
   return p
 
 
@@ -149,22 +155,30 @@ def read_tasks(args) -> list[Task | RequestError]:
   return tasks
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  overrides = modality_overrides(args)
-  tasks = read_tasks(args)
-  if not tasks:
-    print("anygpt-generate: no requests (give task strings, --prompts_file or --chat_file)", file=sys.stderr)
-    return 2
+@dataclasses.dataclass
+class Session:
+  """A loaded model with what its requests need: prompts, media workers, constraints, settings."""
 
-  from anygpt_jax.generation import (DecodingSettings, Generator, Request, SettingsError, build_tables,
-                                     defaults_for)
+  loaded: Any
+  prompts: Prompts
+  media: Any
+  generator: Any
+  stops: tuple[int, ...]
+  overrides: dict[str, dict[str, Any]]
+
+
+def open_session(args) -> Session:
+  """The model, vocabulary (in the model's text mode), media workers and generator that `args`
+  (`add_model_flags`) name."""
+  from anygpt_jax.generation import Generator, build_tables
   from anygpt_jax.model import Transformer
   from anygpt_jax.vocabulary.seqio_vocabulary import EOS_ID, AnyGPTVocabulary
 
+  overrides = modality_overrides(args)
   loaded = load_model(args.model, args.step, args.spm)
   if not loaded.spm_path or not os.path.exists(loaded.spm_path):
-    raise SystemExit(f"anygpt-generate: the SentencePiece model {loaded.spm_path!r} does not exist here; pass --spm")
+    raise SystemExit(f"{os.path.basename(sys.argv[0])}: the SentencePiece model {loaded.spm_path!r} does not "
+                     "exist here; pass --spm")
   layout = loaded.layout
   vocabulary = AnyGPTVocabulary(loaded.spm_path, chat_tokens=layout.chat_tokens, pad_multiple=layout.pad_multiple,
                                 legacy=loaded.legacy)
@@ -172,11 +186,20 @@ def main(argv: list[str] | None = None) -> int:
   stops = (EOS_ID, layout.eos_id)
   tables = build_tables(layout, stops, image_length=media.image_length, music_codebooks=media.music_codebooks)
   generator = Generator(Transformer(loaded.config), loaded.params, constraints=tables)
-  prompts = Prompts(vocabulary, media, args.seed)
-  os.makedirs(args.output_dir, exist_ok=True)
+  return Session(loaded, Prompts(vocabulary, media, args.seed), media, generator, stops, overrides)
 
+
+def generate_records(session: Session, tasks: list[tuple[int, Task | RequestError]], output_dir: str,
+                     batch_size: int, seed: int) -> list[dict]:
+  """One record per (index, task): prompt, ids, settings, output ids, files and timings, or the error.
+
+  Requests are decoded `batch_size` at a time, chunk k with seed `seed + k * batch_size`; each
+  answer's files are written to `output_dir/{index:04d}-{output}.*`."""
+  from anygpt_jax.generation import Request, SettingsError, defaults_for
+
+  tables, limit = session.generator.tables, session.loaded.config.max_position_embeddings
   records, pending = [], []
-  for index, task in enumerate(tasks):
+  for index, task in tasks:
     record = {"index": index, "task": getattr(task, "raw", None)}
     records.append(record)
     if isinstance(task, RequestError):
@@ -184,15 +207,15 @@ def main(argv: list[str] | None = None) -> int:
       continue
     start = time.perf_counter()
     try:
-      prompt, ids, requested = prompts.prompt(task)
+      prompt, ids, requested = session.prompts.prompt(task)
       target = task.target if task.target != "chat" else "text"
-      settings = defaults_for(target, stops, **overrides[target])
+      settings = defaults_for(target, session.stops, **session.overrides[target])
       if requested and settings.max_new_tokens < tables.min_span_tokens(requested) + 1:
         raise RequestError(f"max_new_tokens={settings.max_new_tokens} cannot hold a {requested} span "
                            f"({tables.min_span_tokens(requested)} tokens) and the stop token")
-      if len(ids) + settings.max_new_tokens > loaded.config.max_position_embeddings:
+      if len(ids) + settings.max_new_tokens > limit:
         raise RequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({settings.max_new_tokens}) exceed the "
-                           f"model's max_position_embeddings={loaded.config.max_position_embeddings}")
+                           f"model's max_position_embeddings={limit}")
       if requested and settings.num_beams > 1:
         settings = settings.replace(num_beams=1)
     except (RequestError, SettingsError) as e:
@@ -202,20 +225,32 @@ def main(argv: list[str] | None = None) -> int:
                   timings={"tokenize_s": time.perf_counter() - start})
     pending.append((task, record, Request(ids, settings, requested)))
 
-  for chunk_start in range(0, len(pending), args.batch_size):
-    chunk = pending[chunk_start:chunk_start + args.batch_size]
-    outputs = generator.generate([r for _, _, r in chunk], seed=args.seed + chunk_start)
+  os.makedirs(output_dir, exist_ok=True)
+  for chunk_start in range(0, len(pending), batch_size):
+    chunk = pending[chunk_start:chunk_start + batch_size]
+    outputs = session.generator.generate([r for _, _, r in chunk], seed=seed + chunk_start)
     for (task, record, _), out in zip(chunk, outputs):
       record.update(output_ids=out.tokens, finish_reason=out.finish_reason, score=out.score)
       record["timings"].update(prefill_s=out.prefill_s, decode_s=out.decode_s)
       start = time.perf_counter()
-      stem = os.path.join(args.output_dir, f"{record['index']:04d}-{task.target}")
+      stem = os.path.join(output_dir, f"{record['index']:04d}-{task.target}")
       try:
-        record.update(write_outputs(task, out.tokens, stem, prompts, media, stops))
+        record.update(write_outputs(task, out.tokens, stem, session.prompts, session.media, session.stops))
       except (RequestError, ValueError) as e:
         record["error"] = str(e)
       record["timings"]["detokenize_s"] = time.perf_counter() - start
+  return records
 
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  modality_overrides(args)  # a bad --set fails before the model loads
+  tasks = read_tasks(args)
+  if not tasks:
+    print("anygpt-generate: no requests (give task strings, --prompts_file or --chat_file)", file=sys.stderr)
+    return 2
+  session = open_session(args)
+  records = generate_records(session, list(enumerate(tasks)), args.output_dir, args.batch_size, args.seed)
   with open(os.path.join(args.output_dir, "generations.jsonl"), "a", encoding="utf-8") as f:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False) + "\n")

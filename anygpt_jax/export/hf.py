@@ -88,7 +88,7 @@ def shard_plan(plan: list[HFTensor], dtype: str, max_shard_bytes: int) -> list[l
 
 
 def _finish(tmp: epath.Path, final: epath.Path) -> None:
-  tmp.rename(final)
+  tmp.replace(final)  # a new export over an old one replaces its files
   if "://" not in os.fspath(final):
     os.chmod(final, FILE_MODE)
 
@@ -122,6 +122,9 @@ def write_weights(tensors: Iterable[tuple[HFTensor, np.ndarray]], plan: list[HFT
   tmp = out / (WEIGHTS_INDEX + ".tmp")
   tmp.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
   _finish(tmp, out / WEIGHTS_INDEX)
+  for stale in out.glob("model-*-of-*.safetensors"):  # shards of an earlier export into this directory
+    if stale.name not in names:
+      stale.unlink()
   return names
 
 

@@ -1,0 +1,65 @@
+"""The benchmarks' metrics, computed by the field's own libraries (no JAX).
+
+- Captioning: CIDEr-D and BLEU-4 as the MS-COCO caption evaluation code computes them
+  (`pycocoevalcap`: its PTB tokenizer, which runs Stanford CoreNLP's jar under `java`, then
+  `Cider` (CIDEr-D: sigma 6, clipped counts, x10) and `Bleu(4)`), reported x100 as papers do.
+- ASR: word error rate (`jiwer`) after Whisper's English text normaliser (`whisper_normalizer`'s
+  copy of openai-whisper's `EnglishTextNormalizer`, with its spelling table), in percent.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from typing import Mapping, Sequence
+
+
+class MetricError(RuntimeError):
+  """A metric that cannot be computed here (a missing tool); the message says what to install."""
+
+
+def caption_scores(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+  """{'CIDEr', 'BLEU-4'} x100 of `predictions` (item id -> caption) against `references` (item id ->
+  captions), over the items of `predictions` (corpus-level: CIDEr's document frequencies come from
+  these items' references)."""
+  if not predictions:
+    raise ValueError("no captions to score")
+  if shutil.which("java") is None:
+    raise MetricError("pycocoevalcap's PTB tokenizer runs Stanford CoreNLP under java, which is not on PATH: "
+                      "install a Java runtime (Debian: apt-get install default-jre-headless)")
+  from pycocoevalcap.bleu.bleu import Bleu
+  from pycocoevalcap.cider.cider import Cider
+  from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+  ids = sorted(predictions)
+  tokenizer = PTBTokenizer()
+  gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in ids})
+  res = tokenizer.tokenize({i: [{"caption": predictions[i]}] for i in ids})
+  cider, _ = Cider().compute_score(gts, res)
+  bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+  return {"CIDEr": 100 * float(cider), "BLEU-4": 100 * float(bleu[3])}
+
+
+def normalize_english(text: str) -> str:
+  """Whisper's English normalisation (lower case, spelled-out numbers as digits, British spellings
+  American, punctuation and fillers removed)."""
+  return _english_normalizer()(text)
+
+
+@functools.cache
+def _english_normalizer():
+  from whisper_normalizer.english import EnglishTextNormalizer
+  return EnglishTextNormalizer()
+
+
+def word_error_rate(hypotheses: Mapping[str, str], references: Mapping[str, str]) -> dict[str, float]:
+  """{'WER'} in percent: jiwer's corpus WER (all errors over all reference words) of the normalised
+  texts, over the items of `hypotheses`. A reference that normalises to nothing is left out, as it
+  has no words to err on."""
+  import jiwer
+
+  ids = [i for i in sorted(hypotheses) if normalize_english(references[i]).strip()]
+  if not ids:
+    raise ValueError("no transcripts with reference words to score")
+  return {"WER": 100 * float(jiwer.wer([normalize_english(references[i]) for i in ids],
+                                       [normalize_english(hypotheses[i]) for i in ids]))}

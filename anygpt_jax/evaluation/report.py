@@ -1,0 +1,104 @@
+"""The scoring stage: a benchmark's generations -> its scores -> `report.json` and `report.md`.
+
+Layout of an evaluation directory (one per checkpoint):
+
+  {out}/{benchmark}/run.json                          what the generation stage ran: model, step,
+                                                      data, limit, seed, items, processes, settings
+  {out}/{benchmark}/generations-{i:05d}-of-{n:05d}.jsonl
+                                                      one JSON line per item, written by process i
+                                                      of n (`id`, `task`, `prompt_ids`,
+                                                      `output_ids`, `text`, `timings`, or `error`)
+  {out}/{benchmark}/outputs/                          the answers' files
+  {out}/report.json, {out}/report.md                  every benchmark scored (this module)
+
+A failed item (a missing or undecodable medium, an answer that did not close) is listed with its
+reason and left out of the scores; the report says how many items were scored.
+No JAX: this runs on whatever box has the evaluator models.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from anygpt_jax import filesystem
+from anygpt_jax.evaluation import benchmarks, metrics
+
+RUN_FILE = "run.json"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+def generations_file(out_dir: str, benchmark: str, process_index: int, num_processes: int):
+  return filesystem.resolve(out_dir) / benchmark / f"generations-{process_index:05d}-of-{num_processes:05d}.jsonl"
+
+
+def read_generations(out_dir: str, benchmark: str) -> dict[str, dict]:
+  """Item id -> its record, from every process's file (a record written twice keeps the first)."""
+  records: dict[str, dict] = {}
+  for path in filesystem.glob(str(filesystem.resolve(out_dir) / benchmark / "generations-*-of-*.jsonl")):
+    for line in filesystem.resolve(path).read_text().splitlines():
+      if line.strip():
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a killed writer: that item is generated again
+          continue
+        records.setdefault(record["id"], record)
+  return records
+
+
+def score_benchmark(out_dir: str, name: str) -> dict[str, Any]:
+  """One benchmark's report entry: scores of the generated items against their references."""
+  bench = benchmarks.get(name)
+  run_path = filesystem.resolve(out_dir) / name / RUN_FILE
+  if not run_path.exists():
+    raise FileNotFoundError(f"{run_path} not found: run `anygpt-eval generate --benchmark {name}` first")
+  run = json.loads(run_path.read_text())
+  items = {item.id: item for item in bench.items(run["data"], run["limit"], run["seed"])}
+  records = read_generations(out_dir, name)
+  missing = sorted(set(items) - set(records))
+  failed = [{"id": i, "error": records[i]["error"]} for i in sorted(records) if "error" in records[i]]
+  answers = {i: records[i].get("text", "") for i in sorted(records) if i in items and "error" not in records[i]}
+  scores = {}
+  if answers:
+    if name == "coco_caption":
+      scores = metrics.caption_scores(answers, {i: items[i].references for i in answers})
+    elif name == "librispeech_asr":
+      scores = metrics.word_error_rate(answers, {i: items[i].references[0] for i in answers})
+  return {"benchmark": name, "scores": scores, "paper": bench.paper, "metrics": list(bench.metrics),
+          "lower_is_better": bench.lower_is_better, "items": len(items), "scored": len(answers),
+          "missing": missing, "failed": failed, "model": run["model"], "step": run.get("step"),
+          "data": run["data"], "limit": run["limit"], "seed": run["seed"], "settings": run["settings"]}
+
+
+def markdown(entries: list[dict]) -> str:
+  """The report's table: our score beside the paper's, with N, seed and decoding settings."""
+  lines = ["| benchmark | metric | ours | AnyGPT (paper) | items scored | seed | decoding |",
+           "|---|---|---|---|---|---|---|"]
+  for e in entries:
+    decoding = ", ".join(f"{k}={v}" for k, v in e["settings"].items())
+    for metric in e["metrics"]:
+      ours = f"{e['scores'][metric]:.2f}" if metric in e["scores"] else "-"
+      paper = f"{e['paper'][metric]}" if metric in e["paper"] else "-"
+      lines.append(f"| {e['benchmark']} | {metric}{' (lower is better)' if e['lower_is_better'] else ''} | "
+                   f"{ours} | {paper} | {e['scored']} of {e['items']} | {e['seed']} | {decoding} |")
+  models = sorted({f"{e['model']} (step {e['step']})" if e["step"] is not None else e["model"] for e in entries})
+  notes = [f"Model: {', '.join(models)}."]
+  for e in entries:
+    if e["failed"] or e["missing"]:
+      notes.append(f"{e['benchmark']}: {len(e['failed'])} failed and {len(e['missing'])} not generated items "
+                   f"left out (report.json lists them).")
+  return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def write_report(out_dir: str, names: list[str] | None = None) -> list[dict]:
+  """Scores every benchmark generated under `out_dir` (or `names`); writes report.json and report.md."""
+  root = filesystem.resolve(out_dir)
+  if names is None:
+    names = [n for n in benchmarks.BENCHMARKS if (root / n / RUN_FILE).exists()]
+  if not names:
+    raise FileNotFoundError(f"no generated benchmark under {root} (expected {{benchmark}}/{RUN_FILE})")
+  entries = [score_benchmark(out_dir, n) for n in names]
+  filesystem.write_text(root / REPORT_JSON, json.dumps({"benchmarks": entries}, indent=1, ensure_ascii=False))
+  filesystem.write_text(root / REPORT_MD, markdown(entries))
+  return entries

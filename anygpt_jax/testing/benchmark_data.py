@@ -1,0 +1,68 @@
+"""Tiny benchmark data sets in their publishers' layouts, for the tests and the README's evaluation
+commands (never for reporting): a few items each, made in seconds, with a bad item where a real
+data set can have one.
+
+  write_coco_karpathy(dir)   dir/dataset_coco.json (Karpathy's fields: filepath, filename, cocoid,
+                             split, sentences[].raw) + dir/val2014/COCO_val2014_*.jpg; train and
+                             val entries too, which the benchmark must skip.
+  write_librispeech(dir)     dir/test-clean/{speaker}/{chapter}/{speaker}-{chapter}-{utt:04d}.flac +
+                             {speaker}-{chapter}.trans.txt (upper-case transcripts).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from anygpt_jax.testing.demo_corpus import SPEECH_RATE, _synth_speech
+
+_CAPTION_WORDS = ("a dog cat man woman child red blue green small large sits runs stands on in near the "
+                  "table street park beach sofa field with ball kite plate of food").split()
+_SPEAKERS = ((1089, 134686), (121, 121726))
+
+
+def _caption(rng: np.random.Generator) -> str:
+  return " ".join(rng.choice(_CAPTION_WORDS, int(rng.integers(5, 10)))).capitalize() + "."
+
+
+def write_coco_karpathy(directory, num_test: int = 6, seed: int = 0, missing_image: bool = False) -> pathlib.Path:
+  """A Karpathy-split MS-COCO directory with `num_test` test images (5 captions each), one train
+  and one val entry; `missing_image` lists a last test image that is not on disk."""
+  root = pathlib.Path(directory)
+  (root / "val2014").mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  images = []
+  splits = ["test"] * num_test + ["train", "val"]
+  for i, split in enumerate(splits):
+    cocoid = 42 + 7 * i
+    name = f"COCO_val2014_{cocoid:012d}.jpg"
+    pixels = rng.integers(0, 255, (48 + 8 * (i % 3), 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "val2014" / name)
+    images.append({"filepath": "val2014", "filename": name, "cocoid": cocoid, "imgid": i, "split": split,
+                   "sentences": [{"raw": _caption(rng), "imgid": i, "sentid": 5 * i + k} for k in range(5)]})
+  if missing_image:
+    images.append({"filepath": "val2014", "filename": "COCO_val2014_000000999999.jpg", "cocoid": 999999,
+                   "imgid": len(images), "split": "test", "sentences": [{"raw": "A missing picture."}]})
+  (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+  return root
+
+
+def write_librispeech(directory, utterances_per_chapter: int = 3, seed: int = 0) -> pathlib.Path:
+  """LibriSpeech's test-clean layout: two speakers, one chapter each, short synthetic utterances."""
+  root = pathlib.Path(directory) / "test-clean"
+  rng = np.random.default_rng(seed)
+  for speaker, chapter in _SPEAKERS:
+    folder = root / str(speaker) / str(chapter)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for utt in range(utterances_per_chapter):
+      text = " ".join(rng.choice(_CAPTION_WORDS, int(rng.integers(3, 7))))
+      utterance = f"{speaker}-{chapter}-{utt:04d}"
+      sf.write(folder / f"{utterance}.flac", _synth_speech(text, rng), SPEECH_RATE, format="FLAC")
+      lines.append(f"{utterance} {text.upper()}")
+    (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+  return root.parent

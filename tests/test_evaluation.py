@@ -1,0 +1,179 @@
+"""`anygpt-eval` on tiny data sets in their published layouts and a tiny export: the readers, the
+metrics against their reference libraries, the README's commands verbatim, bad items, a killed
+stage resumed, and two processes."""
+
+import json
+import os
+import pathlib
+import shlex
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jiwer
+import numpy as np
+import pytest
+
+from anygpt_jax.evaluation import benchmarks, metrics, report
+from anygpt_jax.export import save_hf_checkpoint
+from anygpt_jax.model import Transformer, get_config
+from anygpt_jax.testing import benchmark_data
+from anygpt_jax.testing import tiny_tokenizers as tiny
+from anygpt_jax.vocabulary import VocabularyLayout
+from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
+from tools import eval as eval_cli
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TEXTS = [f"a photo of {w} number {i} on a sunny day, spoken slowly" for i in range(200)
+         for w in ("cat", "dog", "violin", "street")]
+
+
+def readme_commands() -> list[list[str]]:
+  """The `anygpt-eval` lines of README's '## Evaluation' section, split as a shell would."""
+  section = (REPO / "README.md").read_text().split("## Evaluation", 1)[1].split("\n## ", 1)[0]
+  return [shlex.split(l)[1:] for l in section.splitlines() if l.startswith("anygpt-eval ")]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """The README's relative layout: exports/demo, tokenizers/, data/coco, data/LibriSpeech."""
+  root = tmp_path_factory.mktemp("eval")
+  spm = train_llama_like_sentencepiece(TEXTS, str(root / "spm"), vocab_size=300)
+  layout = VocabularyLayout(text_vocab_size=300)
+  config = get_config("tiny", max_position_embeddings=1024).with_vocabulary(layout)
+  params = nn.unbox(Transformer(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  save_hf_checkpoint(jax.tree.map(np.asarray, params), config, layout, str(root / "exports" / "demo"), spm_path=spm)
+  tiny.save_tiny_seed(root / "tokenizers" / "seed_tokenizer")
+  tiny.save_tiny_speech_tokenizer(root / "tokenizers" / "speechtokenizer")
+  benchmark_data.write_coco_karpathy(root / "data" / "coco", num_test=5, missing_image=True)
+  benchmark_data.write_librispeech(root / "data" / "LibriSpeech")
+  return root
+
+
+# --- readers ---------------------------------------------------------------------------------
+def test_coco_reads_the_karpathy_test_split(tmp_path):
+  root = benchmark_data.write_coco_karpathy(tmp_path / "coco", num_test=4)
+  items = benchmarks.get("coco_caption").items(str(root))
+  assert len(items) == 4  # the train and val entries are skipped
+  entries = [e for e in json.loads((root / "dataset_coco.json").read_text())["images"] if e["split"] == "test"]
+  assert [i.id for i in items] == [str(e["cocoid"]) for e in entries]
+  assert items[0].task == f"image|text|{root / 'val2014' / entries[0]['filename']}"
+  assert items[0].references == tuple(s["raw"] for s in entries[0]["sentences"]) and len(items[0].references) == 5
+  subset = benchmarks.get("coco_caption").items(str(root), limit=2, seed=3)
+  assert subset == benchmarks.get("coco_caption").items(str(root), limit=2, seed=3)
+  assert len(subset) == 2 and set(subset) < set(items)
+  with pytest.raises(benchmarks.BenchmarkDataError, match="dataset_coco.json"):
+    benchmarks.get("coco_caption").items(str(tmp_path))
+
+
+def test_librispeech_reads_test_clean(tmp_path):
+  root = benchmark_data.write_librispeech(tmp_path / "LibriSpeech", utterances_per_chapter=2)
+  items = benchmarks.get("librispeech_asr").items(str(root))
+  assert [i.id for i in items] == sorted(i.id for i in items) and len(items) == 4
+  speaker, chapter, _ = items[0].id.split("-")
+  flac = root / "test-clean" / speaker / chapter / f"{items[0].id}.flac"
+  assert items[0].task == f"speech|text|{flac}" and flac.exists()
+  line = (flac.parent / f"{speaker}-{chapter}.trans.txt").read_text().splitlines()[0]
+  assert items[0].references == (line.split(" ", 1)[1],)
+  assert benchmarks.get("librispeech_asr").items(str(root / "test-clean")) == items  # test-clean/ itself too
+  (flac.parent / f"{speaker}-{chapter}.trans.txt").write_text("1089-134686-0000\n")
+  with pytest.raises(benchmarks.BenchmarkDataError, match=r"trans\.txt:1"):
+    benchmarks.get("librispeech_asr").items(str(root))
+
+
+# --- metrics ---------------------------------------------------------------------------------
+def test_caption_scores_are_pycocoevalcaps():
+  from pycocoevalcap.bleu.bleu import Bleu
+  from pycocoevalcap.cider.cider import Cider
+  from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+  references = {"1": ["A dog runs in the park.", "A brown dog running on grass."],
+                "2": ["Two cats sit on a sofa.", "Cats resting on a couch."],
+                "3": ["A man rides a red bicycle.", "Someone cycling down the street."]}
+  predictions = {"1": "a dog runs on the grass", "2": "two cats on a sofa", "3": "a man on a bicycle"}
+  ours = metrics.caption_scores(predictions, references)
+  tokenizer = PTBTokenizer()
+  gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+  res = tokenizer.tokenize({k: [{"caption": v}] for k, v in predictions.items()})
+  assert ours["CIDEr"] == pytest.approx(100 * Cider().compute_score(gts, res)[0])
+  assert ours["BLEU-4"] == pytest.approx(100 * Bleu(4).compute_score(gts, res, verbose=0)[0][3])
+  assert 0 < ours["BLEU-4"] < 100 and ours["CIDEr"] > 0
+  perfect = metrics.caption_scores({k: v[0] for k, v in references.items()}, references)
+  assert perfect["CIDEr"] > ours["CIDEr"]
+
+
+def test_word_error_rate_is_jiwers_over_whisper_normalised_text():
+  references = {"a": "MISTER SMITH PAID TWENTY FIVE DOLLARS", "b": "THE COLOUR OF THE SEA", "c": "HELLO WORLD"}
+  hypotheses = {"a": "Mr. Smith paid $25.", "b": "the color of a sea", "c": ""}
+  ours = metrics.word_error_rate(hypotheses, references)
+  normalise = metrics.normalize_english
+  assert normalise("Mr. Smith paid $25.") == normalise("MISTER SMITH PAID TWENTY FIVE DOLLARS")
+  assert normalise("THE COLOUR") == normalise("the color")
+  ids = sorted(references)
+  assert ours["WER"] == pytest.approx(100 * jiwer.wer([normalise(references[i]) for i in ids],
+                                                      [normalise(hypotheses[i]) for i in ids]))
+  assert ours["WER"] == pytest.approx(100 * 3 / 11)  # 'a' for 'the' in b, both words of c deleted
+
+
+# --- the job ---------------------------------------------------------------------------------
+def run_readme(workdir, monkeypatch):
+  monkeypatch.chdir(workdir)
+  for argv in readme_commands():
+    assert eval_cli.main(argv) == 0, argv
+
+
+def test_readme_commands_generate_and_score_both_benchmarks(workdir, monkeypatch):
+  commands = readme_commands()
+  assert [c[0] for c in commands] == ["generate", "generate", "score"]
+  run_readme(workdir, monkeypatch)
+  out = workdir / "eval" / "demo"
+  entries = {e["benchmark"]: e for e in json.loads((out / "report.json").read_text())["benchmarks"]}
+  coco, asr = entries["coco_caption"], entries["librispeech_asr"]
+  assert coco["items"] == 6 and coco["scored"] == 5  # the missing image is an item that failed
+  assert [f["id"] for f in coco["failed"]] == ["999999"] and "COCO_val2014_000000999999.jpg" in coco["failed"][0]["error"]
+  assert set(coco["scores"]) == {"CIDEr", "BLEU-4"} and coco["paper"] == {"CIDEr": 107.5}
+  assert asr["items"] == 4 and asr["scored"] == 4 and asr["scores"]["WER"] >= 0 and asr["limit"] == 4
+  assert coco["settings"]["num_beams"] == 5 and coco["settings"]["max_new_tokens"] == 8  # Table 9 + the flag
+  # The scores are the metrics of what was generated, read back independently.
+  records = report.read_generations(str(out), "librispeech_asr")
+  items = {i.id: i for i in benchmarks.get("librispeech_asr").items(str(workdir / "data" / "LibriSpeech"), 4, 0)}
+  assert set(records) == set(items)
+  assert asr["scores"]["WER"] == pytest.approx(metrics.word_error_rate(
+      {i: r["text"] for i, r in records.items()}, {i: items[i].references[0] for i in records})["WER"])
+  table = (out / "report.md").read_text()
+  assert "| coco_caption | CIDEr |" in table and "| 107.5 |" in table and "5 of 6" in table
+  assert "| librispeech_asr | WER (lower is better) |" in table and "| 8.5 |" in table
+
+
+def test_a_killed_stage_resumed_gives_the_same_report(workdir, monkeypatch, tmp_path):
+  """Cut the ASR generations after two items and half a line, rerun: the same file and report."""
+  monkeypatch.chdir(workdir)
+  argv = readme_commands()[1]
+  argv[argv.index("--output_dir") + 1] = str(tmp_path / "whole")
+  assert eval_cli.main(argv) == 0
+  whole = tmp_path / "whole" / "librispeech_asr" / "generations-00000-of-00001.jsonl"
+  lines = whole.read_text().splitlines(keepends=True)
+  cut_dir = tmp_path / "cut" / "librispeech_asr"
+  cut_dir.mkdir(parents=True)
+  (cut_dir / "generations-00000-of-00001.jsonl").write_text("".join(lines[:2]) + lines[2][:25])
+  argv[argv.index("--output_dir") + 1] = str(tmp_path / "cut")
+  assert eval_cli.main(argv) == 0
+  resumed = [json.loads(l) for l in (cut_dir / "generations-00000-of-00001.jsonl").read_text().splitlines()]
+  first = [json.loads(l) for l in lines]
+  strip = lambda r: {k: v for k, v in r.items() if k not in ("timings", "files")}
+  assert sorted(map(json.dumps, map(strip, resumed))) == sorted(map(json.dumps, map(strip, first)))
+  scores = [report.score_benchmark(str(tmp_path / d), "librispeech_asr")["scores"] for d in ("whole", "cut")]
+  assert scores[0] == scores[1]
+
+
+def test_two_processes_generate_disjoint_items_whose_union_is_the_set(workdir, monkeypatch, tmp_path):
+  monkeypatch.chdir(workdir)
+  argv = readme_commands()[0]
+  argv[argv.index("--output_dir") + 1] = str(tmp_path)
+  for index in (0, 1):
+    assert eval_cli.main(argv + ["--num_processes", "2", "--process_index", str(index)]) == 0
+  ids = [{json.loads(l)["id"] for l in (tmp_path / "coco_caption" / f"generations-0000{i}-of-00002.jsonl")
+          .read_text().splitlines()} for i in (0, 1)]
+  assert not ids[0] & ids[1]
+  assert ids[0] | ids[1] == {i.id for i in benchmarks.get("coco_caption").items(str(workdir / "data" / "coco"))}
+  assert report.score_benchmark(str(tmp_path), "coco_caption")["scored"] == 5

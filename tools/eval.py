@@ -1,0 +1,163 @@
+"""`anygpt-eval`: the paper's benchmarks in two stages, each on its own hardware.
+
+  anygpt-eval generate --benchmark coco_caption --data /data/coco --model runs/pretrain \\
+      --output_dir eval/step_81000 --image_model seed/ [--limit 500] [--num_processes 4 --process_index 0]
+  anygpt-eval score --output_dir eval/step_81000
+
+`generate` (JAX; the model's machine) reads the benchmark's items from its published layout
+(`anygpt_jax.evaluation.benchmarks`), makes each item's request of the model with the paper's
+decoding settings (Table 9, as anygpt-generate; flags override them) and appends one JSON line per
+item to `{output_dir}/{benchmark}/generations-{i}-of-{n}.jsonl`. Process i of n takes items i, i+n,
+...; a rerun skips the items already written, and regenerates the rest in the same batches with the
+same seeds, so a killed run resumed gives what an uninterrupted one gives. `score` (no JAX) scores
+every benchmark generated there and writes `report.json` and `report.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+
+from anygpt_jax import filesystem
+from anygpt_jax.evaluation import benchmarks, report
+
+from .generate import add_model_flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="anygpt-eval", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  stages = p.add_subparsers(dest="stage", required=True)
+  gen = stages.add_parser("generate", help="generate the answers of a benchmark's items (JAX)")
+  gen.add_argument("--benchmark", required=True, choices=sorted(benchmarks.BENCHMARKS))
+  gen.add_argument("--data", required=True, help="the data set's directory, in its publisher's layout")
+  gen.add_argument("--limit", type=int, default=None, help="a seeded random subset of this many items")
+  gen.add_argument("--num_processes", type=int, default=1, help="processes sharing the items")
+  gen.add_argument("--process_index", type=int, default=0, help="this process's index among them")
+  add_model_flags(gen)
+  score = stages.add_parser("score", help="score what was generated and write report.json and report.md (no JAX)")
+  score.add_argument("--output_dir", required=True)
+  score.add_argument("--benchmark", action="append", default=None, choices=sorted(benchmarks.BENCHMARKS),
+                     help="only these (default: every benchmark generated in --output_dir)")
+  return p
+
+
+def done_ids(path) -> set[str]:
+  """Ids of the items a generations file already holds. A last line cut by a kill is removed from the
+  file (its item is generated again), so the next append starts on a line of its own."""
+  if not path.exists():
+    return set()
+  text = path.read_text()
+  if text and not text.endswith("\n"):
+    text = text[:text.rfind("\n") + 1]
+    path.write_text(text)
+  done = set()
+  for line in text.splitlines():
+    try:
+      done.add(json.loads(line)["id"])
+    except (json.JSONDecodeError, KeyError):
+      continue
+  return done
+
+
+def run_description(args, model_step, settings) -> dict:
+  return {"benchmark": args.benchmark, "model": args.model, "step": model_step,
+          "data": str(filesystem.resolve(args.data)),  # the scoring stage may run from another directory
+          "limit": args.limit, "seed": args.seed, "num_processes": args.num_processes, "settings": settings}
+
+
+def generate(args) -> int:
+  from anygpt_jax.generation import defaults_for
+  from anygpt_jax.generation.requests import parse_task
+
+  from .generate import open_session
+
+  if not 0 <= args.process_index < args.num_processes:
+    raise SystemExit(f"anygpt-eval: --process_index {args.process_index} not in [0, {args.num_processes})")
+  bench = benchmarks.get(args.benchmark)
+  items = bench.items(args.data, args.limit, args.seed)
+  mine = list(enumerate(items))[args.process_index::args.num_processes]
+  out = filesystem.resolve(args.output_dir) / bench.name
+  out.mkdir(parents=True, exist_ok=True)
+  path = report.generations_file(args.output_dir, bench.name, args.process_index, args.num_processes)
+  done = done_ids(path)
+  todo = [pair for pair in mine if pair[1].id not in done]
+  print(f"anygpt-eval: {bench.name}: {len(items)} items, {len(mine)} for process {args.process_index} of "
+        f"{args.num_processes}, {len(mine) - len(todo)} already generated", flush=True)
+  session = open_session(args)
+  target = parse_task(items[0].task).target
+  settings = defaults_for(target, session.stops, **session.overrides[target])
+  run = run_description(args, _step(session, args.step),
+                        {k: v for k, v in dataclasses.asdict(settings).items() if k != "stop_ids"})
+  if args.process_index == 0:
+    filesystem.write_text(out / report.RUN_FILE, json.dumps(run, indent=1))
+  from .generate import generate_records
+
+  started, generated = time.perf_counter(), 0
+  # Fixed batches of this process's items: a rerun regenerates an unfinished batch whole, with the
+  # same instruction draws and decoding seed, and writes only its items not yet on file.
+  for batch_index in range(0, len(mine), args.batch_size):
+    batch = mine[batch_index:batch_index + args.batch_size]
+    if all(item.id in done for _, item in batch):
+      continue
+    session.prompts.rng = random.Random(f"{args.seed}/{batch[0][1].id}")
+    records = generate_records(session, [(position, parse_task(item.task)) for position, item in batch],
+                               str(out / "outputs"), args.batch_size, args.seed + batch_index)
+    with open(path, "a", encoding="utf-8") if filesystem.is_local(path) else _Appender(path) as f:
+      for (_, item), record in zip(batch, records):
+        if item.id not in done:
+          f.write(json.dumps({"id": item.id, **record}, ensure_ascii=False) + "\n")
+          generated += 1
+    elapsed = time.perf_counter() - started
+    print(f"anygpt-eval: {bench.name}: {len(done) + generated} of {len(mine)} items "
+          f"({generated / elapsed:.2f} items/s)", flush=True)
+  print(f"anygpt-eval: {bench.name}: generations in {path}")
+  return 0
+
+
+class _Appender:
+  """Appends to a file on an object store by rewriting it (object stores have no append)."""
+
+  def __init__(self, path):
+    self.path, self.lines = path, []
+
+  def __enter__(self):
+    return self
+
+  def write(self, text: str) -> None:
+    self.lines.append(text)
+
+  def __exit__(self, *exc):
+    previous = self.path.read_text() if self.path.exists() else ""
+    self.path.write_text(previous + "".join(self.lines))
+
+
+def _step(session, step: int | None) -> int | None:
+  """The checkpoint step a run directory's model came from (None for an export)."""
+  source = session.loaded.source
+  if not os.path.exists(os.path.join(source, "config.gin")):
+    return None
+  from anygpt_jax.export.orbax_arrays import CheckpointArrays
+  return CheckpointArrays(source, step).step
+
+
+def score(args) -> int:
+  entries = report.write_report(args.output_dir, args.benchmark)
+  print(report.markdown(entries))
+  print(f"anygpt-eval: {os.path.join(args.output_dir, report.REPORT_JSON)}, "
+        f"{os.path.join(args.output_dir, report.REPORT_MD)}")
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  return generate(args) if args.stage == "generate" else score(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -177,3 +177,38 @@ def test_two_processes_generate_disjoint_items_whose_union_is_the_set(workdir, m
   assert not ids[0] & ids[1]
   assert ids[0] | ids[1] == {i.id for i in benchmarks.get("coco_caption").items(str(workdir / "data" / "coco"))}
   assert report.score_benchmark(str(tmp_path), "coco_caption")["scored"] == 5
+
+
+def test_scores_go_to_the_runs_tensorboard_at_its_step(workdir, monkeypatch, tmp_path):
+  """From a run directory (anygpt-import of the export): the report names its step, and the scores
+  are scalars in its tensorboard/ at that step, as TensorBoard reads them."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  from tools import import_weights
+
+  monkeypatch.chdir(workdir)
+  run = tmp_path / "run"
+  assert import_weights.main(["--source=exports/demo", "--model=tiny", f"--output_dir={run}",
+                              "--spm=exports/demo/tokenizer.model", "--override=max_position_embeddings=1024"]) == 0
+  argv = readme_commands()[1]
+  argv[argv.index("--model") + 1] = str(run)
+  argv[argv.index("--output_dir") + 1] = str(tmp_path / "eval")
+  argv[argv.index("--limit") + 1] = "2"
+  assert eval_cli.main(argv) == 0
+  assert eval_cli.main(["score", f"--output_dir={tmp_path / 'eval'}"]) == 0
+  entry, = json.loads((tmp_path / "eval" / "report.json").read_text())["benchmarks"]
+  assert entry["step"] == 0 and entry["model"] == str(run)
+  events = EventAccumulator(str(run / "tensorboard"))
+  events.Reload()
+  scalar, = events.Scalars("benchmarks/librispeech_asr/WER")
+  assert scalar.step == 0 and scalar.value == pytest.approx(entry["scores"]["WER"])
+  argv[argv.index("--model") + 1] = "exports/demo"  # an export has no step of its own
+  argv[argv.index("--output_dir") + 1] = str(tmp_path / "export_eval")
+  argv[argv.index("--limit") + 1] = "1"
+  assert eval_cli.main(argv) == 0
+  with pytest.raises(SystemExit, match="pass --step"):
+    eval_cli.main(["score", f"--output_dir={tmp_path / 'export_eval'}", f"--tensorboard_dir={tmp_path / 'tb'}"])
+  assert eval_cli.main(["score", f"--output_dir={tmp_path / 'export_eval'}", f"--tensorboard_dir={tmp_path / 'tb'}",
+                        "--step=7"]) == 0
+  events = EventAccumulator(str(tmp_path / "tb"))
+  events.Reload()
+  assert [s.step for s in events.Scalars("benchmarks/librispeech_asr/WER")] == [7]

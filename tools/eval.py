@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
   score.add_argument("--output_dir", required=True)
   score.add_argument("--benchmark", action="append", default=None, choices=sorted(benchmarks.BENCHMARKS),
                      help="only these (default: every benchmark generated in --output_dir)")
+  score.add_argument("--tensorboard_dir", default=None,
+                     help="where the scores go as TensorBoard scalars (default: the run directory's tensorboard/ "
+                          "when the model was a run directory; none for an export unless given)")
+  score.add_argument("--step", type=int, default=None, help="the scalars' step (default: the checkpoint's)")
   return p
 
 
@@ -66,7 +70,7 @@ def done_ids(path) -> set[str]:
 
 
 def run_description(args, model_step, settings) -> dict:
-  return {"benchmark": args.benchmark, "model": args.model, "step": model_step,
+  return {"benchmark": args.benchmark, "model": str(filesystem.resolve(args.model)), "step": model_step,
           "data": str(filesystem.resolve(args.data)),  # the scoring stage may run from another directory
           "limit": args.limit, "seed": args.seed, "num_processes": args.num_processes, "settings": settings}
 
@@ -149,6 +153,17 @@ def _step(session, step: int | None) -> int | None:
 def score(args) -> int:
   entries = report.write_report(args.output_dir, args.benchmark)
   print(report.markdown(entries))
+  models = {e["model"] for e in entries}
+  steps = {e["step"] for e in entries} if args.step is None else {args.step}
+  tensorboard_dir = args.tensorboard_dir
+  if tensorboard_dir is None and len(models) == 1 and (filesystem.resolve(*models) / "config.gin").exists():
+    tensorboard_dir = str(filesystem.resolve(*models) / "tensorboard")
+  if tensorboard_dir is not None:
+    if len(steps) != 1 or None in steps:
+      raise SystemExit(f"anygpt-eval: scalars need one step; the generations are of steps {sorted(map(str, steps))} "
+                       "(pass --step)")
+    print(f"anygpt-eval: scores as TensorBoard scalars at step {next(iter(steps))} in "
+          + report.write_scalars(entries, tensorboard_dir, next(iter(steps))))
   print(f"anygpt-eval: {os.path.join(args.output_dir, report.REPORT_JSON)}, "
         f"{os.path.join(args.output_dir, report.REPORT_MD)}")
   return 0

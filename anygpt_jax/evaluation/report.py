@@ -11,6 +11,9 @@ Layout of an evaluation directory (one per checkpoint):
   {out}/{benchmark}/outputs/                          the answers' files
   {out}/report.json, {out}/report.md                  every benchmark scored (this module)
 
+The scores also go to TensorBoard as scalars `benchmarks/{benchmark}/{metric}` at the checkpoint's
+step (`write_scalars`; by default into the run directory's `tensorboard/`, beside the loss curves).
+
 A failed item (a missing or undecodable medium, an answer that did not close) is listed with its
 reason and left out of the scores; the report says how many items were scored.
 No JAX: this runs on whatever box has the evaluator models.
@@ -19,6 +22,7 @@ No JAX: this runs on whatever box has the evaluator models.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from anygpt_jax import filesystem
@@ -102,3 +106,18 @@ def write_report(out_dir: str, names: list[str] | None = None) -> list[dict]:
   filesystem.write_text(root / REPORT_JSON, json.dumps({"benchmarks": entries}, indent=1, ensure_ascii=False))
   filesystem.write_text(root / REPORT_MD, markdown(entries))
   return entries
+
+
+def write_scalars(entries: list[dict], tensorboard_dir: str, step: int) -> str:
+  """Every score of `entries` as a TensorBoard scalar `benchmarks/{benchmark}/{metric}` at `step`, in
+  an event file of its own in `tensorboard_dir` (local or URL); returns the directory written."""
+  from tensorboard.compat.proto import event_pb2, summary_pb2
+  from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+  values = [summary_pb2.Summary.Value(tag=f"benchmarks/{e['benchmark']}/{metric}", simple_value=value)
+            for e in entries for metric, value in e["scores"].items()]
+  with filesystem.LocalStaging(tensorboard_dir) as staging:
+    writer = EventFileWriter(staging.local, filename_suffix=".anygpt-eval")
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
+    writer.close()
+  return str(staging.destination)

@@ -157,3 +157,67 @@ def test_missing_checkpoint_and_missing_iterator_shard_are_clear_errors(tmp_path
   checkpoints.wait_until_finished()
   with pytest.raises(FileNotFoundError, match="input shard 1"):
     Checkpoints(str(tmp_path)).restore(abstract, {1: TfIterator()})
+
+
+# --- a damaged or foreign run directory, through the real trainer -----------------------------------
+def _train(run_file, model_dir, *flags):
+  import gin
+  from tools import train as train_cli
+  gin.clear_config()
+  try:
+    return train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={model_dir}", *flags])
+  finally:
+    gin.clear_config()
+
+
+def _losses(model_dir):
+  from test_train_cli import losses_by_step
+  return losses_by_step((model_dir / "tensorboard" / "metrics.jsonl").read_text())
+
+
+def test_damaged_latest_checkpoints_fall_back_and_a_foreign_model_is_refused(tmp_path, capsys):
+  """A truncated array file or a deleted `_METADATA` in the latest step: one line naming the step,
+  file and cause, the step moved aside (not deleted), the run resumed from the step before with the
+  losses the steps had before. Another model's shapes are not damage: refused, nothing moved."""
+  import shutil
+  from test_train_cli import run_gin_text, write_run_inputs
+
+  inputs = write_run_inputs(tmp_path)
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=6, extra="CheckpointConfig.keep_last = 5\n"))
+  first = tmp_path / "first"
+  assert _train(run_file, first, "--gin.train.stop_after_steps=4") == 0
+  capsys.readouterr()
+
+  def truncate_largest_array(step_dir):
+    arrays = sorted((step_dir / "state").rglob("ocdbt.process_0/d/*"), key=lambda p: p.stat().st_size)
+    with open(arrays[-1], "r+b") as f:
+      f.truncate(1000)
+    return "OUT_OF_RANGE: Error reading"
+
+  def delete_metadata(step_dir):
+    (step_dir / "state" / "_METADATA").unlink()
+    return "_METADATA"
+
+  for damage in (truncate_largest_array, delete_metadata):
+    run = tmp_path / damage.__name__
+    shutil.copytree(first, run)
+    cause = damage(run / "checkpoints" / "4")
+    assert _train(run_file, run) == 0
+    out = capsys.readouterr().out
+    line, = [l for l in out.splitlines() if "does not restore" in l]
+    assert "checkpoint step 4" in line and cause in line and str(run / "checkpoints") in line
+    assert "moved aside to 4.unrestorable" in line and "resumed from step 2" in out
+    assert (run / "checkpoints" / "4.unrestorable" / "state").is_dir()
+    losses = _losses(run)
+    for step in (3, 4):  # run again after the fall back: the losses they had before, bit for bit
+      assert losses[step][-1] == losses[step][0] == _losses(first)[step][0], (damage.__name__, step)
+    assert sorted(losses) == list(range(1, 7))
+
+  foreign = tmp_path / "foreign"
+  shutil.copytree(first, foreign)
+  from anygpt_jax.checkpoints.manager import CheckpointMismatchError
+  with pytest.raises(CheckpointMismatchError, match=r"params\['layers'\]\['mlp'\]\['up_proj'\]\['kernel'\]: "
+                                                    r"stored \(2, 64, 128\), this configuration \(2, 64, 96\)"):
+    _train(run_file, foreign, "--gin.model_config.overrides={'intermediate_size': 96}")
+  assert sorted(p.name for p in (foreign / "checkpoints").iterdir()) == ["2", "4"]

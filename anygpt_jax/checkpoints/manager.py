@@ -117,6 +117,42 @@ def _pytree_restore(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRest
                                 partial_restore=partial)
 
 
+class CheckpointMismatchError(ValueError):
+  """The run directory's checkpoints were saved by another model configuration than this one."""
+
+
+class UnrestorableCheckpointsError(RuntimeError):
+  """No checkpoint of the run directory restores; the message names each one and why."""
+
+
+UNRESTORABLE_SUFFIX = ".unrestorable"
+
+
+def _one_line(error: BaseException, limit: int = 400) -> str:
+  """An exception as one short line: the type and first message line of its root cause (orbax wraps
+  TensorStore's error, which names the array and the file, in generic ones)."""
+  seen = set()
+  while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _shape_changes(stored: Any, wanted: Any, limit: int = 5) -> list[str]:
+  """'name: stored S, this configuration W' for parameters whose shapes (or presence) differ."""
+  import jax
+
+  def shapes(tree):
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+  a, b = shapes(stored), shapes(wanted)
+  changes = [f"params{k}: stored {a.get(k, 'absent')}, this configuration {b.get(k, 'absent')}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  return changes[:limit] + ([f"... and {len(changes) - limit} more"] if len(changes) > limit else [])
+
+
 @dataclasses.dataclass
 class RestoredCheckpoint:
   step: int
@@ -194,6 +230,59 @@ class Checkpoints:
         step=step, state=restored["state"],
         operative_gin=(restored["config"] or {}).get("operative_gin"),
         layout=VocabularyLayout.from_json_dict(layout) if layout else None)
+
+  def stored_params_metadata(self, step: int) -> Any:
+    """The shapes and dtypes of step `step`'s parameters as stored (orbax's metadata tree)."""
+    metadata = ocp.PyTreeCheckpointHandler().metadata(self.directory / str(step) / "state")
+    tree = metadata.tree if hasattr(metadata, "tree") else metadata
+    return tree["params"]
+
+  def restore_latest_good(self, abstract_state: Any, iterators: Mapping[int, StatefulIterator] | None = None,
+                          report=print) -> RestoredCheckpoint:
+    """The latest step that restores; each newer one that does not is reported in one line (step,
+    file, cause) and moved aside to `{step}.unrestorable` in the checkpoint directory, never deleted.
+
+    A step whose parameters were saved with other shapes than `abstract_state`'s is not damage but
+    another configuration: that raises CheckpointMismatchError naming the parameters, and nothing
+    is moved. Raises UnrestorableCheckpointsError, naming each step, when none restores.
+    """
+    failures = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        stored = self.stored_params_metadata(step)
+      except Exception as e:  # orbax and tensorstore raise many kinds; any of them is this step's damage
+        failures.append(self._set_aside(step, f"its parameter metadata does not read ({_one_line(e)})", report))
+        continue
+      changes = _shape_changes(stored, abstract_state.params)
+      if changes:
+        raise CheckpointMismatchError(
+            f"{self.directory} holds checkpoints of another model than this configuration's (step {step}): "
+            + "; ".join(changes) + ". Use a new run directory, or the configuration the run was made with.")
+      try:
+        return self.restore(abstract_state, iterators, step)
+      except Exception as e:
+        failures.append(self._set_aside(step, _one_line(e), report))
+    raise UnrestorableCheckpointsError(f"no checkpoint in {self.directory} restores: " + "; ".join(failures))
+
+  def _set_aside(self, step: int, reason: str, report) -> str:
+    """Moves step `step` to `{step}.unrestorable` (process 0; every process waits) and says so."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    source = self.directory / str(step)
+    target = self.directory / f"{step}{UNRESTORABLE_SUFFIX}"
+    suffix = 1
+    while target.exists():
+      suffix += 1
+      target = self.directory / f"{step}{UNRESTORABLE_SUFFIX}-{suffix}"
+    if jax.process_index() == 0:
+      source.rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+    self.manager.reload()
+    line = f"checkpoint step {step} in {self.directory} does not restore: {reason}; moved aside to {target.name}"
+    report(f"[anygpt-train] {line}")
+    return line
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> Any:
     """Only the parameters of a step (warm start, evaluation), onto `abstract_params`' shardings.

@@ -155,7 +155,7 @@ def initial_state(run: Run, seed: int, warm_start: Callable[..., Any] | None) ->
   sharded = run.sharded
   if run.checkpoints.latest_step() is not None:
     abstract = abstract_train_state(run.optimizer, sharded.params_abstract, sharded.state_shardings)
-    restored = run.checkpoints.restore(abstract, iterators=run.data.iterators)
+    restored = run.checkpoints.restore_latest_good(abstract, iterators=run.data.iterators, report=_console)
     if restored.layout is not None and restored.layout.vocab_size != run.layout.vocab_size:
       raise ValueError(f"{run.model_dir} was trained with a vocabulary of {restored.layout.vocab_size} rows, this "
                        f"configuration has {run.layout.vocab_size}")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from anygpt_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -50,7 +51,7 @@ DEFAULT_LOGICAL_AXIS_RULES: LogicalRules = (
 )
 
 
-class MeshError(ValueError):
+class MeshError(UserError, ValueError):
   """A mesh shape or sharding that does not fit the devices or the arrays."""
 
 

@@ -216,8 +216,39 @@ def test_damaged_latest_checkpoints_fall_back_and_a_foreign_model_is_refused(tmp
 
   foreign = tmp_path / "foreign"
   shutil.copytree(first, foreign)
-  from anygpt_jax.checkpoints.manager import CheckpointMismatchError
-  with pytest.raises(CheckpointMismatchError, match=r"params\['layers'\]\['mlp'\]\['up_proj'\]\['kernel'\]: "
-                                                    r"stored \(2, 64, 128\), this configuration \(2, 64, 96\)"):
-    _train(run_file, foreign, "--gin.model_config.overrides={'intermediate_size': 96}")
+  assert _train(run_file, foreign, "--gin.model_config.overrides={'intermediate_size': 96}") == 1
+  error = capsys.readouterr().err.strip().splitlines()[-1]  # one paragraph, no traceback
+  assert error.startswith("anygpt-train: CheckpointMismatchError: ") and str(foreign) in error
+  assert "params['layers']['mlp']['up_proj']['kernel']: stored (2, 64, 128), this configuration (2, 64, 96)" in error
   assert sorted(p.name for p in (foreign / "checkpoints").iterdir()) == ["2", "4"]
+
+
+def test_a_failed_save_stops_the_run_naming_the_path_and_the_cause(tmp_path, capsys):
+  """A run directory on a 24 MB tmpfs: step 2's checkpoint (18 MB) fits, step 4's does not. The run
+  stops once that save has failed, before its next save, with one line naming the step's path and
+  'No space left on device'; with room again the same command resumes from step 2."""
+  import subprocess
+  from test_train_cli import run_gin_text, write_run_inputs
+
+  inputs = write_run_inputs(tmp_path)
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=10, extra="train.compilation_cache = False\n"))
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], check=True)
+  try:
+    run = disk / "run"
+    assert _train(run_file, run) == 1
+    captured = capsys.readouterr()
+    assert "warning: 24 MiB free" in captured.out and "less than two checkpoints" in captured.out
+    error = captured.err.strip().splitlines()[-1]
+    assert error.startswith(f"anygpt-train: CheckpointSaveError: saving step 4 to {run / 'checkpoints' / '4'} failed")
+    assert "No space left on device" in error and "latest complete checkpoint is step 2" in error
+    logged = max(_losses(run))
+    assert logged < 6, f"the run went on to step {logged}, past its next save"
+    subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+    assert _train(run_file, run, "--gin.train.stop_after_steps=6") == 0
+    assert "resumed from step 2" in capsys.readouterr().out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4", "6"]
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=False)

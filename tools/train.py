@@ -163,7 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--heartbeat_timeout_s", type=int, default=60)
   parser.add_argument("--multiprocess_auto", action="store_true",
                       help="let JAX detect the cluster (TPU pod, SLURM, Open MPI)")
+  parser.add_argument("--verbose", action="store_true",
+                      help="a configuration or environment error with its traceback, not only its message")
   return parser
+
+
+def user_error_message(error: BaseException) -> str:
+  """A UserError's message without what gin appends to errors raised inside configurables."""
+  return str(error).split("\n  In call to configurable")[0].strip()
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None,
@@ -202,8 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"anygpt-train: {e}", file=sys.stderr)
     return 2
 
+  from anygpt_jax.errors import UserError
   from anygpt_jax.training.loop import train
-  train()
+  try:
+    train()
+  except UserError as e:  # the run's configuration, inputs or machine: the message says what and where
+    if args.verbose:
+      raise
+    print(f"anygpt-train: {type(e).__name__}: {user_error_message(e)} (--verbose for the traceback)",
+          file=sys.stderr, flush=True)
+    return 1
   return 0
 
 

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from anygpt_jax import filesystem
+from anygpt_jax.errors import UserError
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -117,18 +118,22 @@ def _pytree_restore(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRest
                                 partial_restore=partial)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
   """The run directory's checkpoints were saved by another model configuration than this one."""
 
 
-class UnrestorableCheckpointsError(RuntimeError):
+class UnrestorableCheckpointsError(UserError, RuntimeError):
   """No checkpoint of the run directory restores; the message names each one and why."""
+
+
+class CheckpointSaveError(UserError, RuntimeError):
+  """A save failed (a full disk, lost access); the message names the step's path and the cause."""
 
 
 UNRESTORABLE_SUFFIX = ".unrestorable"
 
 
-def _one_line(error: BaseException, limit: int = 400) -> str:
+def _one_line(error: BaseException, limit: int = 600) -> str:
   """An exception as one short line: the type and first message line of its root cause (orbax wraps
   TensorStore's error, which names the array and the file, in generic ones)."""
   seen = set()
@@ -178,6 +183,8 @@ class Checkpoints:
         cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "config", "layout"))
+    self._saving: int | None = None  # the step of a save started and not yet seen to finish
+    self._failed = False  # a save failed and was reported: closing must not raise it again
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -202,7 +209,43 @@ class Checkpoints:
     }
     if iterators is not None:
       items["data"] = IteratorSave(iterators)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self.raise_if_save_failed(wait=True)  # orbax would wait for the previous save anyway
+    try:
+      started = self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # the synchronous part of the save (or all of it, without async_save)
+      self._failed = True
+      raise self._save_error(step, e) from e
+    self._saving = step if started else None
+    if started and not self.config.async_save:
+      self.raise_if_save_failed(wait=True)
+    return started
+
+  def raise_if_save_failed(self, wait: bool = False) -> None:
+    """Raises CheckpointSaveError, naming the step's path and the cause, if the last save failed.
+
+    Without `wait` it only looks at a save that has finished (the step loop calls it every step:
+    a failed background save stops the run at once, not at the next save)."""
+    step = self._saving
+    if step is None or (not wait and self.manager.is_saving_in_progress()):
+      return
+    self._saving = None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      self._failed = True
+      raise self._save_error(step, e) from e
+
+  def _save_error(self, step: int, error: BaseException) -> CheckpointSaveError:
+    partial = [p.name for p in self.directory.iterdir() if p.name.startswith(f"{step}.") and "tmp" in p.name] \
+        if self.directory.exists() else []
+    leftover = f"; its partial directory {partial[0]} is removed at the next start" if partial else ""
+    return CheckpointSaveError(f"saving step {step} to {self.directory / str(step)} failed: {_one_line(error)}"
+                               f"{leftover}. The run stopped; the latest complete checkpoint is step "
+                               f"{self.latest_complete_step(exclude=step)}, where the same command resumes.")
+
+  def latest_complete_step(self, exclude: int | None = None) -> int | None:
+    steps = [s for s in self.all_steps() if s != exclude]
+    return max(steps) if steps else None
 
   def restore(self, abstract_state: Any, iterators: Mapping[int, StatefulIterator] | None = None,
               step: int | None = None) -> RestoredCheckpoint:
@@ -298,7 +341,12 @@ class Checkpoints:
     return restored["state"]["params"]
 
   def wait_until_finished(self) -> None:
+    self.raise_if_save_failed(wait=True)
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.close()
+    try:
+      self.manager.close()
+    except Exception:
+      if not self._failed:
+        raise

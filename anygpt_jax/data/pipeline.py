@@ -30,6 +30,7 @@ from etils import epath
 from anygpt_jax.data import mixing, packing, preprocessors, rendering, sources
 from anygpt_jax.data.features import BATCH_FEATURES
 from anygpt_jax.data.shards import deserialize_sample
+from anygpt_jax.errors import UserError
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES, VocabularyError, VocabularyLayout
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
 
@@ -109,7 +110,7 @@ BUILTIN_MIXTURES = {"anygpt_pretrain": tuple(PAPER_PRETRAIN_SHARES), "anygpt_con
                     "anygpt_sft": ("chat",)}
 
 
-class DataRegistrationError(ValueError):
+class DataRegistrationError(UserError, ValueError):
   """The data a run names cannot be registered: the message says what is wrong and where."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from anygpt_jax.errors import UserError
 from anygpt_jax.vocabulary.layout import VocabularyLayout
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product", "cudnn", "splash")
@@ -11,7 +12,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "qkv_proj")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A model configuration whose sizes do not fit together."""
 
 

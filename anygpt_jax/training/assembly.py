@@ -52,10 +52,10 @@ class ShardedTrainer:
 
 
 def check_batch(batch_size: int, mesh: jax.sharding.Mesh, num_microbatches: int) -> None:
-  """Raises ValueError unless each microbatch splits evenly over the mesh's data x fsdp devices."""
+  """Raises MeshError (a ValueError) unless each microbatch splits evenly over the mesh's data x fsdp devices."""
   ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % (ways * num_microbatches):
-    raise ValueError(f"batch size {batch_size} must be a multiple of the mesh's data x fsdp = {ways} devices times "
+    raise partitioning.MeshError(f"batch size {batch_size} must be a multiple of the mesh's data x fsdp = {ways} devices times "
                      f"num_microbatches={num_microbatches}; change BATCH_SIZE or the mesh ({dict(mesh.shape)})")
 
 

@@ -31,6 +31,7 @@ from anygpt_jax import distributed
 from anygpt_jax import filesystem
 from anygpt_jax import partitioning
 from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
+from anygpt_jax.errors import UserError
 from anygpt_jax.model import ModelConfig, get_config
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training import optimizer as optimizer_lib
@@ -42,7 +43,7 @@ from anygpt_jax.vocabulary.layout import VocabularyLayout
 from anygpt_jax.weights.warm_start import warm_start_params  # noqa: F401  (registers the gin configurable)
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
   """Too many steps in a row had a non-finite loss or gradient."""
 
 
@@ -170,6 +171,21 @@ def initial_state(run: Run, seed: int, warm_start: Callable[..., Any] | None) ->
   else:
     params = sharded.random_params(seed)
   return sharded.fresh_state(params)
+
+
+def warn_if_low_on_space(run: Run) -> None:
+  """Warns (one line) when a local run directory's disk has room for fewer than two checkpoints of
+  the train state: the next save could fail, and a save needs room beside the previous one."""
+  if not filesystem.is_local(run.model_dir):
+    return
+  import shutil
+  abstract = abstract_train_state(run.optimizer, run.sharded.params_abstract, run.sharded.state_shardings)
+  checkpoint = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract))
+  existing = next((p for p in [run.model_dir, *run.model_dir.parents] if p.exists()), None)
+  free = shutil.disk_usage(existing).free if existing is not None else None
+  if free is not None and free < 2 * checkpoint:
+    _console(f"[anygpt-train] warning: {free / 2**20:.0f} MiB free where {run.model_dir} lives, less than two "
+             f"checkpoints of this train state ({checkpoint / 2**20:.0f} MiB each): a save may fail")
 
 
 def write_run_files(run: Run, operative: str) -> None:
@@ -344,6 +360,7 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, ope
       _console(f"[anygpt-train] step {step} done {time.perf_counter() - started:.1f} s after start "
                f"(set-up, {'restore, ' if first_step else ''}compilation and the step)")
     profile.after_step(step, step_metrics)
+    checkpoints.raise_if_save_failed()  # a background save that failed stops the run now
     previous_finite = True  # the state a run starts or resumes from is a good one
     if pending is not None:
       last_scalars = report(pending)
@@ -447,6 +464,7 @@ def train(
     run = build_run(model_dir, train_steps, model, layout, data_registration, train_input, mesh_axes,
                     num_microbatches, z_loss, CheckpointConfig() if checkpoint is None else checkpoint)
     closing.callback(run.checkpoints.close)
+    warn_if_low_on_space(run)
     watchdog = distributed.StepWatchdog(step_timeout_s)
     closing.callback(watchdog.close)
     preemption = Preemption(stop_on_sigterm)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from anygpt_jax.errors import UserError
 from anygpt_jax.model.config import ModelConfig
 
 
-class SourceConfigError(ValueError):
+class SourceConfigError(UserError, ValueError):
   """The source checkpoint's configuration differs from the model's."""
 
 

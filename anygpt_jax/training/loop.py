@@ -4,7 +4,8 @@
 builds the run (`build_run`), its first state (`initial_state`), writes the run files
 (`write_run_files`) and steps (`run_loop`).
 A run directory (`model_dir`, local or a URL) holds `config.gin` (the operative config),
-`checkpoints/`, `tensorboard/` (event files and `metrics.jsonl`), `compilation_cache/` and, when
+`checkpoints/`, `tensorboard/` (event files and `metrics.jsonl`), `compilation_cache/`, while a
+trainer runs `trainer.lock` (`run_lock`: one trainer per run directory) and, when
 asked for, `profile/`. Starting a run whose directory already has a
 checkpoint resumes from the latest one, data iterator included, so an interrupted run and an
 uninterrupted one see the same batches and reach the same losses.
@@ -35,6 +36,7 @@ from anygpt_jax.errors import UserError
 from anygpt_jax.model import ModelConfig, get_config
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training import optimizer as optimizer_lib
+from anygpt_jax.training import run_lock
 from anygpt_jax.training.assembly import ShardedTrainer, build_trainer
 from anygpt_jax.training.evaluation import Evaluator
 from anygpt_jax.training.input import TrainInput, to_global_batch
@@ -171,6 +173,18 @@ def initial_state(run: Run, seed: int, warm_start: Callable[..., Any] | None) ->
   else:
     params = sharded.random_params(seed)
   return sharded.fresh_state(params)
+
+
+def hold_run_directory(model_dir, closing: contextlib.ExitStack) -> None:
+  """Takes the run directory's lease (`run_lock`; process 0 for every process of the run), released
+  when `closing` closes; raises RunDirectoryBusyError naming another trainer that holds it."""
+  if jax.process_index() == 0:
+    lock = run_lock.RunLock(model_dir, report=_console)
+    lock.acquire()
+    closing.callback(lock.release)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("run directory lease")
 
 
 def warn_if_low_on_space(run: Run) -> None:
@@ -461,6 +475,7 @@ def train(
   model_dir = filesystem.resolve(model_dir)
   cache = _compilation_cache_path(compilation_cache_dir, model_dir) if compilation_cache else None
   with _compilation_cache_at(cache), contextlib.ExitStack() as closing:
+    hold_run_directory(model_dir, closing)
     run = build_run(model_dir, train_steps, model, layout, data_registration, train_input, mesh_axes,
                     num_microbatches, z_loss, CheckpointConfig() if checkpoint is None else checkpoint)
     closing.callback(run.checkpoints.close)

@@ -175,3 +175,23 @@ Evaluator.num_batches = 1
     assert np.isfinite(m["train/loss"]) and m["train/image/tokens"] > 0 and m["train/text/tokens"] > 0
   assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]
   assert metrics[0]["train/z_loss"] > 0
+
+
+@pytest.mark.parametrize("damage", ["cut_short", "random_bytes"])
+def test_a_corrupt_shard_is_named(tmp_path, capsys, clean_gin, damage):
+  """tf.data's own error names no file: the run's names the shard and the reason, in one line, whether
+  registration reads the bad record (random bytes: the first) or the training stream does (a shard
+  cut at 90 %: registration's 64 sample records read, the first batches reach the cut)."""
+  inputs = write_run_inputs(tmp_path)
+  shard, = [p for p in pathlib.Path(inputs["data_dir"]).rglob("pairs-train-*") if not p.name.endswith(".json")]
+  data = shard.read_bytes()
+  shard.write_bytes(data[:len(data) * 9 // 10] if damage == "cut_short"
+                    else np.random.default_rng(0).bytes(len(data)))
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=4))
+  assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={tmp_path / 'run'}"]) == 1
+  captured = capsys.readouterr()
+  error = captured.err.strip().splitlines()[-1]
+  assert error.startswith(f"anygpt-train: CorruptShardError: corrupt shard file: {shard}: ")
+  assert ("truncated record" in error) if damage == "cut_short" else ("corrupted record" in error)
+  assert "[Op:" not in error and "function_node" not in error

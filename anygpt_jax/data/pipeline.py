@@ -153,8 +153,11 @@ TASK_INFO: dict[str, TaskInfo] = {}
 def _sample_records(files: Sequence[str], limit: int):
   samples = []
   for path in files:
-    for record in tf.data.TFRecordDataset(path).take(limit - len(samples)):
-      samples.append(deserialize_sample(record.numpy()))
+    try:
+      for record in tf.data.TFRecordDataset(path).take(limit - len(samples)):
+        samples.append(deserialize_sample(record.numpy()))
+    except tf.errors.DataLossError as e:
+      raise corrupt_shard_error([path], e) from e
     if len(samples) >= limit:
       break
   return samples
@@ -450,6 +453,30 @@ def _window(task_name: str, sequence_length: int, rows_per_window: int) -> int:
 
 
 @gin.configurable
+def input_files(mixture_or_task_name: str, split: str = "train", shard_index: int = 0,
+                num_shards: int = 1) -> list[str]:
+  """The shard files that input shard `shard_index` of `num_shards` reads, every task of the mixture."""
+  files = []
+  for task, _ in _tasks_and_rates(mixture_or_task_name, split):
+    source = task.source
+    if isinstance(source, sources.ShardSource):
+      files += source.host_plan(split, shard_index, num_shards).files
+    else:
+      files += source.list_shards(split)
+  return files
+
+
+def corrupt_shard_error(files: Sequence[str], error: Exception) -> sources.CorruptShardError:
+  """The error for a read failure of the data stream: each of `files` whose records do not read,
+  named with TensorFlow's reason (tf.data's own error names no file)."""
+  bad = [f"{f}: {reason}" for f in files if (reason := sources.read_error(f)) is not None]
+  if not bad:
+    return sources.CorruptShardError(f"reading the data failed ({error}), though each of its {len(files)} shard "
+                                     "files reads alone")
+  return sources.CorruptShardError("corrupt shard file" + ("s" if len(bad) > 1 else "") + ": " + "; ".join(bad)
+                                   + ". Tokenize it again, or leave it out of the corpus.")
+
+
 def get_dataset(mixture_or_task_name: str, sequence_length: int, batch_size: int, split: str = "train",
                 seed: int = 0, shuffle: bool = True, shard_index: int = 0, num_shards: int = 1, pack: bool = True,
                 overlong: str = "drop", num_epochs: int | None = -1, rows_per_window: int = 64,

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import posixpath
+import re
 from typing import Sequence
 
 import seqio
@@ -24,12 +25,28 @@ import tensorflow as tf
 from etils import epath
 
 from anygpt_jax.data.shards import ShardError, parse_shard_filename
+from anygpt_jax.errors import UserError
 
 STATS_SUFFIX = ".stats.json"
 
 
-class HostShareError(ValueError):
+class HostShareError(UserError, ValueError):
   """Some host (input shard) would read no record of a corpus split."""
+
+
+class CorruptShardError(UserError, ValueError):
+  """A shard file whose records TensorFlow cannot read (cut short, overwritten); names the file."""
+
+
+def read_error(shard: str) -> str | None:
+  """Why `shard`'s records do not read (TensorFlow's first line), or None when every one does."""
+  try:
+    tf.data.TFRecordDataset(shard).reduce(0, lambda n, _: n + 1).numpy()
+  except tf.errors.OpError as e:
+    lines = e.message.strip().splitlines()
+    # Without TF's decorations: `{{function_node ...}}` before, `[Op:...] name:` after.
+    return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", lines[0]) if lines else type(e).__name__
+  return None
 
 
 def shard_files(pattern: str, corpus: str | None = None, split: str | None = None) -> list[str]:
@@ -70,7 +87,11 @@ def count_records(shard: str) -> int:
   stats = read_stats(shard)
   if stats is not None and "records_out" in stats:
     return int(stats["records_out"])
-  return int(tf.data.TFRecordDataset(shard).reduce(0, lambda n, _: n + 1).numpy())
+  try:
+    return int(tf.data.TFRecordDataset(shard).reduce(0, lambda n, _: n + 1).numpy())
+  except tf.errors.OpError as e:
+    raise CorruptShardError(f"{shard}: its records do not read ({read_error(shard) or e.message}); "
+                            "tokenize it again or leave it out") from e
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ produces exactly the global batch that two processes reading one shard each prod
 
 from __future__ import annotations
 
-from typing import Mapping
+import functools
+from typing import Callable, Mapping, Sequence
 
 import gin
 import jax
@@ -29,13 +30,23 @@ def sequence_length_of(task_feature_lengths: Mapping[str, int] | int) -> int:
 
 
 class DatasetIterator:
-  """A tf.data iterator yielding numpy batches, whose position is saved with tf.train.Checkpoint."""
+  """A tf.data iterator yielding numpy batches, whose position is saved with tf.train.Checkpoint.
 
-  def __init__(self, dataset):
+  `files()` lists the shard files the dataset reads: a record that does not read (a cut or
+  overwritten shard) raises CorruptShardError naming the file, where tf.data names none.
+  """
+
+  def __init__(self, dataset, files: Callable[[], Sequence[str]] = lambda: ()):
     self._iterator = iter(dataset)
+    self._files = files
 
   def __next__(self) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in next(self._iterator).items()}
+    import tensorflow as tf
+    try:
+      return {k: v.numpy() for k, v in next(self._iterator).items()}
+    except tf.errors.DataLossError as e:
+      from anygpt_jax.data import pipeline
+      raise pipeline.corrupt_shard_error(self._files(), e) from e
 
   def save_state(self, path: str) -> None:
     from anygpt_jax.data import pipeline
@@ -83,7 +94,8 @@ class TrainInput:
     self.iterators = {
         shard: DatasetIterator(pipeline.get_dataset(
             mixture_or_task_name, self.sequence_length, batch_size // num_input_shards, split=split,
-            seed=seed, shuffle=shuffle, shard_index=shard, num_shards=num_input_shards, pack=pack))
+            seed=seed, shuffle=shuffle, shard_index=shard, num_shards=num_input_shards, pack=pack),
+            files=functools.partial(pipeline.input_files, mixture_or_task_name, split, shard, num_input_shards))
         for shard in self.shard_indices}
 
   def next_local_batch(self) -> dict[str, np.ndarray]:

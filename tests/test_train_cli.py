@@ -195,3 +195,45 @@ def test_a_corrupt_shard_is_named(tmp_path, capsys, clean_gin, damage):
   assert error.startswith(f"anygpt-train: CorruptShardError: corrupt shard file: {shard}: ")
   assert ("truncated record" in error) if damage == "cut_short" else ("corrupted record" in error)
   assert "[Op:" not in error and "function_node" not in error
+
+
+def test_resuming_with_changed_settings(tmp_path, capsys, clean_gin):
+  """Settings that break exact resume are refused, named with both values, and nothing is written;
+  a safe change (the learning rate) is said and kept in config_history/; a breaking change accepted
+  on purpose is recorded from the step it applies to."""
+  inputs = write_run_inputs(tmp_path)
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=6))
+  run = tmp_path / "run"
+
+  def train(*flags):
+    gin.clear_config()
+    return train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={run}", *flags])
+
+  assert train("--gin.train.stop_after_steps=2") == 0
+  record = json.loads((run / "run_record.json").read_text())
+  assert record["settings"]["data"]["batch_size"] == 8 and record["settings"]["model"]["hidden_size"] == 64
+  config = (run / "config.gin").read_text()
+  capsys.readouterr()
+
+  assert train("--gin.BATCH_SIZE=16", "--gin.model_config.overrides={'intermediate_size': 96}") == 1
+  error = capsys.readouterr().err.strip().splitlines()[-1]
+  assert error.startswith("anygpt-train: RunChangedError: ") and "resuming at step 2" in error
+  assert "data.batch_size: recorded 8, now 16" in error and "model.intermediate_size: recorded 128, now 96" in error
+  assert (run / "config.gin").read_text() == config and json.loads((run / "run_record.json").read_text()) == record
+
+  assert train("--gin.train.stop_after_steps=4", "--gin.learning_rate_schedule.peak_learning_rate=0.001") == 0
+  out = capsys.readouterr().out
+  assert "resumed from step 2" in out and "config changed since the last start (from step 2)" in out
+  assert "+ learning_rate_schedule.peak_learning_rate = 0.001" in out
+  assert sorted(p.name for p in (run / "config_history").iterdir()) == ["step_00000000.gin", "step_00000002.gin"]
+  assert "peak_learning_rate = 0.001" in (run / "config.gin").read_text()
+
+  assert train("--gin.BATCH_SIZE=16", "--gin.train.accept_changes=True") == 0
+  out = capsys.readouterr().out
+  assert "continuing at step 4 with changed settings (accepted): data.batch_size: recorded 8, now 16" in out
+  record = json.loads((run / "run_record.json").read_text())
+  change, = record["changes"]
+  assert change["from_step"] == 4 and (change["setting"], change["was"], change["now"]) == ("data.batch_size", 8, 16)
+  assert record["settings"]["data"]["batch_size"] == 16
+  assert max(losses_by_step((run / "tensorboard" / "metrics.jsonl").read_text())) == 6

@@ -453,6 +453,11 @@ def _window(task_name: str, sequence_length: int, rows_per_window: int) -> int:
 
 
 @gin.configurable
+def mixture_rates(mixture_or_task_name: str, split: str = "train") -> dict[str, float]:
+  """{task name: its mixing rate} of a registered task or mixture, for `split`."""
+  return {task.name: float(rate) for task, rate in _tasks_and_rates(mixture_or_task_name, split)}
+
+
 def input_files(mixture_or_task_name: str, split: str = "train", shard_index: int = 0,
                 num_shards: int = 1) -> list[str]:
   """The shard files that input shard `shard_index` of `num_shards` reads, every task of the mixture."""

@@ -16,6 +16,13 @@ class ConfigError(UserError, ValueError):
   """A model configuration whose sizes do not fit together."""
 
 
+# The fields that fix the parameters and what they compute. The others say how it is computed
+# (precision of the matmuls, attention kernel, rematerialisation) or only record (positions, init).
+ARCHITECTURE_FIELDS = ("vocab_size", "real_vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                       "num_heads", "num_kv_heads", "head_dim", "rope_theta", "rms_norm_eps", "param_dtype",
+                       "scan_layers")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """A LLaMA-2 decoder over AnyGPT's expanded vocabulary.

@@ -84,6 +84,7 @@ class TrainInput:
                        f"{process_count} processes")
     if batch_size % num_input_shards:
       raise ValueError(f"batch size {batch_size} must be a multiple of num_input_shards={num_input_shards}")
+    self.mixture_or_task_name, self.split, self.seed, self.pack = mixture_or_task_name, split, seed, pack
     self.sequence_length = sequence_length_of(task_feature_lengths)
     self.batch_size = batch_size
     self.num_input_shards = num_input_shards
@@ -97,6 +98,16 @@ class TrainInput:
             seed=seed, shuffle=shuffle, shard_index=shard, num_shards=num_input_shards, pack=pack),
             files=functools.partial(pipeline.input_files, mixture_or_task_name, split, shard, num_input_shards))
         for shard in self.shard_indices}
+
+  def description(self) -> dict:
+    """What fixes this input's stream of batches (exact resume needs every value unchanged)."""
+    from anygpt_jax.data import pipeline
+    files = pipeline.input_files(self.mixture_or_task_name, self.split)
+    return {"mixture": self.mixture_or_task_name,
+            "mixture_rates": pipeline.mixture_rates(self.mixture_or_task_name, self.split),
+            "shard_files": sorted(f.rsplit("/", 1)[-1] for f in files),
+            "batch_size": self.batch_size, "sequence_length": self.sequence_length, "seed": self.seed,
+            "num_input_shards": self.num_input_shards, "pack": self.pack, "split": self.split}
 
   def next_local_batch(self) -> dict[str, np.ndarray]:
     """int32 [batch_size / processes, L] per feature: this process's rows of the next batch."""

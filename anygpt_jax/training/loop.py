@@ -2,7 +2,8 @@
 
 `train()` is what `anygpt-train` runs; every argument is bound in gin (see `gin/runs/*.gin`). It
 builds the run (`build_run`), its first state (`initial_state`), writes the run files
-(`write_run_files`) and steps (`run_loop`).
+(`write_run_files`) and steps (`run_loop`). A restart is compared with the run's record first
+(`run_record`): settings that break exact resume are refused unless accepted on purpose.
 A run directory (`model_dir`, local or a URL) holds `config.gin` (the operative config),
 `checkpoints/`, `tensorboard/` (event files and `metrics.jsonl`), `compilation_cache/`, while a
 trainer runs `trainer.lock` (`run_lock`: one trainer per run directory) and, when
@@ -36,7 +37,7 @@ from anygpt_jax.errors import UserError
 from anygpt_jax.model import ModelConfig, get_config
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training import optimizer as optimizer_lib
-from anygpt_jax.training import run_lock
+from anygpt_jax.training import run_lock, run_record
 from anygpt_jax.training.assembly import ShardedTrainer, build_trainer
 from anygpt_jax.training.evaluation import Evaluator
 from anygpt_jax.training.input import TrainInput, to_global_batch
@@ -151,14 +152,16 @@ def build_run(model_dir: str, train_steps: int, model: ModelConfig, layout: Voca
              data=data, checkpoints=Checkpoints(model_dir, checkpoint), sharded=sharded)
 
 
-def initial_state(run: Run, seed: int, warm_start: Callable[..., Any] | None) -> TrainState:
-  """The latest checkpoint of the run directory (data iterators included), else a fresh state:
-  warm-started parameters or a random initialisation from `seed`."""
+def initial_state(run: Run, seed: int, warm_start: Callable[..., Any] | None, restore_data: bool = True) -> TrainState:
+  """The latest checkpoint of the run directory (data iterators included unless `restore_data` is
+  False: a data stream changed on purpose starts anew), else a fresh state: warm-started parameters
+  or a random initialisation from `seed`."""
   t0 = time.perf_counter()
   sharded = run.sharded
   if run.checkpoints.latest_step() is not None:
     abstract = abstract_train_state(run.optimizer, sharded.params_abstract, sharded.state_shardings)
-    restored = run.checkpoints.restore_latest_good(abstract, iterators=run.data.iterators, report=_console)
+    restored = run.checkpoints.restore_latest_good(abstract, iterators=run.data.iterators if restore_data else None,
+                                                   report=_console)
     if restored.layout is not None and restored.layout.vocab_size != run.layout.vocab_size:
       raise ValueError(f"{run.model_dir} was trained with a vocabulary of {restored.layout.vocab_size} rows, this "
                        f"configuration has {run.layout.vocab_size}")
@@ -202,10 +205,11 @@ def warn_if_low_on_space(run: Run) -> None:
              f"checkpoints of this train state ({checkpoint / 2**20:.0f} MiB each): a save may fail")
 
 
-def write_run_files(run: Run, operative: str) -> None:
-  """`config.gin` (the operative gin config) and `vocabulary_layout.json` in the run directory (process 0)."""
+def write_run_files(run: Run, record: run_record.RunRecord, operative: str, step: int) -> None:
+  """`config.gin` (the operative gin config, kept per start in `config_history/`) and
+  `vocabulary_layout.json` in the run directory (process 0)."""
+  record.note_config(operative, step, report=_console)
   if jax.process_index() == 0:
-    filesystem.write_text(run.model_dir / "config.gin", operative)
     filesystem.write_text(run.model_dir / "vocabulary_layout.json", json.dumps(run.layout.to_json_dict(), indent=1))
 
 
@@ -432,6 +436,7 @@ def train(
     compilation_cache: bool = True,
     compilation_cache_dir: str | None = None,
     stop_on_sigterm: bool = True,
+    accept_changes: bool = False,
 ) -> dict[str, float]:
   """Trains to `train_steps`, resuming from `model_dir` when it holds a checkpoint.
 
@@ -467,6 +472,8 @@ def train(
     compilation_cache_dir: where (local or URL); None: `{model_dir}/compilation_cache` for a
       local run directory, `LOCAL_COMPILATION_CACHE` for a URL one.
     stop_on_sigterm: on SIGTERM, save the current step and return (the same command resumes).
+    accept_changes: resume although settings that break exact resume changed (`run_record`): the
+      change is recorded from the resumed step, and a changed data stream starts anew there.
 
   Returns:
     The last logged scalars.
@@ -484,11 +491,14 @@ def train(
     closing.callback(watchdog.close)
     preemption = Preemption(stop_on_sigterm)
     closing.callback(preemption.close)
-    state = initial_state(run, seed, warm_start)
+    record = run_record.RunRecord(model_dir, writer=jax.process_index() == 0)
+    restart_data = record.check(run_record.run_settings(run.config, run.layout, run.data, num_microbatches),
+                                run.checkpoints.latest_step(), accept_changes, report=_console)
+    state = initial_state(run, seed, warm_start, restore_data=not restart_data)
     the_evaluator = evaluator() if evaluator is not None else None
     # Every configurable of the run has been called by now, so the operative config is complete.
     operative = operative_config if operative_config is not None else gin.operative_config_str()
-    write_run_files(run, operative)
+    write_run_files(run, record, operative, int(jax.device_get(state.step)))
     writer = metrics_lib.MetricsWriter(model_dir / "tensorboard")
     closing.callback(writer.close)  # after flushing: callbacks run last-in first-out
     closing.callback(writer.flush, sync=True)

@@ -184,7 +184,9 @@ def test_damaged_latest_checkpoints_fall_back_and_a_foreign_model_is_refused(tmp
 
   inputs = write_run_inputs(tmp_path)
   run_file = tmp_path / "run.gin"
-  run_file.write_text(run_gin_text(inputs, steps=6, extra="CheckpointConfig.keep_last = 5\n"))
+  # One compilation cache for every run of the test: each restart compiles nothing.
+  run_file.write_text(run_gin_text(inputs, steps=6, extra="CheckpointConfig.keep_last = 5\n"
+                                   f"train.compilation_cache_dir = '{tmp_path / 'cache'}'\n"))
   first = tmp_path / "first"
   assert _train(run_file, first, "--gin.train.stop_after_steps=4") == 0
   capsys.readouterr()
@@ -233,7 +235,7 @@ def test_a_failed_save_stops_the_run_naming_the_path_and_the_cause(tmp_path, cap
 
   inputs = write_run_inputs(tmp_path)
   run_file = tmp_path / "run.gin"
-  run_file.write_text(run_gin_text(inputs, steps=10, extra="train.compilation_cache = False\n"))
+  run_file.write_text(run_gin_text(inputs, steps=10, extra=f"train.compilation_cache_dir = '{tmp_path / 'cache'}'\n"))
   disk = tmp_path / "disk"
   disk.mkdir()
   subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], check=True)

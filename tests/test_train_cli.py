@@ -203,7 +203,7 @@ def test_resuming_with_changed_settings(tmp_path, capsys, clean_gin):
   on purpose is recorded from the step it applies to."""
   inputs = write_run_inputs(tmp_path)
   run_file = tmp_path / "run.gin"
-  run_file.write_text(run_gin_text(inputs, steps=6))
+  run_file.write_text(run_gin_text(inputs, steps=6, extra=f"train.compilation_cache_dir = '{tmp_path / 'cache'}'\n"))
   run = tmp_path / "run"
 
   def train(*flags):

@@ -181,28 +181,3 @@ def test_sigterm_saves_the_current_step_exits_cleanly_and_the_same_command_resum
   _assert_same_losses(model_dir, reference)
   assert all(len(v) == 1 for v in _losses(model_dir).values())  # nothing ran twice: no work lost
 
-
-def test_a_second_trainer_on_the_same_run_directory_is_refused(inputs, tmp_path):
-  """While one trainer runs, another on its directory exits 1 naming it, and the first finishes untouched;
-  a lease left by a killed trainer is taken over."""
-  model_dir = tmp_path / "shared"
-  lock = model_dir / "trainer.lock"
-  first = _start(inputs, model_dir)
-  assert _wait_for(lock.exists, first), "the first trainer ended before it took the lease"
-  second = _run(_command(inputs, model_dir))
-  assert second.returncode == 1
-  error = second.stderr.strip().splitlines()[-1]
-  assert error.startswith("anygpt-train: RunDirectoryBusyError: ") and f"pid {first.pid}" in error
-  assert first.wait(timeout=600) == 0
-  assert sorted(_losses(model_dir)) == list(range(1, STEPS + 1))
-  assert all(len(v) == 1 for v in _losses(model_dir).values())  # every step logged once: nobody else wrote
-  assert not lock.exists()  # released at the end
-
-  killed = _start(inputs, model_dir / "killed")
-  assert _wait_for((model_dir / "killed" / "trainer.lock").exists, killed)
-  killed.send_signal(signal.SIGKILL)
-  killed.wait()
-  again = _run(_command(inputs, model_dir / "killed", "--gin.train.stop_after_steps=2"))
-  assert again.returncode == 0, again.stderr[-2000:]
-  assert f"taking over {model_dir / 'killed' / 'trainer.lock'}: its holder" in again.stdout
-  assert f"pid {killed.pid}, no longer runs" in again.stdout

@@ -92,6 +92,14 @@ def test_demo_end_to_end_then_resume(tmp_path):
                                        tokenize=False).endswith("[Human]: hi<eoh>\n[MMGPT]:")
   assert transformers.AutoModelForCausalLM.from_pretrained(out / "export").config.vocab_size == len(tokenizer)
   assert run_readme_transformers_block(tmp_path).strip()
+  # The README's anygpt-generate line, verbatim, on what the demo wrote.
+  import shlex
+  from test_generation_cli import readme_commands
+  command, = readme_commands("anygpt-generate")
+  generated = subprocess.run([sys.executable, "-m", "tools.generate", *shlex.split(command)[1:]], cwd=tmp_path,
+                             env=dict(env, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=1200)
+  assert generated.returncode == 0, generated.stdout[-2000:] + generated.stderr[-2000:]
+  assert len((out / "readme_samples" / "generations.jsonl").read_text().splitlines()) == 6
 
   # Same command, more steps: the data is reused and training resumes from step 6.
   result = subprocess.run(cmd + ["--steps=8"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)

@@ -143,15 +143,21 @@ def readme_commands(program: str) -> list[str]:
 def test_readme_generate_command(setup, tmp_path, monkeypatch):
   """The README's command, verbatim, from a directory laid out as it assumes (relative paths)."""
   import shlex
-  (tmp_path / "exports").mkdir()
-  (tmp_path / "exports" / "demo").symlink_to(setup["export"])
-  (tmp_path / "tokenizers").symlink_to(setup["root"] / "tokenizers")
-  (tmp_path / "media").symlink_to(setup["media"])
+  import shutil
+  demo = tmp_path / "demo_out"  # laid out as `make demo` writes it
+  demo.mkdir()
+  (demo / "export").symlink_to(setup["export"])
+  (demo / "tokenizer_models").symlink_to(setup["root"] / "tokenizers")
+  for folder in ("images", "speech", "music"):
+    (demo / "raw" / folder).mkdir(parents=True)
+  Image.open(setup["media"] / "photo.png").convert("RGB").save(demo / "raw" / "images" / "img_0000.jpg")
+  shutil.copy(setup["media"] / "speech.wav", demo / "raw" / "speech" / "utt_0000.wav")
+  shutil.copy(setup["media"] / "music.wav", demo / "raw" / "music" / "clip_0000.wav")
   monkeypatch.chdir(tmp_path)
   commands = readme_commands("anygpt-generate")
   assert len(commands) == 1
   assert generate.main(shlex.split(commands[0])[1:]) == 0
-  got = records(tmp_path / "samples")
+  got = records(demo / "readme_samples")
   assert len(got) == 6 and not any("error" in r for r in got)
   assert [pathlib_suffix(r["files"][0]["file"]) for r in got] == [".jpg", ".txt", ".wav", ".txt", ".wav", ".txt"]
 

@@ -237,3 +237,18 @@ def test_resuming_with_changed_settings(tmp_path, capsys, clean_gin):
   assert change["from_step"] == 4 and (change["setting"], change["was"], change["now"]) == ("data.batch_size", 8, 16)
   assert record["settings"]["data"]["batch_size"] == 16
   assert max(losses_by_step((run / "tensorboard" / "metrics.jsonl").read_text())) == 6
+
+
+def test_a_macro_of_the_wrong_type_is_named(tmp_path, capsys, clean_gin):
+  inputs = write_run_inputs(tmp_path)
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=2))
+  assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={tmp_path / 'run'}",
+                         "--gin.BATCH_SIZE='eight'"]) == 1
+  error = capsys.readouterr().err.strip().splitlines()[-1]
+  assert error == ("anygpt-train: BindingTypeError: TrainInput.batch_size = %BATCH_SIZE is 'eight' (str): expected "
+                   "an int (--verbose for the traceback)")
+  gin.clear_config()
+  assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={tmp_path / 'run'}",
+                         "--gin.TRAIN_STEPS=2.5"]) == 1
+  assert "train.train_steps = %TRAIN_STEPS is 2.5 (float): expected an int" in capsys.readouterr().err

@@ -9,6 +9,7 @@ produces exactly the global batch that two processes reading one shard each prod
 from __future__ import annotations
 
 import functools
+from collections import abc
 from typing import Callable, Mapping, Sequence
 
 import gin
@@ -76,7 +77,11 @@ class TrainInput:
                batch_size: int = gin.REQUIRED, seed: int = 0, num_input_shards: int | None = None,
                split: str = "train", shuffle: bool = True, pack: bool = True):
     from anygpt_jax.data import pipeline
+    from anygpt_jax.training.bindings import check_types
 
+    check_types("TrainInput", locals(), {"mixture_or_task_name": str, "task_feature_lengths": (abc.Mapping, int),
+                                         "batch_size": int, "seed": int, "num_input_shards": (int, type(None)),
+                                         "split": str})
     process_count, process_index = jax.process_count(), jax.process_index()
     num_input_shards = num_input_shards or process_count
     if num_input_shards % process_count:

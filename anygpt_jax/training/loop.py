@@ -39,6 +39,7 @@ from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training import optimizer as optimizer_lib
 from anygpt_jax.training import run_lock, run_record
 from anygpt_jax.training.assembly import ShardedTrainer, build_trainer
+from anygpt_jax.training.bindings import check_types
 from anygpt_jax.training.evaluation import Evaluator
 from anygpt_jax.training.input import TrainInput, to_global_batch
 from anygpt_jax.training.train_state import TrainState, abstract_train_state
@@ -479,6 +480,9 @@ def train(
     The last logged scalars.
   """
   started = time.perf_counter()
+  check_types("train", locals(), {"model_dir": (str, os.PathLike), "train_steps": int, "num_microbatches": int,
+                                  "seed": int, "log_every_steps": int, "eval_every_steps": (int, type(None)),
+                                  "stop_after_steps": (int, type(None)), "z_loss": (float, int)})
   model_dir = filesystem.resolve(model_dir)
   cache = _compilation_cache_path(compilation_cache_dir, model_dir) if compilation_cache else None
   with _compilation_cache_at(cache), contextlib.ExitStack() as closing:

@@ -402,3 +402,19 @@ def test_a_gs_output_dir_gets_the_same_files_and_reruns_skip(gcs, tmp_path):
   assert {name: item["generation"] for name, item in bucket.objects().items()
           if name.startswith("shards/")} == written  # finished shards skipped, nothing rewritten
   assert not list(tmp_path.glob("gs:*"))
+
+
+def test_an_undecodable_line_is_one_rejection_and_the_rest_of_the_file_is_kept(tmp_path):
+  """Bad bytes are bad data: a line that is not UTF-8 is rejected with its line number; the records
+  before and after it are in the shard."""
+  anygpt = tmp_path / "anygpt.jsonl"
+  lines = [json.dumps({"text": f"hi {i}", "speech": f"<sosp><🗣️{i}><🗣️6><eosp>"}).encode() for i in range(3)]
+  anygpt.write_bytes(lines[0] + b"\n" + b'{"text": "caf\xe9", "speech": "<sosp><\xf0\x9f><eosp>"}\n' + lines[1] + b"\n"
+                     + lines[2] + b"\n")
+  out = tmp_path / "out"
+  assert tokenize_media.main(["--anygpt-data", str(anygpt), "--corpus", "demo", "--output-dir", str(out),
+                              "--no-progress"]) == 3  # some records rejected
+  stats = json.loads((out / "demo-train-00000-of-00001.stats.json").read_text())
+  assert stats["records_out"] == 3
+  reject, = [json.loads(l) for l in (out / "demo-train-00000-of-00001.rejects.jsonl").read_text().splitlines()]
+  assert reject["id"] == "anygpt.jsonl:2" and "can't decode byte 0xe9" in reject["detail"]

@@ -84,25 +84,36 @@ def rejected(record_id: str, source: str, reason: str, detail: str) -> InputReco
   return InputRecord(str(record_id), "", source=str(source), reject=reason, reject_detail=detail)
 
 
-def open_text(path: str):
-  """A text file (local or a URL), also inside `.gz` or a one-member `.zip` (MMC4 ships `docs_shard_*_v2.jsonl.zip`)."""
+def open_binary(path: str):
+  """A file's bytes (local or a URL), also inside `.gz` or a one-member `.zip` (MMC4 ships `docs_shard_*_v2.jsonl.zip`)."""
   if str(path).endswith(".gz"):
-    return gzip.open(filesystem.resolve(path).open("rb"), "rt", encoding="utf-8")
+    return gzip.open(filesystem.resolve(path).open("rb"), "rb")
   if str(path).endswith(".zip"):
     archive = zipfile.ZipFile(filesystem.resolve(path).open("rb"))
     names = [n for n in archive.namelist() if not n.endswith("/")]
     if len(names) != 1:
       raise ValueError(f"{path}: expected one file in the zip, found {names[:5]}")
-    return io.TextIOWrapper(archive.open(names[0]), encoding="utf-8")
-  return filesystem.resolve(path).open("r", encoding="utf-8")
+    return archive.open(names[0])
+  return filesystem.resolve(path).open("rb")
+
+
+def open_text(path: str):
+  """`open_binary`'s file as UTF-8 text."""
+  return io.TextIOWrapper(open_binary(path), encoding="utf-8")
 
 
 def jsonl_objects(path: str) -> Iterator[tuple[str, object]]:
-  """(fallback id `file:line`, parsed value) per non-blank line; a line that is not JSON gives a
-  `json.JSONDecodeError` as its value (its message says where). Reads `.gz`/`.zip` too."""
+  """(fallback id `file:line`, parsed value) per non-blank line; a line that is not UTF-8 or not JSON
+  gives its `UnicodeDecodeError` or `json.JSONDecodeError` as its value (the message says where), so
+  one bad line is one rejection and the rest of the file is read. Reads `.gz`/`.zip` too."""
   name = pathlib.Path(path).name
-  with open_text(path) as f:
-    for line_no, line in enumerate(f, 1):
+  with open_binary(path) as f:
+    for line_no, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield f"{name}:{line_no}", e
+        continue
       if not line.strip():
         continue
       try:

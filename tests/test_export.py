@@ -66,6 +66,18 @@ def test_exporting_again_into_the_same_directory_replaces_the_export(tmp_path):
   assert np.max(np.abs(ours - theirs)) <= 1e-4  # the second export's weights
 
 
+def test_rope_theta_is_where_every_transformers_version_reads_it(tmp_path):
+  """transformers 5 nests RoPE's base in `rope_parameters`; 4.x (AnyGPT's 4.34.1) reads only the
+  top-level `rope_theta`. The export states both, and transformers 5 loads the base it was given."""
+  layout = VocabularyLayout(text_vocab_size=300)
+  cfg = get_config("tiny", rope_theta=500000.0).with_vocabulary(layout)
+  params = jax.tree.map(np.asarray, nn.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+  out = save_hf_checkpoint(params, cfg, layout, str(tmp_path / "hf"))
+  written = json.load(open(os.path.join(out, "config.json")))
+  assert written["rope_theta"] == 500000.0 and written["rope_parameters"]["rope_theta"] == 500000.0
+  assert transformers.AutoConfig.from_pretrained(out).rope_parameters["rope_theta"] == 500000.0
+
+
 @pytest.mark.slow
 def test_export_command_on_a_trained_run(tmp_path):
   """anygpt-train a few steps, anygpt-export the run, load it in transformers: same logits."""

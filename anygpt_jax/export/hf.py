@@ -233,6 +233,7 @@ def write_metadata(config: ModelConfig, layout: VocabularyLayout, out_dir: epath
         bos_token_id=ids.bos, eos_token_id=ids.eos[0], pad_token_id=ids.pad, architectures=["LlamaForCausalLM"],
         dtype=dtype)
     hf_config.save_pretrained(local)
+    _state_rope_theta_for_every_reader(os.path.join(local, "config.json"), config.rope_theta)
     transformers.GenerationConfig(**generation_config(layout, ids)).save_pretrained(local)
     with open(os.path.join(local, "anygpt_vocabulary.json"), "w") as f:
       json.dump(layout.to_json_dict(), f, indent=2, ensure_ascii=False)
@@ -251,6 +252,17 @@ def write_metadata(config: ModelConfig, layout: VocabularyLayout, out_dir: epath
         tmp = target_dir / (name + ".tmp")
         tmp.write_bytes(open(os.path.join(root, name), "rb").read())
         _finish(tmp, target_dir / name)
+
+
+def _state_rope_theta_for_every_reader(path: str, rope_theta: float) -> None:
+  """transformers 5 writes RoPE's base only inside `rope_parameters`, which transformers 4.x (AnyGPT's
+  4.34.1, most serving stacks) does not read: it would load a base of 5e5 as the default 1e4. The
+  top-level `rope_theta` is what 4.x reads, and 5 reads it too."""
+  with open(path) as f:
+    config = json.load(f)
+  config["rope_theta"] = float(rope_theta)
+  with open(path, "w") as f:
+    json.dump(config, f, indent=2, sort_keys=True)
 
 
 def _check_vocabulary(config: ModelConfig, layout: VocabularyLayout) -> None:

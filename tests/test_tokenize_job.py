@@ -202,8 +202,12 @@ def test_strict_formats_rejects_conversions(models, tmp_path):
   assert stats["rejected"] == {"bad_image_mode": 3, "bad_channels": 1} and stats["records_out"] == 1
 
 
-def test_usage_errors_exit_2(models, tmp_path):
+def test_usage_errors_exit_2(models, tmp_path, capsys):
   assert tokenize_media.main(["--corpus", "c", "--output-dir", str(tmp_path)]) == tokenize_media.EXIT_USAGE
+  capsys.readouterr()
+  assert tokenize_media.main(["--anygpt-data", str(tmp_path), "--corpus", "c",
+                              "--output-dir", str(tmp_path / "out")]) == tokenize_media.EXIT_USAGE
+  assert f"--anygpt-data {tmp_path} is a directory; it takes a JSONL file" in capsys.readouterr().err
   assert tokenize_media.main(["--manifest", str(tmp_path / "none.jsonl"), "--corpus", "c",
                               "--output-dir", str(tmp_path)]) == tokenize_media.EXIT_USAGE
   manifest = _write_manifest(tmp_path, [])

@@ -121,12 +121,18 @@ def _usage_errors(args) -> list[str]:
       return errors
   elif args.num_shards is None:
     args.num_shards = 1
-  for path in args.manifest + args.anygpt_data:
-    if not filesystem.resolve(path).is_file():
-      errors.append(f"input file not found: {path}")
+  for flag, paths in (("--manifest", args.manifest), ("--anygpt-data", args.anygpt_data)):
+    for path in paths:
+      if filesystem.resolve(path).is_dir():
+        errors.append(f"{flag} {path} is a directory; it takes a JSONL file (repeat the flag for several, "
+                      "or use --input with a glob)")
+      elif not filesystem.resolve(path).is_file():
+        errors.append(f"{flag} {path}: input file not found")
   for path in args.folder:
-    if not filesystem.resolve(path).is_dir():
-      errors.append(f"input folder not found: {path}")
+    if filesystem.resolve(path).is_file():
+      errors.append(f"--folder {path} is a file; it takes a directory of media")
+    elif not filesystem.resolve(path).is_dir():
+      errors.append(f"--folder {path}: input folder not found")
   for flag in (f"{kind}_model" for kind in MODALITY_NAMES):
     path = getattr(args, flag)
     if path and not os.path.exists(path):

@@ -452,7 +452,6 @@ def _window(task_name: str, sequence_length: int, rows_per_window: int) -> int:
   return int(np.clip(np.ceil(rows_per_window * sequence_length / mean), 16, 65536))
 
 
-@gin.configurable
 def mixture_rates(mixture_or_task_name: str, split: str = "train") -> dict[str, float]:
   """{task name: its mixing rate} of a registered task or mixture, for `split`."""
   return {task.name: float(rate) for task, rate in _tasks_and_rates(mixture_or_task_name, split)}
@@ -482,6 +481,7 @@ def corrupt_shard_error(files: Sequence[str], error: Exception) -> sources.Corru
                                    + ". Tokenize it again, or leave it out of the corpus.")
 
 
+@gin.configurable
 def get_dataset(mixture_or_task_name: str, sequence_length: int, batch_size: int, split: str = "train",
                 seed: int = 0, shuffle: bool = True, shard_index: int = 0, num_shards: int = 1, pack: bool = True,
                 overlong: str = "drop", num_epochs: int | None = -1, rows_per_window: int = 64,

@@ -36,7 +36,7 @@ model-check: install
 
 # The fast suite (what CI runs); slow and multi-process tests run with `make test-slow`.
 test: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --durations=25 tests
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests

@@ -20,6 +20,7 @@ run a local GCS emulator that way).
 from __future__ import annotations
 
 import glob as _glob
+import json
 import os
 import re
 import shutil
@@ -64,6 +65,20 @@ def write_text(path: PathLike, text: str) -> None:
   path = resolve(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(text)
+
+
+def append_json_lines(path: PathLike, records: list[dict]) -> None:
+  """Appends one JSON line per record to `path`: in place on a local disk; on an object store (no
+  append there) by rewriting the object."""
+  path = resolve(path)
+  lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  if is_local(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+      f.write(lines)
+    return
+  previous = path.read_text() if path.exists() else ""
+  write_text(path, previous + lines)
 
 
 def copy_file(source: PathLike, destination: PathLike) -> None:

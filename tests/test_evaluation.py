@@ -219,7 +219,7 @@ def test_the_readme_bench_command_runs(capsys):
   from tools import bench_eval
   section = (REPO / "README.md").read_text().split("## Evaluation", 1)[1].split("\n## ", 1)[0]
   assert "python -m tools.bench_eval" in section
-  assert bench_eval.main(["--items", "4", "--batch", "2", "--max_new_tokens", "2"]) == 0
+  assert bench_eval.main(["--items", "4", "--batch", "2", "--max_new_tokens", "2", "--repeats", "1"]) == 0
   out = capsys.readouterr().out
   assert "| anygpt-eval generate, batch 2 |" in out and "| one item at a time (batch 1) |" in out
   assert "scoring (WER):" in out

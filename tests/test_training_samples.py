@@ -131,7 +131,7 @@ def test_sample_lines_append_in_a_gs_bucket(gcs, tmp_path):
   bucket, env = gcs
   code = f"""
 from anygpt_jax import filesystem
-from anygpt_jax.training.samples import _append_lines
+from anygpt_jax.filesystem import append_json_lines as _append_lines
 path = filesystem.resolve("gs://{bucket.name}/run") / "samples.jsonl"
 _append_lines(path, [{{"step": 2, "index": 0}}, {{"step": 2, "index": 1}}])
 _append_lines(path, [{{"step": 4, "index": 0}}])
@@ -147,7 +147,7 @@ _append_lines(path, [{{"step": 4, "index": 0}}])
 def test_sample_lines_accumulate_on_a_local_disk(tmp_path):
   """Sampling steps accumulate in a local run directory (created if needed) as on an object store."""
   from anygpt_jax import filesystem
-  from anygpt_jax.training.samples import _append_lines
+  from anygpt_jax.filesystem import append_json_lines as _append_lines
   path = filesystem.resolve(tmp_path / "run") / "samples.jsonl"
   _append_lines(path, [{"step": 2, "index": 0}])
   _append_lines(path, [{"step": 4, "index": 0}])

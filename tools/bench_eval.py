@@ -6,7 +6,8 @@ Builds, in a scratch directory, a random-weight model of `--config` exported as 
 it, the tiny tokenizers and the benchmark's tiny data set (`anygpt_jax.testing.benchmark_data`), then
 runs the eval job's generation stage twice in this process on the same items: `--batch_size B` and
 `--batch_size 1` (each request decoded alone, as a loop of `anygpt-generate` calls decodes it, without
-the loop's per-call start-up), and the scoring stage. Both runs load the model once and share the
+the loop's per-call start-up), and the scoring stage: after one untimed warm-up run, `--repeats` timed
+runs of each, alternating, and the median of each side. Both runs load the model once and share the
 per-item costs (reading and encoding the medium); the ratio is what batching the decoder buys.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import contextlib
 import io
 import pathlib
+import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--max_new_tokens", type=int, default=16)
   p.add_argument("--num_beams", type=int, default=1, help="Table 9 decodes text with 5; 1 is greedy")
+  p.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is printed")
   return p
 
 
@@ -81,12 +84,15 @@ def main(argv: list[str] | None = None) -> int:
               setup["model_flag"], f"--limit={args.items}", f"--max_new_tokens={args.max_new_tokens}",
               "--min_new_tokens=0", f"--num_beams={args.num_beams}"]
     timed(common + [f"--output_dir={root / 'warm'}", "--batch_size=1", "--limit=1"])  # first imports and loads
-    batched = timed(common + [f"--output_dir={root / 'batched'}", f"--batch_size={args.batch}"])
-    single = timed(common + [f"--output_dir={root / 'single'}", "--batch_size=1"])
-    scoring = timed(["score", f"--output_dir={root / 'batched'}"])
+    batched, single, scoring = [], [], []
+    for r in range(args.repeats):  # the two sides alternate, each into a fresh directory
+      batched.append(timed(common + [f"--output_dir={root / f'batched{r}'}", f"--batch_size={args.batch}"]))
+      single.append(timed(common + [f"--output_dir={root / f'single{r}'}", "--batch_size=1"]))
+      scoring.append(timed(["score", f"--output_dir={root / f'batched{r}'}"]))
+    batched, single, scoring = (statistics.median(t) for t in (batched, single, scoring))
   n = args.items
   print(f"{args.benchmark}: {n} items, model {args.config} (random weights), {args.max_new_tokens} new tokens, "
-        f"{args.num_beams} beam(s); each generation run loads the model and compiles once")
+        f"{args.num_beams} beam(s); median of {args.repeats} runs per side, each loading the model and compiling once")
   print("| generation | items/s | x one at a time |")
   print("|---|---|---|")
   print(f"| anygpt-eval generate, batch {args.batch} | {n / batched:.2f} | **{single / batched:.2f}x** |")

@@ -79,7 +79,7 @@ def generate(args) -> int:
   from anygpt_jax.generation import defaults_for
   from anygpt_jax.generation.requests import parse_task
 
-  from .generate import open_session
+  from .generate import generate_records, open_session
 
   if not 0 <= args.process_index < args.num_processes:
     raise SystemExit(f"anygpt-eval: --process_index {args.process_index} not in [0, {args.num_processes})")
@@ -100,8 +100,6 @@ def generate(args) -> int:
                         {k: v for k, v in dataclasses.asdict(settings).items() if k != "stop_ids"})
   if args.process_index == 0:
     filesystem.write_text(out / report.RUN_FILE, json.dumps(run, indent=1))
-  from .generate import generate_records
-
   started, generated = time.perf_counter(), 0
   # Fixed batches of this process's items: a rerun regenerates an unfinished batch whole, with the
   # same instruction draws and decoding seed, and writes only its items not yet on file.
@@ -112,33 +110,14 @@ def generate(args) -> int:
     session.prompts.rng = random.Random(f"{args.seed}/{batch[0][1].id}")
     records = generate_records(session, [(position, parse_task(item.task)) for position, item in batch],
                                str(out / "outputs"), args.batch_size, args.seed + batch_index)
-    with open(path, "a", encoding="utf-8") if filesystem.is_local(path) else _Appender(path) as f:
-      for (_, item), record in zip(batch, records):
-        if item.id not in done:
-          f.write(json.dumps({"id": item.id, **record}, ensure_ascii=False) + "\n")
-          generated += 1
+    new = [{"id": item.id, **record} for (_, item), record in zip(batch, records) if item.id not in done]
+    filesystem.append_json_lines(path, new)
+    generated += len(new)
     elapsed = time.perf_counter() - started
     print(f"anygpt-eval: {bench.name}: {len(done) + generated} of {len(mine)} items "
           f"({generated / elapsed:.2f} items/s)", flush=True)
   print(f"anygpt-eval: {bench.name}: generations in {path}")
   return 0
-
-
-class _Appender:
-  """Appends to a file on an object store by rewriting it (object stores have no append)."""
-
-  def __init__(self, path):
-    self.path, self.lines = path, []
-
-  def __enter__(self):
-    return self
-
-  def write(self, text: str) -> None:
-    self.lines.append(text)
-
-  def __exit__(self, *exc):
-    previous = self.path.read_text() if self.path.exists() else ""
-    self.path.write_text(previous + "".join(self.lines))
 
 
 def _step(session, step: int | None) -> int | None:

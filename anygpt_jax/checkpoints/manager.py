@@ -20,6 +20,7 @@ import tempfile
 from typing import Any, Mapping, Protocol
 
 import gin
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -147,8 +148,6 @@ def _one_line(error: BaseException, limit: int = 600) -> str:
 
 def _shape_changes(stored: Any, wanted: Any, limit: int = 5) -> list[str]:
   """'name: stored S, this configuration W' for parameters whose shapes (or presence) differ."""
-  import jax
-
   def shapes(tree):
     return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -309,7 +308,6 @@ class Checkpoints:
 
   def _set_aside(self, step: int, reason: str, report) -> str:
     """Moves step `step` to `{step}.unrestorable` (process 0; every process waits) and says so."""
-    import jax
     from jax.experimental import multihost_utils
 
     source = self.directory / str(step)

@@ -38,14 +38,15 @@ class DatasetIterator:
   """
 
   def __init__(self, dataset, files: Callable[[], Sequence[str]] = lambda: ()):
+    import tensorflow as tf
     self._iterator = iter(dataset)
     self._files = files
+    self._data_loss = tf.errors.DataLossError
 
   def __next__(self) -> dict[str, np.ndarray]:
-    import tensorflow as tf
     try:
       return {k: v.numpy() for k, v in next(self._iterator).items()}
-    except tf.errors.DataLossError as e:
+    except self._data_loss as e:
       from anygpt_jax.data import pipeline
       raise pipeline.corrupt_shard_error(self._files(), e) from e
 

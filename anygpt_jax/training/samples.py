@@ -30,7 +30,6 @@ codes), written through epath, so a `gs://` run directory works.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Any, Mapping, Sequence
 
@@ -187,7 +186,7 @@ class TrainingSamples:
         self._summaries(record, texts, images, audio)
       writer.write_media(step, texts, images, audio)
       writer.flush()
-      _append_lines(filesystem.resolve(run.model_dir) / SAMPLES_FILE, records)
+      filesystem.append_json_lines(filesystem.resolve(run.model_dir) / SAMPLES_FILE, records)
       print(f"[anygpt-train] samples at step {step}: {len(records)} prompts in {time.perf_counter() - start:.1f} s "
             f"-> TensorBoard and {run.model_dir / SAMPLES_FILE}", flush=True)
     return records
@@ -236,16 +235,3 @@ class TrainingSamples:
       lines += ["", f"error: {record['error']}"]
     texts[f"{tag}/text"] = "\n".join(lines)
     record["summaries"] = [f"{tag}/text"] + record.get("summaries", [])
-
-
-def _append_lines(path, records: list[dict]) -> None:
-  """Appends JSON lines to `path`: in place on a local disk; on an object store (no append there)
-  by rewriting the object, a few KB per sampling step."""
-  lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-  if filesystem.is_local(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-      f.write(lines)
-    return
-  previous = path.read_text() if path.exists() else ""
-  filesystem.write_text(path, previous + lines)

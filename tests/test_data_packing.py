@@ -85,6 +85,18 @@ def test_dataset_level_packing_and_padding():
     packing.pack_dataset(ds, 12, overlong="split")
 
 
+def test_a_window_of_only_overlong_samples_stops_drop_and_packs_trimmed():
+  """'drop' would empty every window forever, so it fails naming the corpus; 'trim' fills the rows."""
+  targets, weights = samples([9, 10, 11, 12])
+  ds = tf.data.Dataset.from_tensor_slices({"targets": tf.ragged.constant(targets, tf.int32),
+                                           "loss_weights": tf.ragged.constant(weights, tf.int32)})
+  with pytest.raises(tf.errors.InvalidArgumentError, match="packing tiny: every sample of a window is longer"):
+    list(packing.pack_dataset(ds, 8, window=4, name="tiny").as_numpy_iterator())
+  trimmed = list(packing.pack_dataset(ds, 8, window=4, overlong="trim").as_numpy_iterator())
+  assert len(trimmed) == 4 and all(r["decoder_segment_ids"].min() == 1 for r in trimmed)
+  assert sum(r["num_overlong"] for r in trimmed) == 4
+
+
 def test_carrying_short_rows_keeps_small_windows_tight():
   rng = np.random.default_rng(4)
   lengths = rng.integers(40, 400, 1500).tolist()

@@ -17,6 +17,8 @@ feature with zeros inside. Here a window of samples is packed first-fit-decreasi
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 OVERLONG_POLICIES = ("drop", "trim")
@@ -69,8 +71,11 @@ def _rows(targets: tf.RaggedTensor, weights: tf.RaggedTensor, assign: tf.Tensor,
                                   exclusive=True)
   segment_of_sample = tf.range(n) - tf.gather(first_sample_of_row, sorted_rows) + 1
 
+  # validate=False here and in `_pack_window_carrying`: the lengths are our own sums, and a
+  # validation Assert would make the traced step stateful, which tf.data refuses to checkpoint.
   def rows(flat_values):
-    return tf.RaggedTensor.from_row_lengths(flat_values, row_lengths).to_tensor(0, shape=[num_rows, length])
+    ragged = tf.RaggedTensor.from_row_lengths(flat_values, row_lengths, validate=False)
+    return ragged.to_tensor(0, shape=[num_rows, length])
 
   flat_targets = tf.gather(targets, order).flat_values
   flat_weights = tf.gather(weights, order).flat_values
@@ -108,6 +113,18 @@ def empty_carry() -> tuple:
   return (tf.zeros([0], tf.int32), tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.zeros([0], tf.int32))
 
 
+def window_check(window: dict, length: int, overlong: str, name: str = "") -> tf.Operation:
+  """Fails (InvalidArgumentError naming `name`) when every sample of a window of 2 or more is
+  longer than `length` and `overlong` drops them: such a corpus would otherwise loop forever, silently."""
+  window_size = window["targets"].nrows()
+  too_long = tf.reduce_sum(tf.cast(window["targets"].row_lengths() > length, window_size.dtype))
+  stuck = tf.logical_and(tf.logical_and(overlong == "drop", too_long >= window_size), window_size >= 2)
+  return tf.debugging.Assert(
+      tf.logical_not(stuck),
+      [f"packing {name or 'a task'}: every sample of a window is longer than the row length {length}; "
+       "use a longer sequence_length or overlong='trim'. Samples in the window:", window_size])
+
+
 @tf.autograph.experimental.do_not_convert
 def pack_window_carrying(carry: tuple, window: dict, length: int, overlong: str = "drop", max_carry_rows: int = 4,
                          min_fill: float = 0.99, max_carries: int = 16, name: str = ""):
@@ -116,21 +133,19 @@ def pack_window_carrying(carry: tuple, window: dict, length: int, overlong: str 
   Rows filled below `min_fill` (the `max_carry_rows` least filled of them) are not emitted: their
   samples go into the next window, at most `max_carries` times (a row holding a sample carried
   that often is emitted), so a window's short tail rows do not cost efficiency and no sample
-  waits long. A window with `final` set carries nothing.
+  waits long. A window with `final` set carries nothing. The window is checked (`window_check`) first.
   Returns (new carry, rows as in `pack_window`).
   """
+  with tf.control_dependencies([window_check(window, length, overlong, name)]):
+    return _pack_window_carrying(carry, window, length, overlong, max_carry_rows, min_fill, max_carries)
+
+
+def _pack_window_carrying(carry: tuple, window: dict, length: int, overlong: str, max_carry_rows: int,
+                          min_fill: float, max_carries: int):
   carry_targets, carry_weights, carry_lengths, carry_age = carry
   targets, weights, num_overlong = _trim_or_drop(window["targets"], window["loss_weights"], length, overlong)
-  # A corpus whose samples are all longer than the rows would otherwise loop forever, silently.
-  window_size = tf.cast(window["targets"].nrows(), tf.int32)
-  check = tf.debugging.Assert(
-      tf.logical_or(num_overlong < window_size, window_size < 2),
-      [f"packing {name or 'a task'}: every sample of a window is longer than the row length {length}; "
-       "use a longer sequence_length or overlong='trim'. Samples in the window:", window_size])
-  with tf.control_dependencies([check]):
-    targets = tf.identity(targets)
-  targets = tf.concat([tf.RaggedTensor.from_row_lengths(carry_targets, carry_lengths), targets], 0)
-  weights = tf.concat([tf.RaggedTensor.from_row_lengths(carry_weights, carry_lengths), weights], 0)
+  targets = tf.concat([tf.RaggedTensor.from_row_lengths(carry_targets, carry_lengths, validate=False), targets], 0)
+  weights = tf.concat([tf.RaggedTensor.from_row_lengths(carry_weights, carry_lengths, validate=False), weights], 0)
   age = tf.concat([carry_age + 1, tf.zeros([window["targets"].nrows()], tf.int32)], 0)[:targets.nrows()]
   lengths = tf.cast(targets.row_lengths(), tf.int32)
   assign = first_fit_decreasing(lengths, length)
@@ -174,10 +189,30 @@ def pack_dataset(dataset: tf.data.Dataset, length: int, window: int = 1024, over
     empty = tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32), tf.zeros([0], tf.int64))
     windows = windows.concatenate(tf.data.Dataset.from_tensors(
         {"targets": empty, "loss_weights": empty, "final": tf.constant(True)}))
-  rows = windows.scan(empty_carry(), lambda carry, w: pack_window_carrying(carry, w, length, overlong,
-                                                                          max_carry_rows, min_fill, max_carries,
-                                                                          name))
-  return rows.flat_map(tf.data.Dataset.from_tensor_slices)
+  packed = _traced_pack_step(length, overlong, max_carry_rows, min_fill, max_carries)
+
+  def step(carry, w):
+    with tf.control_dependencies([window_check(w, length, overlong, name)]):
+      return packed(carry, w)
+
+  return windows.scan(empty_carry(), step).flat_map(tf.data.Dataset.from_tensor_slices)
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_pack_step(length: int, overlong: str, max_carry_rows: int, min_fill: float, max_carries: int):
+  """The packing of `pack_window_carrying` (without its check) as a `tf.function`, one per packing
+  configuration.
+
+  Tracing it builds thousands of graph ops (about a second on a CPU core); tf.data would trace it
+  again for every dataset, so a mixture of many corpora, each with a train and a validation split,
+  paid that once per dataset at start-up. Traced once per process here, every dataset's scan calls
+  the same graph function. It holds no stateful op (the check, an Assert, stays outside), so the
+  iterator still checkpoints.
+  """
+  @tf.function(autograph=False)
+  def step(carry, window):
+    return _pack_window_carrying(carry, window, length, overlong, max_carry_rows, min_fill, max_carries)
+  return step
 
 
 def pad_dataset(dataset: tf.data.Dataset, length: int, overlong: str = "drop") -> tf.data.Dataset:

@@ -91,3 +91,11 @@ def test_evaluator_on_two_hosts_shards_reads_every_record_once(inputs, monkeypat
   first_code = layout.modality("image").first_code_id
   local = sorted(tuple(int(c) - first_code for c in codes) for codes in first + second)
   assert local == sorted(written)  # every held-out record once, on one host or the other
+
+  # A bounded evaluator reads its fixed batches once: later evaluations reuse them, not the pipeline.
+  bounded = evaluation.Evaluator(["heldout"], {"targets": 256}, batch_size=4, num_batches=2)
+  reads = []
+  read = pipeline.get_dataset
+  monkeypatch.setattr(pipeline, "get_dataset", lambda *a, **k: reads.append(a) or read(*a, **k))
+  once = bounded._local_batches("heldout")
+  assert len(once) == 2 and bounded._local_batches("heldout") is once and len(reads) == 1

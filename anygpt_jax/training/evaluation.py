@@ -54,9 +54,21 @@ class Evaluator:
     self.num_batches = num_batches
     self.split = split
     self.samples = samples
+    # task -> this process's batches. The held-out batches are fixed (unshuffled, seed 0), so with
+    # a bounded `num_batches` they are read once: rebuilding a task's pipeline costs seconds of
+    # tf.data tracing per evaluation, per task.
+    self._cached_batches: dict[str, list[dict[str, np.ndarray]]] = {}
 
   def _local_batches(self, task: str) -> list[dict[str, np.ndarray]]:
     """This process's held-out batches of `task`, the last one padded with empty rows."""
+    if task in self._cached_batches:
+      return self._cached_batches[task]
+    batches = self._read_local_batches(task)
+    if self.num_batches is not None:
+      self._cached_batches[task] = batches
+    return batches
+
+  def _read_local_batches(self, task: str) -> list[dict[str, np.ndarray]]:
     from anygpt_jax.data import pipeline
 
     processes = jax.process_count()

@@ -154,6 +154,7 @@ def _bad_corpus(d: pathlib.Path) -> tuple[list[dict], dict[str, str], list[str]]
   sf.write(b / "nan.wav", nan, 16000, subtype="FLOAT")
   add("nan", "speech", "nan.wav", "non_finite_audio")
   add("no_text", "image", "gray.png", "missing_text", text="")
+  add("tag_in_caption", "image", "gray.png", "special_token_in_text", text="web alt text <soim> of a cat")
   extra = ["{not json\n", json.dumps({"id": "wrong_kind", "kind": "video", "path": "x.mp4"}) + "\n"]
   expect[f"manifest.jsonl:{len(rows) + 1}"] = "malformed_manifest_line"  # ids fall back to file:line
   expect["wrong_kind"] = "malformed_manifest_line"
@@ -180,6 +181,7 @@ def test_bad_input_is_rejected_with_reasons_and_good_records_survive(models, tmp
   assert "junk.wav" in detail["junk"] and "Error" in detail["junk"]  # the file and the decoder's message
   assert "nothing_here.wav" in detail["missing"]
   assert "kind" in detail["wrong_kind"] and "'video'" in detail["wrong_kind"]
+  assert "part 1 (text), char 13: '<soim>'" in detail["tag_in_caption"]  # the part, the position, the token
   kept = {s.id for s in _read_shard(out / name)}
   good = {r["id"] for r in rows} - set(expect) | {"good_tokens"}
   assert kept == good  # every good record made it, including converted gray/CMYK/alpha and stereo

@@ -50,6 +50,14 @@ def test_interleaved_document():
     ({"conversation": [[{"role": "user", "message": "<soim><👀1>"}]]}, "unclosed_span", "conversation[0]"),
     ({"conversation": [[{"role": "user", "message": "stray <👀1> code"}]]}, "bad_token_string", "<👀1>"),
     ({"text": "a <eoim> b <soim><👀1><eoim>"}, "bad_token_string", "<eoim>"),  # closes nothing
+    # Text is text: a control token inside text is rejected, never re-read as that token.
+    ({"text": "alt text <soim> here", "image": "<soim><👀1><eoim>"}, "special_token_in_text", "<soim>"),
+    ({"text": "a <-Ins-> b", "speech": "<sosp><🗣️1><eosp>"}, "special_token_in_text", "<-Ins->"),
+    ({"text": "see [Human] <soim><👀1><eoim>"}, "special_token_in_text", "[Human]"),
+    ({"conversation": [[{"role": "user", "message": "hi [MMGPT] : yes"}, {"role": "assistant", "message": "ok"}]]},
+     "special_token_in_text", "conversation[0]"),
+    ({"conversation": [[{"role": "user", "message": "hi"}, {"role": "assistant", "message": "ok <eos> more"}]]},
+     "special_token_in_text", "<eos>"),
 ])
 def test_bad_token_strings_name_the_token_and_field(record, reason, named):
   with pytest.raises(AnyGPTDataError) as e:

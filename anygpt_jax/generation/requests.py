@@ -22,7 +22,7 @@ from typing import Sequence
 
 from anygpt_jax.generation import constraints as cons
 from anygpt_jax.vocabulary import chat_format
-from anygpt_jax.vocabulary.layout import CONTENT_KINDS
+from anygpt_jax.vocabulary.layout import CONTENT_KINDS, control_token_in_text
 
 TASK_MODALITIES = CONTENT_KINDS  # text and every modality of the vocabulary's table
 PLACEHOLDER = "\x00"  # marks where the answer starts in a rendered training string
@@ -106,6 +106,7 @@ class Prompts:
     """(prompt string, ids, the modality the answer must be or None)."""
     r = self.rendering
     if task.source == "text":  # text -> X: the prompt is the training string up to X's start token
+      _check_text(task.data, f"task {task.raw!r}")
       item = r.modality_string(self.layout, task.target, [])
       full = r.pair_string(self._instruction(task.target, "from_text"), item, task.data, to_text=False)
       ids = self._encode(full)
@@ -125,15 +126,19 @@ class Prompts:
                               add_generation_prompt=True)
     except chat_format.ConversationError as e:
       raise RequestError(f"chat request: {e}") from None
+    from anygpt_jax.tokenizers.anygpt_data import AnyGPTDataError, message_parts
     parts = []
-    for message in task.messages:
+    for index, message in enumerate(task.messages):
       role = message["role"]
       content = message.get("content", [])
       content = [{"text": content}] if isinstance(content, str) else content
       for item in content:
         (kind, value), = item.items()
-        if kind == "text":
-          parts.append(Part("text", text=value, role=role))
+        if kind == "text":  # AnyGPT's message format: text with modality spans, parsed as the data job does
+          try:
+            parts.extend(message_parts(value, role=role, field=f"messages[{index}]"))
+          except AnyGPTDataError as e:
+            raise RequestError(f"chat request: {e}") from None
         elif kind in TASK_MODALITIES:
           parts.append(Part(kind, codes=[int(c) for c in self._media_codes(kind, value)], role=role))
         else:
@@ -146,6 +151,14 @@ class Prompts:
   def prompt(self, task: Task) -> tuple[str, list[int], str | None]:
     """`chat` or `base`, whichever the task is."""
     return self.chat(task) if task.messages is not None else self.base(task)
+
+
+def _check_text(text: str, where: str) -> None:
+  """Text is text, in prompts as in training data (`layout.control_token_in_text`)."""
+  found = control_token_in_text(text)
+  if found:
+    raise RequestError(f"{where}: char {found[0]}: {found[1]!r} is a control token, not text; the model was never "
+                       "trained on text that holds one (the tokenization job rejects such records)")
 
 
 def answer_text(vocabulary, tokens: Sequence[int], stop_ids: Sequence[int]) -> str:

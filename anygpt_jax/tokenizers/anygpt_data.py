@@ -6,14 +6,15 @@ Three record shapes are recognised:
   interleaved: {"text": "words <soim><👀1>...<eoim> more words"}
 A pair becomes [modality part, text part]; chats and interleaved documents become their text
 and modality parts in order (text kept verbatim, spaces included; empty pieces dropped), with
-each message's role on its parts. `<-Ins->`/`<-Res->` stay inside the text.
+each message's role on its parts. `<-Ins->`/`<-Res->` stay inside a chat message's text; any other
+control token inside text rejects the record (`special_token_in_text`).
 """
 
 from __future__ import annotations
 
 from anygpt_jax.data.shards import Part, Sample
 from anygpt_jax.vocabulary.layout import (MODALITIES, VocabularyError, VocabularyLayout,
-                                          split_added_tokens)
+                                          control_token_in_text, split_added_tokens)
 
 _LAYOUT = VocabularyLayout(chat_tokens=True)
 _START = {m.start_token: m for m in MODALITIES}
@@ -47,7 +48,8 @@ def message_parts(text: str, role: str = "", field: str = "text") -> list[Part]:
   Raises AnyGPTDataError naming `field`, the token and its character position:
   'bad_token_string' (an out-of-range or malformed code, a code of another modality, text
   inside a span, a code or end token outside any span), 'nested_span' (a start token inside
-  an open span), 'unclosed_span' (a span never closed).
+  an open span), 'unclosed_span' (a span never closed), 'special_token_in_text' (a role token
+  in the text, or a chat token outside a chat message: `layout.control_token_in_text`).
   """
   parts, text_buf, open_modality, codes = [], [], None, []
   pos = 0
@@ -82,8 +84,10 @@ def message_parts(text: str, role: str = "", field: str = "text") -> list[Part]:
       fail("bad_token_string", f"{piece!r} closes no open span")
     elif is_token and _is_code_token(piece):
       fail("bad_token_string", f"{piece!r} outside a modality span")
+    elif is_token and control_token_in_text(piece, chat=bool(role)):
+      fail("special_token_in_text", f"{piece!r} is a control token, not text")
     else:
-      text_buf.append(piece)  # plain text, or role/chat markers kept as text
+      text_buf.append(piece)  # plain text, or AnyInstruct's <-Ins->/<-Res-> inside a chat message
     pos += len(piece)
   if open_modality is not None:
     pos = span_start
@@ -128,6 +132,10 @@ def record_to_sample(record: dict, default_id: str, source: str) -> Sample:
   text = record.get("text")
   if not isinstance(text, str):
     raise AnyGPTDataError("malformed_record", "no text field")
+  found = control_token_in_text(text) if modality_keys else None
+  if found:
+    raise AnyGPTDataError("special_token_in_text", f"field 'text', char {found[0]}: {found[1]!r} is a control "
+                          "token, not text")
   if len(modality_keys) > 1:
     raise AnyGPTDataError("malformed_record", f"several modalities {modality_keys}")
   if modality_keys:

@@ -41,7 +41,7 @@ from anygpt_jax.tokenizers import anygpt_data, audio_io, image as image_lib
 from anygpt_jax.tokenizers.media import MediaError, MediaRef
 from anygpt_jax.tokenizers.inputs import InputRecord
 from anygpt_jax.tokenizers.tfrecord import TFRecordWriter
-from anygpt_jax.vocabulary.layout import MODALITIES, MODALITY_NAMES
+from anygpt_jax.vocabulary.layout import MODALITIES, MODALITY_NAMES, control_token_in_text
 
 TOKEN_KINDS = MODALITY_NAMES
 
@@ -195,6 +195,12 @@ def _precheck(record: InputRecord) -> RecordResult | None:
     return _anygpt_result(record)
   if record.kind in TOKEN_KINDS and not "".join(p.get("text", "") for p in record.raw_parts()).strip():
     return RecordResult(record.id, record.source, reason="missing_text", detail=f"no caption for {record.path or record.id}")
+  for k, part in enumerate(record.raw_parts()):  # text is text: never re-read as a control token
+    found = control_token_in_text(part["text"], chat=bool(part.get("role"))) if part["kind"] == "text" else None
+    if found:
+      where = f"part {k} ({part.get('role') or 'text'}), char {found[0]}"
+      return RecordResult(record.id, record.source, reason="special_token_in_text",
+                          detail=f"{where}: {found[1]!r} is a control token, not text")
   return None
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+from anygpt_jax.vocabulary.layout import ROLE_TOKENS
+
 ROLES = ("system", "user", "assistant")
 # AnyGPT's system line ("MMGPT" conversation template), put before every conversation that has none.
 SYSTEM_PROMPT = ("You are an AI assistant named MMGPT who can understand and generate multimodal content, "
@@ -115,6 +117,9 @@ _TEMPLATE_BODY = """\
   {%- else %}
     {{- raise_exception("AnyGPT chat: message " ~ index ~ ": content must be a string or a list of text items") }}
   {%- endif %}
+  {%- for token in role_tokens if token in body %}
+    {{- raise_exception("AnyGPT chat: message " ~ index ~ ": " ~ token ~ " is a control token, not text") }}
+  {%- endfor %}
   {%- set opens = loop.first or loop.previtem["role"] != role %}
   {%- set closes = loop.last or loop.nextitem["role"] != role %}
   {%- if opens %}{% if not loop.first %}{{ separator }}{% endif %}{{ turn_open[role] }}{% endif %}
@@ -139,7 +144,8 @@ def jinja_chat_template(legacy: bool = True) -> str:
   when the last message is the assistant's: the ids the training pipeline renders for that
   conversation. `add_generation_prompt=True` ends at `GENERATION_PROMPT` (`...\\n[MMGPT]:`), where
   anygpt-generate's chat prompt ends. Bad conversations raise (`raise_exception`) with the
-  problem named, as `check_roles` does.
+  problem named, as `check_roles` does, and so does a message holding a role token (text is text:
+  `layout.control_token_in_text`; media are written as their token strings, so spans pass).
 
   legacy: the export's text mode. The pipeline gives the first text of a sample SentencePiece's
   dummy prefix. A template writes `<s>` as text, and a non-legacy tokenizer gives no prefix to
@@ -148,6 +154,6 @@ def jinja_chat_template(legacy: bool = True) -> str:
   """
   constants = {"system_prompt": SYSTEM_PROMPT, "separator": TURN_SEPARATOR, "turn_open": TURN_OPEN,
                "turn_close": TURN_CLOSE, "generation_prompt": GENERATION_PROMPT,
-               "text_start": "" if legacy else " "}
+               "text_start": "" if legacy else " ", "role_tokens": ROLE_TOKENS}
   header = "".join(f"{{%- set {name} = {json.dumps(value)} %}}\n" for name, value in constants.items())
   return header + _TEMPLATE_BODY

@@ -327,6 +327,22 @@ ADDED_TOKEN_PATTERN = re.compile("|".join(
     + ["<(?:" + "|".join(re.escape(m.symbol) for m in MODALITIES) + ")[^<>]*>"]))
 
 
+def control_token_in_text(text: str, chat: bool = False) -> tuple[int, str] | None:
+  """The first added-token string that raw text may not hold, as (character position, token), or None.
+
+  Text is text: a caption, transcript, document text or chat message that contained `<soim>`,
+  `[MMGPT]`, `<eos>` or a code token would be read as that control token when the sample is
+  rendered (a span that never closes, a loss mask that trains the user's turn). Such a record is
+  rejected (category `special_token_in_text`) by the tokenization job and refused by generation
+  requests, rather than silently re-read. AnyInstruct's `<-Ins->` and `<-Res->` are the one
+  exception: AnyGPT writes them inside chat messages (`chat=True`).
+  """
+  for match in ADDED_TOKEN_PATTERN.finditer(text):
+    if not (chat and match.group() in CHAT_TOKENS):
+      return match.start(), match.group()
+  return None
+
+
 def split_added_tokens(text: str) -> list[tuple[bool, str]]:
   """Splits AnyGPT's string form into (is_added_token, piece) chunks, in order.
 

@@ -195,6 +195,35 @@ def test_bad_input_is_rejected_with_reasons_and_good_records_survive(models, tmp
   assert any("<👀8192>" in e for e in stats["reject_examples"]["bad_token_string"])
 
 
+def test_code_strings_have_the_media_limits_and_duplicate_ids_are_counted(tmp_path):
+  """A code string longer than the job takes that medium is too_long (the same --max-*-seconds), an
+  empty span in a chat is rejected as in a pair, and a repeated id is counted in the stats, or
+  rejected with --drop-duplicate-ids."""
+  speech = lambda n: "<sosp>" + "<🗣️7>" * n + "<eosp>"  # 50 codes per second
+  records = [{"id": "ok", "text": "fine", "speech": speech(100)},
+             {"id": "long", "text": "an hour", "speech": speech(3 * 50 + 1)},
+             {"id": "empty_chat_span", "conversation": [[{"role": "user", "message": "hi <sosp><eosp>"},
+                                                         {"role": "assistant", "message": "ok"}]]},
+             {"id": "ok", "text": "the same id again", "speech": speech(5)}]
+  data = tmp_path / "data.jsonl"
+  data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+  name = shard_filename("demo", "train", 0, 1)
+  for flags, kept in (([], 2), (["--drop-duplicate-ids"], 1)):
+    out = tmp_path / f"out{len(flags)}"
+    rc = tokenize_media.main(["--anygpt-data", str(data), "--corpus", "demo", "--output-dir", str(out),
+                              "--max-speech-seconds", "3"] + flags)
+    assert rc == tokenize_media.EXIT_REJECTS
+    rejects = {r["id"]: r for r in map(json.loads, (out / f"{name}.rejects.jsonl").read_text().splitlines())}
+    assert rejects["long"]["reason"] == "too_long"
+    assert "151 codes (3.02 s) is over --max-speech-seconds 3" in rejects["long"]["detail"]
+    assert rejects["empty_chat_span"]["reason"] == "bad_token_string"
+    assert "an empty <sosp><eosp> span" in rejects["empty_chat_span"]["detail"]
+    stats = json.loads((out / f"{name}.stats.json").read_text())
+    assert stats["records_out"] == kept == len(_read_shard(out / name))
+    assert (stats["duplicate_ids"], stats["duplicate_id_examples"]) == ((1, ["ok"]) if not flags else (0, []))
+    assert ("ok" in rejects) == bool(flags)
+
+
 def test_strict_formats_rejects_conversions(models, tmp_path):
   rows, _, _ = _bad_corpus(tmp_path)
   keep = {"gray", "cmyk", "alpha", "stereo_music", "ok_speech"}

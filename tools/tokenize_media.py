@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--max-speech-seconds", type=float, default=60.0)
   run.add_argument("--max-music-seconds", type=float, default=1800.0)
   run.add_argument("--music-clip-seconds", type=float, default=5.0)
+  run.add_argument("--drop-duplicate-ids", action="store_true",
+                   help="reject a record whose id the shard already holds (duplicates are counted in the stats "
+                        "either way)")
   run.add_argument("--strict-formats", action="store_true",
                    help="reject non-RGB images and non-mono audio instead of converting them")
   run.add_argument("--ray-address", help="an existing Ray cluster; default: a local instance")
@@ -161,6 +164,7 @@ def main(argv=None) -> int:
       music_model=args.music_model, image_model=args.image_model, device=args.device, batch_size=args.batch_size,
       window=args.window, workers=args.workers, prefetch=args.prefetch, max_speech_seconds=args.max_speech_seconds,
       max_music_seconds=args.max_music_seconds, music_clip_seconds=args.music_clip_seconds,
+      drop_duplicate_ids=args.drop_duplicate_ids,
       strict_formats=args.strict_formats, torch_threads=args.torch_threads)
   if args.input:
     from anygpt_jax.tokenizers import readers

@@ -47,7 +47,7 @@ def message_parts(text: str, role: str = "", field: str = "text") -> list[Part]:
 
   Raises AnyGPTDataError naming `field`, the token and its character position:
   'bad_token_string' (an out-of-range or malformed code, a code of another modality, text
-  inside a span, a code or end token outside any span), 'nested_span' (a start token inside
+  inside a span, a code or end token outside any span, an empty span), 'nested_span' (a start token inside
   an open span), 'unclosed_span' (a span never closed), 'special_token_in_text' (a role token
   in the text, or a chat token outside a chat message: `layout.control_token_in_text`).
   """
@@ -66,6 +66,9 @@ def message_parts(text: str, role: str = "", field: str = "text") -> list[Part]:
   for is_token, piece in split_added_tokens(text):
     if open_modality is not None:
       if is_token and piece == open_modality.end_token:
+        if not codes:  # as in a pair's field: a span carries codes
+          pos = span_start
+          fail("bad_token_string", f"an empty {open_modality.start_token}{open_modality.end_token} span")
         parts.append(Part(open_modality.name, codes=list(codes), role=role))
         open_modality, codes = None, []
       elif is_token and piece in _START:

@@ -72,6 +72,7 @@ class JobConfig:
   max_music_seconds: float = 1800.0
   music_clip_seconds: float = 5.0
   strict_formats: bool = False
+  drop_duplicate_ids: bool = False  # a record whose id the shard already holds: rejected, not kept
   torch_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
   def shards(self) -> tuple[int, ...]:
@@ -170,11 +171,14 @@ def _encode_kind(kind: str, items: list, toks: Tokenizers, batch_size: int) -> l
   return codes
 
 
-def _anygpt_result(record: InputRecord) -> RecordResult:
+def _anygpt_result(record: InputRecord, cfg: JobConfig) -> RecordResult:
   try:
     sample = anygpt_data.record_to_sample(record.data, record.id, record.source)
   except anygpt_data.AnyGPTDataError as e:
     return RecordResult(record.id, record.source, reason=e.reason, detail=e.detail)
+  too_long = _overlong_span(sample, cfg)
+  if too_long:
+    return RecordResult(record.id, record.source, reason="too_long", detail=too_long)
   tokens, chars = {}, 0
   for p in sample.parts:
     if p.kind == "text":
@@ -187,12 +191,23 @@ def _anygpt_result(record: InputRecord) -> RecordResult:
                       audio_seconds=seconds)
 
 
-def _precheck(record: InputRecord) -> RecordResult | None:
+def _overlong_span(sample: Sample, cfg: JobConfig) -> str:
+  """Why a code string is longer than the job takes the same medium (`--max-{speech,music}-seconds`), or ''."""
+  limits = {"speech": cfg.max_speech_seconds, "music": cfg.max_music_seconds}
+  rates = {m.name: m.codes_per_second for m in MODALITIES}
+  for k, part in enumerate(sample.parts):
+    if part.kind in limits and len(part.codes) > limits[part.kind] * rates[part.kind]:
+      return (f"part {k}: a {part.kind} span of {len(part.codes)} codes ({len(part.codes) / rates[part.kind]:g} s) "
+              f"is over --max-{part.kind}-seconds {limits[part.kind]:g}")
+  return ""
+
+
+def _precheck(record: InputRecord, cfg: JobConfig) -> RecordResult | None:
   """A result for records that need no media work (rejected, pretokenized, captionless pairs)."""
   if record.reject:
     return RecordResult(record.id, record.source, reason=record.reject, detail=record.reject_detail)
   if record.kind == "anygpt":
-    return _anygpt_result(record)
+    return _anygpt_result(record, cfg)
   if record.kind in TOKEN_KINDS and not "".join(p.get("text", "") for p in record.raw_parts()).strip():
     return RecordResult(record.id, record.source, reason="missing_text", detail=f"no caption for {record.path or record.id}")
   for k, part in enumerate(record.raw_parts()):  # text is text: never re-read as a control token
@@ -244,7 +259,7 @@ def prepare_window(records: list[InputRecord], toks: Tokenizers, cfg: JobConfig,
   raws: dict[int, list[dict]] = {}
   tasks = []  # (record index, part index, kind, ref)
   for i, r in enumerate(records):
-    results[i] = _precheck(r)
+    results[i] = _precheck(r, cfg)
     if results[i] is None:
       raws[i] = r.raw_parts()
       tasks += [(i, k, p["kind"], MediaRef.from_dict(p["media"])) for k, p in enumerate(raws[i]) if p["kind"] != "text"]
@@ -392,6 +407,11 @@ class ShardStats:
     self.examples: dict[str, list[str]] = {}
     self.dropped: dict[str, int] = {}
     self.tokens = {k: 0 for k in TOKEN_KINDS}
+    self.kept_ids: set[str] = set()
+    self.duplicate_ids: list[str] = []  # kept records whose id an earlier kept record of the shard has
+
+  def is_duplicate(self, record_id: str) -> bool:
+    return record_id in self.kept_ids
 
   def _example(self, reason: str, detail: str) -> None:
     shown = self.examples.setdefault(reason, [])
@@ -408,6 +428,9 @@ class ShardStats:
       self.dropped[d["reason"]] = self.dropped.get(d["reason"], 0) + 1
       self._example(d["reason"], f"{r.id} part {d['part']} (dropped): {d['detail']}")
     self.records_out += 1
+    if r.id in self.kept_ids:
+      self.duplicate_ids.append(r.id)
+    self.kept_ids.add(r.id)
     self.text_chars += r.text_chars
     self.audio_seconds += r.audio_seconds
     for k, n in r.tokens.items():
@@ -420,6 +443,7 @@ class ShardStats:
         "rejected": dict(sorted(self.rejected.items())), "dropped_media": dict(sorted(self.dropped.items())),
         "reject_examples": dict(sorted(self.examples.items())), "tokens": self.tokens,
         "text_chars": self.text_chars, "audio_seconds": round(self.audio_seconds, 3),
+        "duplicate_ids": len(self.duplicate_ids), "duplicate_id_examples": self.duplicate_ids[:STATS_EXAMPLES],
     }
 
 
@@ -450,11 +474,14 @@ class ShardWriter:
     self.writer = TFRecordWriter(str(self.tmp["shard"]))
     self.rejects = open(self.tmp["rejects"], "w", encoding="utf-8")
     self.stats = ShardStats(cfg.corpus, cfg.split, index, cfg.num_shards, origin)
+    self.drop_duplicate_ids = cfg.drop_duplicate_ids
 
   def _reject_line(self, **fields) -> None:
     self.rejects.write(json.dumps(fields, ensure_ascii=False) + "\n")
 
   def add(self, r: RecordResult) -> None:
+    if not r.reason and self.drop_duplicate_ids and self.stats.is_duplicate(r.id):
+      r = RecordResult(r.id, r.source, reason="duplicate_id", detail=f"id {r.id!r} is already in this shard")
     self.stats.add(r)
     if r.reason:
       self._reject_line(id=r.id, reason=r.reason, detail=r.detail, source=r.source)
@@ -514,10 +541,12 @@ def run_local(cfg: JobConfig, records_or_plan, on_progress: Callable[[RecordResu
 def summarize(all_stats: list[dict], seconds: float) -> dict:
   """Totals over shards, for the command line's last line."""
   total = {"shards": len(all_stats), "records_in": 0, "records_out": 0, "rejected": {}, "dropped_media": {},
-           "tokens": {k: 0 for k in TOKEN_KINDS}, "audio_seconds": 0.0, "wall_seconds": round(seconds, 2)}
+           "tokens": {k: 0 for k in TOKEN_KINDS}, "audio_seconds": 0.0, "duplicate_ids": 0,
+           "wall_seconds": round(seconds, 2)}
   for s in all_stats:
     total["records_in"] += s["records_in"]
     total["records_out"] += s["records_out"]
+    total["duplicate_ids"] += s.get("duplicate_ids", 0)  # stats of shards written before it was counted
     total["audio_seconds"] += s["audio_seconds"]
     for key in ("rejected", "dropped_media"):
       for k, n in s.get(key, {}).items():

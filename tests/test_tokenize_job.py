@@ -224,6 +224,36 @@ def test_code_strings_have_the_media_limits_and_duplicate_ids_are_counted(tmp_pa
     assert ("ok" in rejects) == bool(flags)
 
 
+def test_a_rerun_after_the_input_or_settings_changed_refuses_unless_asked_to_rebuild(tmp_path, capsys):
+  """Finished shards are skipped only when made from the same inputs and settings: a changed
+  input or setting stops the rerun (exit 2) naming it, and --rebuild remakes the shard."""
+  data = tmp_path / "pairs.jsonl"
+  record = lambda i, text: json.dumps({"id": f"r{i}", "text": text, "speech": "<sosp><🗣️5><🗣️6><eosp>"}) + "\n"
+  data.write_text(record(0, "first") + record(1, "second"), encoding="utf-8")
+  out = tmp_path / "out"
+  shard = out / shard_filename("demo", "train", 0, 1)
+  args = ["--anygpt-data", str(data), "--corpus", "demo", "--output-dir", str(out)]
+  assert tokenize_media.main(args) == 0
+  made = json.loads(pathlib.Path(f"{shard}.stats.json").read_text())["provenance"]
+  assert made["inputs"][0]["path"] == str(data) and len(made["inputs"][0]["sha256"]) == 64
+  assert tokenize_media.main(args) == 0  # the same inputs: the finished shard is kept as it is
+
+  data.write_text(record(0, "first") + record(1, "second") + record(2, "third, added later"), encoding="utf-8")
+  capsys.readouterr()
+  assert tokenize_media.main(args) == tokenize_media.EXIT_USAGE
+  error = capsys.readouterr().err
+  assert f"{shard} was made from other inputs or settings" in error and f"input {data} changed" in error
+  assert "--rebuild" in error and len(_read_shard(shard)) == 2  # nothing touched
+
+  assert tokenize_media.main(args + ["--max-speech-seconds", "30"]) == tokenize_media.EXIT_USAGE
+  assert "setting max_speech_seconds: 60.0 -> 30.0" in capsys.readouterr().err
+
+  assert tokenize_media.main(args + ["--rebuild"]) == 0
+  assert [s.id for s in _read_shard(shard)] == ["r0", "r1", "r2"]
+  assert json.loads(pathlib.Path(f"{shard}.stats.json").read_text())["records_out"] == 3
+  assert tokenize_media.main(args) == 0  # and now it is current
+
+
 def test_strict_formats_rejects_conversions(models, tmp_path):
   rows, _, _ = _bad_corpus(tmp_path)
   keep = {"gray", "cmyk", "alpha", "stereo_music", "ok_speech"}

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--max-speech-seconds", type=float, default=60.0)
   run.add_argument("--max-music-seconds", type=float, default=1800.0)
   run.add_argument("--music-clip-seconds", type=float, default=5.0)
+  run.add_argument("--rebuild", action="store_true",
+                   help="remake finished shards whose inputs, settings or tokenizer checkpoints changed (without "
+                        "it such a rerun stops, naming what changed; unchanged finished shards are always kept)")
   run.add_argument("--drop-duplicate-ids", action="store_true",
                    help="reject a record whose id the shard already holds (duplicates are counted in the stats "
                         "either way)")
@@ -157,14 +160,14 @@ def main(argv=None) -> int:
     for e in errors:
       print(f"anygpt-tokenize: error: {e}", file=sys.stderr)
     return EXIT_USAGE
-  from anygpt_jax.tokenizers import inputs, job
+  from anygpt_jax.tokenizers import inputs, job, provenance
   cfg = job.JobConfig(
       output_dir=args.output_dir, corpus=args.corpus, split=args.split, num_shards=args.num_shards,
       shard_indices=tuple(args.shard_index) if args.shard_index else None, speech_model=args.speech_model,
       music_model=args.music_model, image_model=args.image_model, device=args.device, batch_size=args.batch_size,
       window=args.window, workers=args.workers, prefetch=args.prefetch, max_speech_seconds=args.max_speech_seconds,
       max_music_seconds=args.max_music_seconds, music_clip_seconds=args.music_clip_seconds,
-      drop_duplicate_ids=args.drop_duplicate_ids,
+      drop_duplicate_ids=args.drop_duplicate_ids, rebuild=args.rebuild,
       strict_formats=args.strict_formats, torch_threads=args.torch_threads)
   if args.input:
     from anygpt_jax.tokenizers import readers
@@ -173,8 +176,9 @@ def main(argv=None) -> int:
     plan = job.InputShardPlan(files, lambda path: readers.read_input(fmt, path, options), args.shards_per_input,
                               format=fmt, options=options)
   else:
+    given = [*args.manifest, *args.folder, *args.anygpt_data]
     plan = job.ModuloPlan(lambda: inputs.read_inputs(args.manifest, args.folder, args.anygpt_data,
-                                                     args.folder_audio_kind), args.num_shards)
+                                                     args.folder_audio_kind), args.num_shards, inputs=given)
   progress = job.Progress(enabled=not args.no_progress)
   start = time.time()
   try:
@@ -184,6 +188,10 @@ def main(argv=None) -> int:
                           num_gpus_per_actor=args.ray_gpus_per_actor, address=args.ray_address, on_progress=progress)
     else:
       all_stats = job.run_local(cfg, plan, on_progress=progress)
+  except provenance.StaleShardError as e:  # a rerun over shards made from other inputs: the user decides
+    progress.close()
+    print(f"anygpt-tokenize: error: {e}", file=sys.stderr)
+    return EXIT_USAGE
   except Exception as e:  # bad input never reaches here (it is a rejection): this is a bug or an unusable model
     progress.close()
     traceback.print_exc()

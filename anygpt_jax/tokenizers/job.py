@@ -37,7 +37,7 @@ from etils import epath
 
 from anygpt_jax import filesystem
 from anygpt_jax.data.shards import Part, Sample, serialize_sample, shard_filename
-from anygpt_jax.tokenizers import anygpt_data, audio_io, image as image_lib
+from anygpt_jax.tokenizers import anygpt_data, audio_io, image as image_lib, provenance
 from anygpt_jax.tokenizers.media import MediaError, MediaRef
 from anygpt_jax.tokenizers.inputs import InputRecord
 from anygpt_jax.tokenizers.tfrecord import TFRecordWriter
@@ -73,6 +73,7 @@ class JobConfig:
   music_clip_seconds: float = 5.0
   strict_formats: bool = False
   drop_duplicate_ids: bool = False  # a record whose id the shard already holds: rejected, not kept
+  rebuild: bool = False  # remake finished shards whose inputs, settings or tokenizers changed
   torch_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
   def shards(self) -> tuple[int, ...]:
@@ -505,12 +506,34 @@ class ShardWriter:
     return self.stats.to_json()
 
 
-def finished_stats(cfg: JobConfig, index: int) -> dict | None:
-  """The stats of a shard already written by an earlier run, or None."""
+def shard_origin(cfg: JobConfig, plan, index: int) -> dict:
+  """What shard `index` is made from, for its stats: the plan's description and its provenance."""
+  described = plan.describe(index)
+  return {**described, "provenance": provenance.shard_provenance(cfg, described.get("inputs", []))}
+
+
+def finished_stats(cfg: JobConfig, plan, index: int) -> dict | None:
+  """The stats of a shard an earlier run finished from the same inputs, settings and tokenizers;
+  None when it is to be made (absent, or changed and `cfg.rebuild`).
+
+  Raises provenance.StaleShardError naming what changed otherwise. Stats written before shards
+  recorded their provenance are taken as they are.
+  """
   paths = shard_paths(cfg, index)
-  if paths["shard"].exists() and paths["stats"].exists():
-    return json.loads(paths["stats"].read_text())
-  return None
+  if not (paths["shard"].exists() and paths["stats"].exists()):
+    return None
+  stats = json.loads(paths["stats"].read_text())
+  if "provenance" not in stats:
+    return stats
+  changed = provenance.changes(stats["provenance"], shard_origin(cfg, plan, index)["provenance"])
+  if not changed:
+    return stats
+  if cfg.rebuild:
+    return None
+  raise provenance.StaleShardError(
+      f"{paths['shard']} was made from other inputs or settings than this run's: {'; '.join(changed)}. "
+      f"Pass --rebuild to remake it (each file is replaced atomically, the shard last), or write to "
+      f"another --output-dir")
 
 
 def run_local(cfg: JobConfig, records_or_plan, on_progress: Callable[[RecordResult], None] | None = None,
@@ -525,11 +548,11 @@ def run_local(cfg: JobConfig, records_or_plan, on_progress: Callable[[RecordResu
   all_stats = []
   with concurrent.futures.ThreadPoolExecutor(max(1, cfg.workers)) as pool:
     for index in cfg.shards():
-      done = finished_stats(cfg, index)
+      done = finished_stats(cfg, plan, index)
       if done is not None:
         all_stats.append(done)
         continue
-      writer = ShardWriter(cfg, index, plan.describe(index))
+      writer = ShardWriter(cfg, index, shard_origin(cfg, plan, index))
       for result in prefetched_results(plan.records(index), toks, cfg, pool):
         writer.add(result)
         if on_progress:

@@ -81,7 +81,7 @@ def run_ray(cfg: job.JobConfig, records_or_plan, num_actors: int = 1,
     stats: dict[int, dict] = {}
     todo = []
     for index in cfg.shards():
-      done = job.finished_stats(cfg, index)
+      done = job.finished_stats(cfg, plan, index)
       if done is not None:
         stats[index] = done
       else:
@@ -98,7 +98,7 @@ def run_ray(cfg: job.JobConfig, records_or_plan, num_actors: int = 1,
           raise RuntimeError(f"Ray returned shard {index} window {window}; expected window {next_window.get(index)}")
         next_window[index] += 1
         if index not in writers:
-          writers[index] = job.ShardWriter(cfg, index, plan.describe(index))
+          writers[index] = job.ShardWriter(cfg, index, job.shard_origin(cfg, plan, index))
         for d in pickle.loads(row["results"]):
           result = job.RecordResult(**d)
           writers[index].add(result)

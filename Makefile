@@ -34,9 +34,13 @@ demo: install
 model-check: install
 	$(VENV)/bin/anygpt-model-check
 
-# The fast suite (what CI runs); slow and multi-process tests run with `make test-slow`.
+# The fast suite (what CI runs); slow and multi-process tests run with `make test-slow`. Two
+# processes, a test file each at a time (a module's fixtures stay in one process): most tests wait
+# on a subprocess, tf.data tracing or an XLA compile that uses one core. Each process takes about
+# 3.5 GB; on a bigger machine raise TEST_PROCESSES with the memory to match.
+TEST_PROCESSES ?= 2
 test: install
-	$(PY) -m pytest -q -m "not slow" --durations=25 tests
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_PROCESSES) --dist loadfile --durations=25 tests
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests

@@ -158,7 +158,9 @@ Evaluator.num_batches = 1
   assert all(" | loss " in line and " | ppl " in line and " | image " in line for line in evals)
   assert list((model_dir / "compilation_cache").iterdir())  # compiled programs kept for a restart
 
-  operative = (model_dir / "config.gin").read_text()
+  # gin wraps a long binding onto a continuation line (`MODEL_DIR = \` + the value): read it unwrapped.
+  operative = (model_dir / "config.gin").read_text().replace("\\\n", " ")
+  operative = "\n".join(" ".join(line.split()) for line in operative.splitlines())
   assert f"MODEL_DIR = '{model_dir}'" in operative
   assert "train.z_loss = 0.0001" in operative
   assert "TrainInput.batch_size = %BATCH_SIZE" in operative

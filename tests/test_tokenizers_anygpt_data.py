@@ -71,6 +71,8 @@ def test_bad_token_strings_name_the_token_and_field(record, reason, named):
     {"speech": "<sosp><🗣️1><eosp>"},
     {"text": "t", "speech": "<sosp><🗣️1><eosp>", "image": "<soim><👀1><eoim>"},
     {"text": "no modality here"},
+    # Several conversations in one record: AnyGPT trains each inner list as its own sample.
+    {"conversation": [[{"role": "user", "message": "a"}], [{"role": "user", "message": "b"}]]},
 ])
 def test_malformed_records(record):
   with pytest.raises(AnyGPTDataError) as e:

@@ -108,15 +108,24 @@ def _is_code_token(piece: str) -> bool:
     return any(piece.startswith("<" + m.symbol) for m in MODALITIES)
 
 
-def _messages(conversation) -> list[dict]:
-  """AnyGPT nests messages one level deep ([[{...}, {...}]]); accept flat lists too."""
-  out = []
-  for item in conversation:
-    if isinstance(item, list):
-      out.extend(item)
-    else:
-      out.append(item)
-  return out
+def conversation_messages(conversation) -> list:
+  """The messages of a `conversation` field: `[[{...}, ...]]` as AnyGPT's and AnyInstruct's files
+  nest them (one inner list per record), or a flat list.
+
+  AnyGPT's SFT preprocessing trains each inner list as a sample of its own, so a record holding
+  several inner lists is rejected ('malformed_record') rather than merged into one chat that AnyGPT
+  would never train.
+  """
+  if not isinstance(conversation, list):
+    raise AnyGPTDataError("malformed_record", "'conversation' is not a list of messages")
+  inner = [item for item in conversation if isinstance(item, list)]
+  if not inner:
+    return conversation
+  if len(conversation) == 1:
+    return conversation[0]
+  raise AnyGPTDataError("malformed_record", f"'conversation' holds {len(inner)} inner lists among "
+                        f"{len(conversation)} items; AnyGPT trains each inner list as a sample of its own: write "
+                        "one record per conversation")
 
 
 def record_to_sample(record: dict, default_id: str, source: str) -> Sample:
@@ -126,7 +135,7 @@ def record_to_sample(record: dict, default_id: str, source: str) -> Sample:
   sample_id = str(record.get("id", default_id))
   if "conversation" in record:
     parts = []
-    for i, msg in enumerate(_messages(record["conversation"])):
+    for i, msg in enumerate(conversation_messages(record["conversation"])):
       if not isinstance(msg, dict) or msg.get("role") not in _ROLES or not isinstance(msg.get("message"), str):
         raise AnyGPTDataError("malformed_record", f"conversation message {i}: {str(msg)[:60]!r}")
       parts.extend(message_parts(msg["message"], role=msg["role"], field=f"conversation[{i}].message"))

@@ -5,7 +5,8 @@ AnyInstruct is distributed per part as a metadata file next to media tars (`meta
 against the published files here, so this reader takes one explicit form, the raw
 counterpart of AnyGPT's tokenized `anyinstruct_*.jsonl`: a JSON list (or JSONL) of
 `{"id", "conversation": [[{"role", "message"}, ...]]}` (`chat` is accepted for
-`conversation`, a flat message list too) where each medium sits in a message as a file name
+`conversation`, a flat message list too; several inner lists are rejected, see
+`anygpt_data.conversation_messages`) where each medium sits in a message as a file name
 inside its modality's span tokens:
 
   {"role": "user", "message": "<sosp>speech/q_001.mp3<eosp> Please describe this picture <soim>images_224/001.jpg<eoim>"}
@@ -25,6 +26,7 @@ import re
 from typing import Iterator
 
 from anygpt_jax import filesystem
+from anygpt_jax.tokenizers.anygpt_data import AnyGPTDataError, conversation_messages
 from anygpt_jax.tokenizers.inputs import InputRecord, jsonl_objects, media_part, open_text, rejected, text_part
 from anygpt_jax.tokenizers.media import MediaStore
 from anygpt_jax.vocabulary.layout import MODALITIES
@@ -46,16 +48,6 @@ def _objects(path: str) -> Iterator[tuple[str, object]]:
     yield from ((f"{name}[{i}]", d) for i, d in enumerate(items))
   else:
     yield from jsonl_objects(path)
-
-
-def _messages(d: dict) -> list | None:
-  conv = d.get("conversation", d.get("chat"))
-  if not isinstance(conv, list):
-    return None
-  flat = []
-  for item in conv:
-    flat.extend(item if isinstance(item, list) else [item])
-  return flat
 
 
 class ConversationError(ValueError):
@@ -95,12 +87,16 @@ def read_anyinstruct(path: str, store: MediaStore | None = None) -> Iterator[Inp
   """The conversations of one metadata file, in file order ('chat' records)."""
   store = store or media_store_for(path)
   for fallback_id, d in _objects(path):
-    messages = _messages(d) if isinstance(d, dict) else None
-    if messages is None:
+    if not isinstance(d, dict):
       yield rejected(fallback_id, path, "malformed_record",
-                     f"{fallback_id}: {d if isinstance(d, Exception) else 'no conversation list'}")
+                     f"{fallback_id}: {d if isinstance(d, Exception) else 'not a JSON object'}")
       continue
     conv_id = str(d.get("id", fallback_id))
+    try:
+      messages = conversation_messages(d.get("conversation", d.get("chat")))
+    except AnyGPTDataError as e:
+      yield rejected(conv_id, path, e.reason, f"{conv_id}: {e.detail}")
+      continue
     try:
       parts = [p for i, msg in enumerate(messages) for p in _turn_parts(i, msg, store)]
     except ConversationError as e:

@@ -1,6 +1,7 @@
 """`anygpt-train`: t5x-style gin flags, errors naming the bad binding, a short run on real data."""
 
 import json
+import re
 import pathlib
 
 import gin
@@ -177,6 +178,30 @@ Evaluator.num_batches = 1
     assert np.isfinite(m["train/loss"]) and m["train/image/tokens"] > 0 and m["train/text/tokens"] > 0
   assert metrics[-1]["train/loss"] < metrics[0]["train/loss"]
   assert metrics[0]["train/z_loss"] > 0
+
+
+def test_records_the_renderer_cannot_take_never_stop_a_run(tmp_path, capsys, clean_gin):
+  """A shard written by another tool with a caption holding `<soim>` and a code out of range among
+  good records: the run trains on, each bad record is skipped and counted in `data/skipped_records`,
+  and the console says so once."""
+  from anygpt_jax.data.shards import Part, Sample
+  from anygpt_jax.testing import synthetic_corpus
+  inputs = write_run_inputs(tmp_path, records=8)
+  rng = np.random.default_rng(5)
+  good = [synthetic_corpus.make_sample("image_text", i, rng, "pairs") for i in range(40)]
+  bad = [Sample("alt-text", [Part("image", codes=[1]), Part("text", "an alt text <soim> of a cat")]),
+         Sample("out-of-range", [Part("image", codes=[9000]), Part("text", "fine words")])]
+  synthetic_corpus.write_shards(str(tmp_path / "shards" / "pairs"), "pairs", "train", bad + good)
+  run_file = tmp_path / "run.gin"
+  run_file.write_text(run_gin_text(inputs, steps=2))
+  assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={tmp_path / 'run'}"]) == 0
+  out = capsys.readouterr().out
+  entries = [json.loads(l) for l in (tmp_path / "run" / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
+  counts = [m["data/skipped_records"] for m in entries if "train/loss" in m]
+  # Counted each time they are read: the 42 records repeat many times in the first batches' windows.
+  assert len(counts) == 2 and all(c > 0 and c % 2 == 0 for c in counts)
+  warning, = re.findall(r"warning: step \d+: (\d+) records skipped so far", out)
+  assert int(warning) in counts
 
 
 @pytest.mark.parametrize("damage", ["cut_short", "random_bytes"])

@@ -109,8 +109,10 @@ def pack_window(targets: tf.RaggedTensor, weights: tf.RaggedTensor, length: int,
 
 
 def empty_carry() -> tuple:
-  """The carried samples between windows: flat targets, flat weights, lengths, ages."""
-  return (tf.zeros([0], tf.int32), tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.zeros([0], tf.int32))
+  """The carried samples between windows: flat targets, flat weights, lengths, ages; and the count
+  of skipped records not yet reported (a window that emits no row passes it on)."""
+  return (tf.zeros([0], tf.int32), tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.zeros([0], tf.int32),
+          tf.zeros([], tf.int32))
 
 
 def window_check(window: dict, length: int, overlong: str, name: str = "") -> tf.Operation:
@@ -142,7 +144,7 @@ def pack_window_carrying(carry: tuple, window: dict, length: int, overlong: str 
 
 def _pack_window_carrying(carry: tuple, window: dict, length: int, overlong: str, max_carry_rows: int,
                           min_fill: float, max_carries: int):
-  carry_targets, carry_weights, carry_lengths, carry_age = carry
+  carry_targets, carry_weights, carry_lengths, carry_age, carry_skipped = carry
   targets, weights, num_overlong = _trim_or_drop(window["targets"], window["loss_weights"], length, overlong)
   targets = tf.concat([tf.RaggedTensor.from_row_lengths(carry_targets, carry_lengths, validate=False), targets], 0)
   weights = tf.concat([tf.RaggedTensor.from_row_lengths(carry_weights, carry_lengths, validate=False), weights], 0)
@@ -163,16 +165,20 @@ def _pack_window_carrying(carry: tuple, window: dict, length: int, overlong: str
   out = _rows(tf.ragged.boolean_mask(targets, emitted), tf.ragged.boolean_mask(weights, emitted),
               tf.gather(new_index, tf.boolean_mask(assign, emitted)), num_rows - num_carried, length)
   out["num_overlong"] = tf.one_hot(0, num_rows - num_carried, on_value=num_overlong, off_value=0, dtype=tf.int32)
+  skipped = carry_skipped + tf.reduce_sum(window["num_skipped"])
+  out["num_skipped"] = tf.one_hot(0, num_rows - num_carried, on_value=skipped, off_value=0, dtype=tf.int32)
   kept_targets = tf.ragged.boolean_mask(targets, carried_sample)
   new_carry = (kept_targets.flat_values, tf.ragged.boolean_mask(weights, carried_sample).flat_values,
-               kept_targets.row_lengths(), tf.boolean_mask(age, carried_sample))
+               kept_targets.row_lengths(), tf.boolean_mask(age, carried_sample),
+               tf.where(num_rows - num_carried > 0, 0, skipped))
   return new_carry, out
 
 
 def pack_dataset(dataset: tf.data.Dataset, length: int, window: int = 1024, overlong: str = "drop",
                  max_carry_rows: int = 4, min_fill: float = 0.99, max_carries: int = 16,
                  name: str = "") -> tf.data.Dataset:
-  """Rendered samples {'targets', 'loss_weights'} -> packed rows of LM features (+ 'num_overlong').
+  """Rendered samples {'targets', 'loss_weights'} -> packed rows of LM features (+ 'num_overlong' and
+  'num_skipped': the overlong samples and the skipped records of a window, on its first row).
 
   Windows of `window` samples are packed first-fit decreasing; up to `max_carry_rows` rows
   filled below `min_fill` move to the next window, a sample at most `max_carries` times
@@ -183,12 +189,13 @@ def pack_dataset(dataset: tf.data.Dataset, length: int, window: int = 1024, over
     raise ValueError(f"overlong={overlong!r}; expected one of {OVERLONG_POLICIES}")
   if window < 1 or length < 2:
     raise ValueError(f"window={window} and length={length} must be positive (length >= 2)")
-  dataset = dataset.map(lambda ex: {"targets": ex["targets"], "loss_weights": ex["loss_weights"]})
+  dataset = dataset.map(_packed_features)
   windows = dataset.ragged_batch(window).map(lambda w: {**w, "final": tf.constant(False)})
   if windows.cardinality() != tf.data.INFINITE_CARDINALITY:
     empty = tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32), tf.zeros([0], tf.int64))
     windows = windows.concatenate(tf.data.Dataset.from_tensors(
-        {"targets": empty, "loss_weights": empty, "final": tf.constant(True)}))
+        {"targets": empty, "loss_weights": empty, "num_skipped": tf.zeros([0], tf.int32),
+         "final": tf.constant(True)}))
   packed = _traced_pack_step(length, overlong, max_carry_rows, min_fill, max_carries)
 
   def step(carry, w):
@@ -215,6 +222,14 @@ def _traced_pack_step(length: int, overlong: str, max_carry_rows: int, min_fill:
   return step
 
 
+@tf.autograph.experimental.do_not_convert
+def _packed_features(ex: dict) -> dict:
+  """What packing reads of a rendered sample; 'num_skipped' (records the renderer skipped before
+  it, `preprocessors.unbatch_counting_skipped`) is 0 for a dataset without it."""
+  return {"targets": ex["targets"], "loss_weights": ex["loss_weights"],
+          "num_skipped": ex.get("num_skipped", tf.constant(0, tf.int32))}
+
+
 def pad_dataset(dataset: tf.data.Dataset, length: int, overlong: str = "drop") -> tf.data.Dataset:
   """Unpacked rows: one sample per row, padded with 0 (same features as `pack_dataset`)."""
   if overlong not in OVERLONG_POLICIES:
@@ -234,6 +249,7 @@ def pad_dataset(dataset: tf.data.Dataset, length: int, overlong: str = "drop") -
         "decoder_segment_ids": tf.pad(tf.ones_like(targets), pad),
         "decoder_positions": tf.pad(positions, pad),
         "num_overlong": tf.cast(too_long, tf.int32),
+        "num_skipped": ex.get("num_skipped", tf.constant(0, tf.int32)),
         "keep": tf.logical_or(overlong == "trim", tf.logical_not(too_long)),
     }
 

@@ -481,6 +481,9 @@ def corrupt_shard_error(files: Sequence[str], error: Exception) -> sources.Corru
                                    + ". Tokenize it again, or leave it out of the corpus.")
 
 
+STAT_FEATURES = ("num_overlong", "num_skipped")  # int32 [B] counts on a window's first row (`packing`)
+
+
 @gin.configurable
 def get_dataset(mixture_or_task_name: str, sequence_length: int, batch_size: int, split: str = "train",
                 seed: int = 0, shuffle: bool = True, shard_index: int = 0, num_shards: int = 1, pack: bool = True,
@@ -501,7 +504,8 @@ def get_dataset(mixture_or_task_name: str, sequence_length: int, batch_size: int
     num_epochs: -1 (default) repeats forever for 'train' and reads once otherwise; None repeats.
     rows_per_window: packing window in rows of one corpus (bounds memory and the latency of the
       first batch; a window's short rows are carried into the next, see `packing`).
-    with_stats: keep `num_overlong` (per row: overlong samples dropped or trimmed).
+    with_stats: keep `STAT_FEATURES` (per row: `num_overlong`, the overlong samples dropped or
+      trimmed, and `num_skipped`, the records the renderer could not take and left out).
   Returns:
     tf.data.Dataset of dicts: decoder_input_tokens, decoder_target_tokens, decoder_loss_weights,
     decoder_segment_ids, decoder_positions, each int32 [B, L].
@@ -527,7 +531,7 @@ def get_dataset(mixture_or_task_name: str, sequence_length: int, batch_size: int
     weights = np.array([r for _, r in pairs], np.float64)
     ds = tf.data.Dataset.sample_from_datasets(rows, weights=list(weights / weights.sum()), seed=seed,
                                               stop_on_empty_dataset=False)
-  keys = BATCH_FEATURES + (("num_overlong",) if with_stats else ())
+  keys = BATCH_FEATURES + (STAT_FEATURES if with_stats else ())
 
   @tf.autograph.experimental.do_not_convert
   def select(ex):

@@ -50,9 +50,24 @@ def parse_batch(batch: dict) -> dict:
 def _render_in_batches(dataset: tf.data.Dataset, render_batch) -> tf.data.Dataset:
   """Raw records -> rendered examples: `RENDER_BATCH` records parsed and rendered per call."""
   dataset = dataset.batch(RENDER_BATCH)
-  dataset = dataset.map(tf.autograph.experimental.do_not_convert(lambda b: render_batch(parse_batch(b))),
-                        num_parallel_calls=tf.data.AUTOTUNE)
-  return dataset.unbatch()
+  dataset = dataset.map(tf.autograph.experimental.do_not_convert(
+      lambda b: render_batch(parse_batch(b), skip_invalid=True)), num_parallel_calls=tf.data.AUTOTUNE)
+  return unbatch_counting_skipped(dataset)
+
+
+@tf.autograph.experimental.do_not_convert
+def _count_on_first_row(pending: tf.Tensor, batch: dict):
+  rows = batch["targets"].nrows(out_type=tf.int32)
+  total = pending + batch["num_skipped"]
+  out = {k: v for k, v in batch.items() if k != "num_skipped"}
+  out["num_skipped"] = tf.one_hot(0, rows, on_value=total, off_value=0, dtype=tf.int32)
+  return tf.where(rows > 0, 0, total), out
+
+
+def unbatch_counting_skipped(batches: tf.data.Dataset) -> tf.data.Dataset:
+  """Rendered batches (each with a scalar 'num_skipped') -> examples, each with 'num_skipped' (int32):
+  the records skipped since the previous example, so a batch that kept none passes its count on."""
+  return batches.scan(tf.constant(0, tf.int32), _count_on_first_row).unbatch()
 
 
 def render_pairs(dataset: tf.data.Dataset, renderer: GraphRenderer, kind: str, to_text_probability: float,
@@ -78,11 +93,10 @@ def render_pairs(dataset: tf.data.Dataset, renderer: GraphRenderer, kind: str, t
     draw = tf.random.stateless_uniform(n, seeds[1])
     to_text_pick = tf.gather(to_text_pool, tf.cast(draw * len(to_text_instructions), tf.int32))
     from_text_pick = tf.gather(from_text_pool, tf.cast(draw * len(from_text_instructions), tf.int32))
-    out = renderer.render_batch(batch, kind, to_text, tf.where(to_text, to_text_pick, from_text_pick))
-    out["to_text"] = tf.cast(to_text, tf.int32)
-    return out
+    return renderer.render_batch(batch, kind, to_text, tf.where(to_text, to_text_pick, from_text_pick),
+                                 skip_invalid=True)
 
-  return render(dataset.batch(RENDER_BATCH)).unbatch()
+  return unbatch_counting_skipped(render(dataset.batch(RENDER_BATCH)))
 
 
 def render_unprompted(dataset: tf.data.Dataset, renderer: GraphRenderer, kind: str) -> tf.data.Dataset:

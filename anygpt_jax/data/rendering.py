@@ -43,7 +43,8 @@ import tensorflow_text as tf_text
 
 from anygpt_jax.data.shards import PART_KINDS, Part
 from anygpt_jax.vocabulary import chat_format
-from anygpt_jax.vocabulary.layout import BOS_ID, CHAT_TOKENS, EOS_ID, MODALITIES, MODALITY_NAMES, ROLE_TOKENS
+from anygpt_jax.vocabulary.layout import (BOS_ID, CHAT_TOKENS, EOS_ID, MODALITIES, MODALITY_NAMES, ROLE_TOKENS,
+                                          control_token_pattern)
 from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
 
 PAIR_KINDS = {f"{m}_text": m for m in MODALITY_NAMES}  # image_text -> image, ...
@@ -337,9 +338,56 @@ class GraphRenderer:
                     tf.gather(ids.row_limits(), rows))
     return ids.with_flat_values(tf.cast(tf.logical_or(inside, last), tf.int32))
 
+  def valid_rows(self, batch, kind: str) -> tf.Tensor:
+    """bool [B]: the records rendering takes as `kind`: known part kinds, codes inside their
+    modality's range, the parts a pair needs or the roles a chat needs, and no control token inside
+    text (`layout.control_token_in_text`'s rule). Each failed check is an error of `render_batch`."""
+    kinds = self.kind_index(batch["part_kind"].flat_values)
+    part_row = batch["part_kind"].value_rowids()
+    nrows = batch["part_kind"].nrows()
+    lengths = tf.cast(batch["part_code_len"].flat_values, tf.int32)
+    codes = batch["part_codes"].flat_values
+    code_kind = tf.repeat(kinds, lengths)
+    bad_code = tf.logical_or(code_kind <= 0, tf.logical_or(codes < 0, codes >= tf.gather(self.num_codes,
+                                                                                         tf.maximum(code_kind, 0))))
+    part_of_code = tf.repeat(tf.range(tf.size(kinds)), lengths)
+    bad_part = tf.logical_or(kinds < 0, tf.math.unsorted_segment_max(tf.cast(bad_code, tf.int32), part_of_code,
+                                                                      tf.size(kinds)) > 0)
+    forbidden = "(?s).*(?:" + control_token_pattern(chat=kind == "chat") + ").*"
+    bad_part = tf.logical_or(bad_part, tf.logical_and(kinds == 0, tf.strings.regex_full_match(
+        batch["part_text"].flat_values, forbidden)))
+    if kind == "chat":
+      roles = batch["part_role"].flat_values
+      known = tf.reduce_any(tf.equal(roles[:, None], self.roles[None, :]), 1)
+      bad_part = tf.logical_or(bad_part, tf.logical_not(known))
+    ok = tf.math.unsorted_segment_max(tf.cast(bad_part, tf.int32), part_row, nrows) <= 0  # a row without parts: 0
+    if kind in PAIR_KINDS:
+      ok = tf.logical_and(ok, tf.equal(tf.strings.reduce_join(batch["part_kind"], axis=1, separator=","),
+                                       f"{PAIR_KINDS[kind]},text"))
+    elif kind == "chat":
+      assistant = tf.math.unsorted_segment_sum(tf.cast(tf.equal(batch["part_role"].flat_values, "assistant"),
+                                                       tf.int32), part_row, nrows)
+      ok = tf.logical_and(ok, assistant > 0)
+    return ok
+
   @tf.autograph.experimental.do_not_convert  # no tensor-dependent Python control flow: skip autograph
-  def render_batch(self, batch, kind: str, to_text=None, instruction=None) -> dict:
-    """B parsed examples (ragged-batched) -> {'targets', 'loss_weights': int32 ragged [B, None], 'id', 'shard'}."""
+  def render_batch(self, batch, kind: str, to_text=None, instruction=None, skip_invalid: bool = False) -> dict:
+    """B parsed examples (ragged-batched) -> {'targets', 'loss_weights': int32 ragged [B, None], 'id', 'shard'},
+    and 'to_text' (int32 [B]) when directions are given.
+
+    A record rendering cannot take fails the batch (InvalidArgumentError naming its shard file and
+    record id); with `skip_invalid` such records (`valid_rows`) are left out instead, and
+    'num_skipped' (int32 scalar) counts them: one bad record never stops a training run.
+    """
+    if skip_invalid:
+      valid = self.valid_rows(batch, kind)
+      batch = {k: tf.ragged.boolean_mask(v, valid) if isinstance(v, tf.RaggedTensor) else tf.boolean_mask(v, valid)
+               for k, v in batch.items()}
+      to_text = None if to_text is None else tf.boolean_mask(to_text, valid)
+      instruction = None if instruction is None else tf.boolean_mask(instruction, valid)
+      out = self.render_batch(batch, kind, to_text, instruction)
+      out["num_skipped"] = tf.size(valid) - tf.reduce_sum(tf.cast(valid, tf.int32))
+      return out
     kinds = self.kind_index(batch["part_kind"].flat_values)
     if kind in PAIR_KINDS:
       strings = self.pair_strings(batch, kinds, PAIR_KINDS[kind], to_text, instruction)
@@ -350,8 +398,11 @@ class GraphRenderer:
     else:
       raise RenderError(f"unknown task kind {kind!r}; expected one of {TASK_KINDS}")
     ids = self.strings_to_ids(strings, self.global_code_rows(batch, kinds), kinds, batch)
-    return {"targets": ids, "loss_weights": self.loss_weights(ids, kind == "chat"),
-            "id": batch["id"], "shard": batch["shard"]}
+    out = {"targets": ids, "loss_weights": self.loss_weights(ids, kind == "chat"), "id": batch["id"],
+           "shard": batch["shard"]}
+    if to_text is not None:  # a pair's drawn direction, int32 [B]
+      out["to_text"] = tf.cast(to_text, tf.int32)
+    return out
 
   def render(self, ex, kind: str, to_text=None, instruction=None) -> dict:
     """One parsed example -> {'targets': int32 [n], 'loss_weights': int32 [n], 'id', 'shard'}."""

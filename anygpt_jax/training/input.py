@@ -101,9 +101,13 @@ class TrainInput:
     self.iterators = {
         shard: DatasetIterator(pipeline.get_dataset(
             mixture_or_task_name, self.sequence_length, batch_size // num_input_shards, split=split,
-            seed=seed, shuffle=shuffle, shard_index=shard, num_shards=num_input_shards, pack=pack),
+            seed=seed, shuffle=shuffle, shard_index=shard, num_shards=num_input_shards, pack=pack,
+            with_stats=True),
             files=functools.partial(pipeline.input_files, mixture_or_task_name, split, shard, num_input_shards))
         for shard in self.shard_indices}
+    # Records of this process's input the renderer could not take and skipped since this session
+    # started (one bad record never stops a run; `data/skipped_records` in the metrics).
+    self.skipped_records = 0
 
   def description(self) -> dict:
     """What fixes this input's stream of batches (exact resume needs every value unchanged)."""
@@ -118,6 +122,7 @@ class TrainInput:
   def next_local_batch(self) -> dict[str, np.ndarray]:
     """int32 [batch_size / processes, L] per feature: this process's rows of the next batch."""
     parts = [next(self.iterators[shard]) for shard in self.shard_indices]
+    self.skipped_records += sum(int(p["num_skipped"].sum()) for p in parts)
     return {k: np.concatenate([p[k] for p in parts], axis=0).astype(np.int32) for k in BATCH_FEATURES}
 
 

@@ -343,6 +343,8 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, ope
   eta = metrics_lib.Eta(last_step)
   step = first_step = int(jax.device_get(state.step))
 
+  warned_skipped = [0]
+
   def report(pending: _Pending) -> dict[str, float]:
     """Reads a finished step's metrics: logs, console, non-finite streak check."""
     scalars = _scalars(pending.metrics)  # waits for that step (the next one is already queued)
@@ -351,6 +353,12 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, ope
     remaining = eta.update(pending.step)
     if remaining is not None:
       scalars["perf/eta_s"] = remaining
+    scalars["data/skipped_records"] = data.skipped_records
+    if data.skipped_records > warned_skipped[0]:  # rare: every new one is worth a line
+      warned_skipped[0] = data.skipped_records
+      _console(f"[anygpt-train] warning: step {pending.step}: {data.skipped_records} records skipped so far: "
+               "the renderer cannot take them (a control token inside text, a code out of range, a pair or chat "
+               "without its parts); anygpt-tokenize rejects such records, so remake the shards they came from")
     streak = int(scalars["train/nonfinite_streak"])
     # Skipped steps are always logged: they are rare and one wants to see each.
     if (pending.step % log_every_steps == 0 or pending.step == last_step or pending.step == 1 or streak > 0):

@@ -319,12 +319,19 @@ def target_modality(ids, layout: VocabularyLayout):
   return out.astype("int32") if hasattr(out, "astype") else out
 
 
-# Any added token: role markers, chat markers, start/end tokens, or a modality code (any text
-# between a modality's symbol and `>`, so that a malformed code is found and reported).
-ADDED_TOKEN_PATTERN = re.compile("|".join(
-    [re.escape(t) for t in ROLE_TOKENS + CHAT_TOKENS]
-    + [re.escape(t) for m in MODALITIES for t in (m.start_token, m.end_token)]
-    + ["<(?:" + "|".join(re.escape(m.symbol) for m in MODALITIES) + ")[^<>]*>"]))
+def control_token_pattern(chat: bool = False) -> str:
+  """A regular expression (Python's `re` and RE2 alike) of the added-token strings: role markers,
+  chat markers (left out with `chat=True`: text of chat messages may hold them), start/end tokens,
+  or a modality code (any text between a modality's symbol and `>`, so that a malformed code is
+  found and reported)."""
+  literals = ROLE_TOKENS + (() if chat else CHAT_TOKENS) + tuple(
+      t for m in MODALITIES for t in (m.start_token, m.end_token))
+  return "|".join([re.escape(t) for t in literals] +
+                  ["<(?:" + "|".join(re.escape(m.symbol) for m in MODALITIES) + ")[^<>]*>"])
+
+
+ADDED_TOKEN_PATTERN = re.compile(control_token_pattern())
+_CHAT_TEXT_FORBIDDEN = re.compile(control_token_pattern(chat=True))
 
 
 def control_token_in_text(text: str, chat: bool = False) -> tuple[int, str] | None:
@@ -333,14 +340,12 @@ def control_token_in_text(text: str, chat: bool = False) -> tuple[int, str] | No
   Text is text: a caption, transcript, document text or chat message that contained `<soim>`,
   `[MMGPT]`, `<eos>` or a code token would be read as that control token when the sample is
   rendered (a span that never closes, a loss mask that trains the user's turn). Such a record is
-  rejected (category `special_token_in_text`) by the tokenization job and refused by generation
-  requests, rather than silently re-read. AnyInstruct's `<-Ins->` and `<-Res->` are the one
+  rejected (category `special_token_in_text`) by the tokenization job, refused by generation
+  requests and skipped (and counted) by the training pipeline, rather than silently re-read. AnyInstruct's `<-Ins->` and `<-Res->` are the one
   exception: AnyGPT writes them inside chat messages (`chat=True`).
   """
-  for match in ADDED_TOKEN_PATTERN.finditer(text):
-    if not (chat and match.group() in CHAT_TOKENS):
-      return match.start(), match.group()
-  return None
+  match = (_CHAT_TEXT_FORBIDDEN if chat else ADDED_TOKEN_PATTERN).search(text)
+  return (match.start(), match.group()) if match else None
 
 
 def split_added_tokens(text: str) -> list[tuple[bool, str]]:

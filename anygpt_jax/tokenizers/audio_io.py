@@ -10,8 +10,6 @@ import os
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
 from anygpt_jax.tokenizers.media import MediaError, MediaRef  # noqa: F401 (MediaError is re-exported)
 
@@ -118,6 +116,9 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
   """float32 (samples,) from one rate to another (band-limited sinc, torchaudio)."""
   if from_rate == to_rate:
     return np.ascontiguousarray(wave, dtype=np.float32)
+  # Imported here: a job over AnyGPT's code strings reads no audio and should not pay torch's import.
+  import torch
+  import torchaudio.functional as AF
   out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), from_rate, to_rate)
   return out.numpy()
 

@@ -37,7 +37,7 @@ from etils import epath
 
 from anygpt_jax import filesystem
 from anygpt_jax.data.shards import Part, Sample, serialize_sample, shard_filename
-from anygpt_jax.tokenizers import anygpt_data, audio_io, image as image_lib, provenance
+from anygpt_jax.tokenizers import anygpt_data, audio_io, provenance
 from anygpt_jax.tokenizers.media import MediaError, MediaRef
 from anygpt_jax.tokenizers.inputs import InputRecord
 from anygpt_jax.tokenizers.tfrecord import TFRecordWriter
@@ -127,6 +127,7 @@ class Tokenizers:
         from anygpt_jax.tokenizers.music import EncodecMusicWorker
         self._workers[kind] = EncodecMusicWorker(path, self.cfg.device, self.cfg.music_clip_seconds)
       else:
+        from anygpt_jax.tokenizers import image as image_lib  # torch: only jobs that read media import it
         self._workers[kind] = image_lib.SeedImageWorker(path, self.cfg.device)
     worker = self._workers[kind]
     if worker is None:
@@ -143,6 +144,7 @@ def _load(kind: str, ref: MediaRef, toks: Tokenizers, cfg: JobConfig):
   try:
     worker = toks.get(kind)
     if kind == "image":
+      from anygpt_jax.tokenizers import image as image_lib
       return image_lib.load_image(ref, strict_rgb=cfg.strict_formats)
     limit = cfg.max_speech_seconds if kind == "speech" else cfg.max_music_seconds
     wave = audio_io.load_audio(ref, worker.sample_rate, limit, strict_mono=cfg.strict_formats)

@@ -58,6 +58,16 @@ def test_tiny_checkpoint_has_the_encodec_32khz_layout(worker, tmp_path):
       "encodec", 32000, 2048, [2.2])
   assert json.loads((d / "preprocessor_config.json").read_text())["sampling_rate"] == 32000
   assert (worker.sample_rate, worker.frame_rate, worker.num_codebooks, worker.codebook_size) == (32000, 50.0, 4, 2048)
+  # The published files' weight-norm keys (weight_g/weight_v, as transformers 4.x writes them), and
+  # they load into every parameter (the golden codes below pin what they compute).
+  from safetensors import safe_open
+  from transformers import EncodecModel
+  with safe_open(str(d / "model.safetensors"), "pt") as f:
+    keys = list(f.keys())
+  assert "encoder.layers.0.conv.weight_g" in keys and "encoder.layers.0.conv.weight_v" in keys
+  assert not [k for k in keys if "parametrizations" in k]
+  _, info = EncodecModel.from_pretrained(str(d), output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
 
 
 def test_five_seconds_is_1000_tokens_in_codebook_ranges(worker):

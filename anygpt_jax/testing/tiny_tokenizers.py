@@ -137,9 +137,20 @@ def save_tiny_encodec(directory, seed: int = 0) -> pathlib.Path:
     layer.codebook.embed_avg.copy_(layer.codebook.embed)
     layer.codebook.inited.fill_(True)
   model.save_pretrained(out)
+  _as_published_weight_norm(out / "model.safetensors")
   EncodecFeatureExtractor(feature_size=1, sampling_rate=32000, padding_value=0.0, chunk_length_s=None,
                           overlap=None).save_pretrained(out)
   return out
+
+
+def _as_published_weight_norm(path: pathlib.Path) -> None:
+  """Renames weight-norm tensors to the keys the published `facebook/encodec_32khz` files (and
+  transformers 4.x, AnyGPT's 4.34.1 among them) use, `weight_g`/`weight_v`, from the
+  `parametrizations.weight.original0/1` that transformers 5 saves, so the tests load that layout."""
+  from safetensors.torch import load_file, save_file
+  renamed = {k.replace("parametrizations.weight.original0", "weight_g").replace(
+      "parametrizations.weight.original1", "weight_v"): v for k, v in load_file(str(path)).items()}
+  save_file(renamed, str(path), metadata={"format": "pt"})
 
 
 @torch.no_grad()

@@ -147,6 +147,13 @@ def test_detokenizer_with_and_without_voice_prompt(models, tmp_path):
   sf.write(prompt, _speech(4.0, seed=9), 16000)
   assert detok.prompt_codes(str(prompt)).shape == (200, 8)  # the whole 4 s prompt, as AnyGPT takes it
   assert detok.prompt_codes(str(prompt), max_seconds=3.0).shape == (150, 8)
+  # AnyGPT's voice cloning encodes the prompt with the library's own SpeechTokenizer.encode, autograd
+  # on (`decode_speech` in its chat CLI): the same codes, also when the caller is under no_grad.
+  written, _ = sf.read(prompt, dtype="float32")  # 16-bit PCM, read as torchaudio.load reads it
+  theirs = w.model.encode(torch.from_numpy(written)[None, None])  # (q, 1, frames)
+  np.testing.assert_array_equal(detok.prompt_codes(str(prompt)), theirs[:, 0].T.numpy())
+  with torch.no_grad():
+    np.testing.assert_array_equal(detok.prompt_codes(str(prompt)), theirs[:, 0].T.numpy())
   cloned = detok(semantic, prompt_wav=str(prompt), steps=3)
   assert cloned.shape == wave.shape and np.all(np.isfinite(cloned))
 

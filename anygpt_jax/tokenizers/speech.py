@@ -115,6 +115,18 @@ class SpeechTokenizerWorker:
     bounds = np.cumsum([0] + frames)
     return [codes[:, bounds[i]:bounds[i + 1]] for i in range(len(frames))]
 
+  def encode_exact(self, wave: np.ndarray) -> np.ndarray:
+    """All levels of one clip through the library's own `SpeechTokenizer.encode`, as AnyGPT encodes
+    a voice prompt: int64 (num_quantizers, frames). `encode_batch` agrees with it up to float
+    rounding at near-ties (99.2-99.75 % of a prompt's codes on shared weights); a prompt is one clip,
+    so it takes this path and gives AnyGPT's codes exactly."""
+    tensor = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None, None].to(self.device)
+    # With autograd on, whatever the caller's mode: AnyGPT's voice cloning encodes its prompt so, and
+    # torch's CPU kernels round differently under no_grad, which moves codes at near-ties.
+    with torch.enable_grad():
+      codes = self.model.encode(tensor)
+    return codes[:, 0].detach().cpu().numpy().astype(np.int64)
+
   def encode_semantic(self, waves: list[np.ndarray]) -> list[np.ndarray]:
     """RVQ-1 codes only: one int64 (frames,) array per clip (what goes into the shards)."""
     return [c[0] for c in self.encode_batch(waves, num_quantizers=1)]
@@ -147,7 +159,7 @@ class SpeechDetokenizer:
     wave = audio_io.load_audio(prompt_wav, self.tokenizer.sample_rate)
     if max_seconds is not None:
       wave = wave[:int(max_seconds * self.tokenizer.sample_rate)]
-    return self.tokenizer.encode_batch([wave], num_quantizers=self.tokenizer.num_quantizers)[0].T
+    return self.tokenizer.encode_exact(wave).T
 
   def __call__(self, semantic: np.ndarray, prompt_wav: str | None = None, steps: int = 3,
                seed: int = 0) -> np.ndarray:

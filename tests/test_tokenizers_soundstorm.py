@@ -68,6 +68,19 @@ def test_generate_defaults_and_determinism(ours):
   assert not torch.equal(sampled[0], sampled[1])
 
 
+def test_the_temperature_0_first_pass_draws_its_noise_as_anygpt_does(ours):
+  """AnyGPT's gumbel_sample draws Gumbel noise even at temperature 0 (level 1's first pass): with
+  steps=1 (one such pass, then greedy ones) a generator moves by exactly one draw of the logits'
+  shape, so the same seed gives AnyGPT's noise on the sampled passes that follow."""
+  _, model = ours
+  semantic = torch.randint(0, 1024, (1, 5), generator=torch.Generator().manual_seed(3))
+  used = torch.Generator().manual_seed(7)
+  model.generate(semantic, steps=1, generator=used)
+  expected = torch.Generator().manual_seed(7)
+  torch.rand((1, 5 * model.cfg.num_quantizers, 1024), generator=expected)  # (b, frames x levels, vocab)
+  assert torch.equal(torch.rand(4, generator=used), torch.rand(4, generator=expected))
+
+
 # AnyGPT's own soundstorm_speechtokenizer code (its SoundStorm.generate with greedy=True, Gumbel
 # sampling at temperature 0) on the tiny checkpoint below, converted to its layout, in a scratch
 # environment (beartype 0.16.4): acoustic codes of the inputs of test_generate_equals_anygpt_procedure.

@@ -416,7 +416,10 @@ def state_dict_to_anygpt(state: dict) -> dict:
 
 
 def _gumbel_argmax(logits, temperature, generator):
-  if temperature <= 0:
-    return logits.argmax(-1)
+  """AnyGPT's `gumbel_sample`: argmax(logits / max(temperature, 1e-10) + Gumbel noise).
+
+  The noise is drawn at temperature 0 too (the first pass of level 1), where it only breaks exact
+  ties, as AnyGPT draws it: so a seed gives AnyGPT's random stream, and its codes, on every later pass.
+  """
   u = torch.rand(logits.shape, generator=generator).clamp(1e-10, 1 - 1e-10)
-  return (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
+  return (logits / max(temperature, 1e-10) - torch.log(-torch.log(u))).argmax(-1)

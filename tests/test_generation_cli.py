@@ -175,3 +175,17 @@ def test_readme_bench_command_runs(capsys):
                               "--prompt_len", "8", "--new_tokens", "4", "--repeats", "1"]) == 0
   rows = [l for l in capsys.readouterr().out.splitlines() if l.strip().split("|")[0].strip() in ("1", "2")]
   assert len(rows) == 2 and all(len(r.split("|")[2].split()) == 3 for r in rows)
+
+
+def test_music_inputs_are_read_as_long_as_anygpt_reads_them(models, tmp_path):
+  """AnyGPT's base-model CLI encodes 20 s of a music input, its chat CLI 5 s; --music_seconds sets it."""
+  import soundfile as sf
+  from anygpt_jax.generation.media import Media
+  song = tmp_path / "song.wav"
+  t = np.arange(32000 * 25) / 32000
+  sf.write(song, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 32000)
+  media = Media(music_model=models["music"])
+  per_second = 50 * media.music_codebooks  # 50 Encodec frames a second, 4 codebooks each
+  assert len(media.encode("music", str(song))) == 20 * per_second
+  assert len(media.encode("music", str(song), chat=True)) == 5 * per_second
+  assert len(Media(music_model=models["music"], music_seconds=3.0).encode("music", str(song))) == 3 * per_second

@@ -52,7 +52,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--speech_model", help="SpeechTokenizer directory (speech in and out)")
   p.add_argument("--soundstorm_model", help="SoundStorm checkpoint (speech out)")
   p.add_argument("--music_model", help="Encodec 32 kHz directory (music in and out)")
-  p.add_argument("--music_seconds", type=float, default=5.0, help="music input is cut to this (AnyGPT: 5 s clips)")
+  p.add_argument("--music_seconds", type=float, default=None,
+                 help="music input is cut to its first N seconds (default: as AnyGPT's CLIs, 20 s for a base "
+                      "model's task, 5 s in a chat)")
   p.add_argument("--image_steps", type=int, default=20, help="unCLIP denoising steps")
   p.add_argument("--soundstorm_steps", type=int, default=3, help="SoundStorm passes (AnyGPT: vc_steps 3)")
   p.add_argument("--seed", type=int, default=0)

@@ -18,6 +18,13 @@ import numpy as np
 from anygpt_jax.generation.requests import RequestError
 
 
+# How much of a music input AnyGPT's inference reads: its base-model CLI 20 s
+# (`cli_infer_base_model.py`, music_segment_duration = 20), its chat CLI 5 s (`cli_infer_chat_model.py`).
+# AnyGPT reads a random segment of a longer file; we take its start, so a request is reproducible.
+BASE_MUSIC_SECONDS = 20.0
+CHAT_MUSIC_SECONDS = 5.0
+
+
 class Media:
   """Tokenizers and de-tokenizers given by local paths (None: not available).
 
@@ -27,7 +34,8 @@ class Media:
     speech_model: SpeechTokenizer directory (speech in; with soundstorm_model, speech out).
     soundstorm_model: SoundStorm checkpoint file (speech out).
     music_model: Encodec 32 kHz directory (music in and out).
-    music_seconds: music inputs are cut to this many seconds (AnyGPT: 5 s clips).
+    music_seconds: music inputs are cut to this many seconds; None: as AnyGPT's CLIs,
+      `BASE_MUSIC_SECONDS` for a base model's task and `CHAT_MUSIC_SECONDS` in a chat.
     image_steps: unCLIP denoising steps.
     soundstorm_steps: SoundStorm passes per level (AnyGPT: 3).
     seed: the de-tokenizers' noise seed.
@@ -35,7 +43,7 @@ class Media:
 
   def __init__(self, image_model: str | None = None, unclip_model: str | None = None,
                speech_model: str | None = None, soundstorm_model: str | None = None,
-               music_model: str | None = None, music_seconds: float = 5.0, image_steps: int = 20,
+               music_model: str | None = None, music_seconds: float | None = None, image_steps: int = 20,
                soundstorm_steps: int = 3, seed: int = 0):
     self.paths = {"image": image_model, "unclip": unclip_model, "speech": speech_model,
                   "soundstorm": soundstorm_model, "music": music_model}
@@ -63,7 +71,7 @@ class Media:
       model = SpeechTokenizerWorker(self._path("speech", "--speech_model"))
     elif name == "music":
       from anygpt_jax.tokenizers.music import EncodecMusicWorker
-      model = EncodecMusicWorker(self._path("music", "--music_model"), clip_seconds=self.music_seconds)
+      model = EncodecMusicWorker(self._path("music", "--music_model"), clip_seconds=None)  # cut in `encode`
     elif name == "unclip":
       from anygpt_jax.tokenizers.image import ImageDetokenizer
       model = ImageDetokenizer(self._model("image"), self._path("unclip", "--unclip_model"))
@@ -91,8 +99,9 @@ class Media:
     return all(self.paths[n] for n in needs[kind])
 
   # --- in -------------------------------------------------------------------------------------
-  def encode(self, kind: str, path: str) -> np.ndarray:
-    """Local codes of a media file (image: 32 SEED codes; speech: RVQ-1; music: flattened Encodec)."""
+  def encode(self, kind: str, path: str, chat: bool = False) -> np.ndarray:
+    """Local codes of a media file (image: 32 SEED codes; speech: RVQ-1; music: flattened Encodec,
+    of its first `music_seconds`, or of what AnyGPT's base or chat CLI reads when that is None)."""
     from anygpt_jax.tokenizers import audio_io
     from anygpt_jax.tokenizers.audio_io import MediaError
     try:
@@ -103,7 +112,11 @@ class Media:
         worker = self._model("speech")
         return worker.encode_semantic([audio_io.load_audio(path, worker.sample_rate)])[0]
       worker = self._model("music")
-      return worker.encode_batch([worker.clip(audio_io.load_audio(path, worker.sample_rate))])[0]
+      seconds = self.music_seconds
+      if seconds is None:
+        seconds = CHAT_MUSIC_SECONDS if chat else BASE_MUSIC_SECONDS
+      wave = audio_io.load_audio(path, worker.sample_rate)[:int(round(seconds * worker.sample_rate))]
+      return worker.encode_batch([wave])[0]
     except MediaError as e:
       raise RequestError(f"{kind} input {path!r}: {e}") from None
 

@@ -97,10 +97,10 @@ class Prompts:
     from anygpt_jax.vocabulary.seqio_vocabulary import BOS_ID
     return [BOS_ID] + list(self.vocabulary.encode(text))
 
-  def _media_codes(self, kind: str, path: str):
+  def _media_codes(self, kind: str, path: str, chat: bool = False):
     if self.media is None:
       raise RequestError(f"a {kind} input needs the {kind} tokenizer")
-    return self.media.encode(kind, path)
+    return self.media.encode(kind, path, chat=chat)
 
   def base(self, task: Task) -> tuple[str, list[int], str | None]:
     """(prompt string, ids, the modality the answer must be or None)."""
@@ -140,7 +140,7 @@ class Prompts:
           except AnyGPTDataError as e:
             raise RequestError(f"chat request: {e}") from None
         elif kind in TASK_MODALITIES:
-          parts.append(Part(kind, codes=[int(c) for c in self._media_codes(kind, value)], role=role))
+          parts.append(Part(kind, codes=[int(c) for c in self._media_codes(kind, value, chat=True)], role=role))
         else:
           raise RequestError(f"chat content item {item!r}: expected text, image, speech or music")
     parts.append(Part("text", text=PLACEHOLDER, role="assistant"))

@@ -252,6 +252,9 @@ def test_a_rerun_after_the_input_or_settings_changed_refuses_unless_asked_to_reb
   assert [s.id for s in _read_shard(shard)] == ["r0", "r1", "r2"]
   assert json.loads(pathlib.Path(f"{shard}.stats.json").read_text())["records_out"] == 3
   assert tokenize_media.main(args) == 0  # and now it is current
+  fresh = tmp_path / "fresh"
+  assert tokenize_media.main(["--anygpt-data", str(data), "--corpus", "demo", "--output-dir", str(fresh)]) == 0
+  assert (fresh / shard.name).read_bytes() == shard.read_bytes()  # the rebuild is what a fresh run writes
 
 
 def test_strict_formats_rejects_conversions(models, tmp_path):

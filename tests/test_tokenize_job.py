@@ -222,6 +222,12 @@ def test_code_strings_have_the_media_limits_and_duplicate_ids_are_counted(tmp_pa
     assert stats["records_out"] == kept == len(_read_shard(out / name))
     assert (stats["duplicate_ids"], stats["duplicate_id_examples"]) == ((1, ["ok"]) if not flags else (0, []))
     assert ("ok" in rejects) == bool(flags)
+  # Across the shards one run writes: the two "ok" records (records 0 and 3) land in shards 0 and 3 of 4.
+  two = tmp_path / "two_shards"
+  assert tokenize_media.main(["--anygpt-data", str(data), "--corpus", "demo", "--output-dir", str(two),
+                              "--max-speech-seconds", "3", "--num-shards", "4"]) == tokenize_media.EXIT_REJECTS
+  counted = [json.loads(p.read_text())["duplicate_ids"] for p in sorted(two.glob("*.stats.json"))]
+  assert sum(counted) == 1 and counted[3] == 1  # the later "ok" is record 3: shard 3 of 4
 
 
 def test_a_rerun_after_the_input_or_settings_changed_refuses_unless_asked_to_rebuild(tmp_path, capsys):

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remake finished shards whose inputs, settings or tokenizer checkpoints changed (without "
                         "it such a rerun stops, naming what changed; unchanged finished shards are always kept)")
   run.add_argument("--drop-duplicate-ids", action="store_true",
-                   help="reject a record whose id the shard already holds (duplicates are counted in the stats "
+                   help="reject a record whose id a shard of this run already holds (duplicates are counted in the stats "
                         "either way)")
   run.add_argument("--strict-formats", action="store_true",
                    help="reject non-RGB images and non-mono audio instead of converting them")

@@ -72,7 +72,7 @@ class JobConfig:
   max_music_seconds: float = 1800.0
   music_clip_seconds: float = 5.0
   strict_formats: bool = False
-  drop_duplicate_ids: bool = False  # a record whose id the shard already holds: rejected, not kept
+  drop_duplicate_ids: bool = False  # a record whose id a shard of this run already holds: rejected, not kept
   rebuild: bool = False  # remake finished shards whose inputs, settings or tokenizers changed
   torch_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
@@ -401,7 +401,8 @@ STATS_EXAMPLES = 3
 class ShardStats:
   """Counts for one shard; `to_json` gives the keys the data pipeline reads."""
 
-  def __init__(self, corpus: str, split: str, index: int, count: int, origin: dict | None = None):
+  def __init__(self, corpus: str, split: str, index: int, count: int, origin: dict | None = None,
+               kept_ids: set[str] | None = None):
     self.corpus, self.split, self.index, self.count = corpus, split, index, count
     self.origin = origin or {}
     self.records_in = self.records_out = self.text_chars = 0
@@ -410,8 +411,9 @@ class ShardStats:
     self.examples: dict[str, list[str]] = {}
     self.dropped: dict[str, int] = {}
     self.tokens = {k: 0 for k in TOKEN_KINDS}
-    self.kept_ids: set[str] = set()
-    self.duplicate_ids: list[str] = []  # kept records whose id an earlier kept record of the shard has
+    # Ids kept so far: this shard's, or (shared) those of every shard this job run writes.
+    self.kept_ids: set[str] = set() if kept_ids is None else kept_ids
+    self.duplicate_ids: list[str] = []  # kept records whose id an earlier kept record already has
 
   def is_duplicate(self, record_id: str) -> bool:
     return record_id in self.kept_ids
@@ -465,7 +467,7 @@ class ShardWriter:
   """Writes one shard under `<output_dir>/.tmp/` (a local temporary directory when the output is a
   URL); `commit` moves stats, rejects, then the shard into place."""
 
-  def __init__(self, cfg: JobConfig, index: int, origin: dict | None = None):
+  def __init__(self, cfg: JobConfig, index: int, origin: dict | None = None, kept_ids: set[str] | None = None):
     self.paths = shard_paths(cfg, index)
     self.remote = not filesystem.is_local(self.paths["shard"])
     if self.remote:
@@ -476,7 +478,7 @@ class ShardWriter:
     self.tmp = {k: tmp_dir / p.name for k, p in self.paths.items()}
     self.writer = TFRecordWriter(str(self.tmp["shard"]))
     self.rejects = open(self.tmp["rejects"], "w", encoding="utf-8")
-    self.stats = ShardStats(cfg.corpus, cfg.split, index, cfg.num_shards, origin)
+    self.stats = ShardStats(cfg.corpus, cfg.split, index, cfg.num_shards, origin, kept_ids)
     self.drop_duplicate_ids = cfg.drop_duplicate_ids
 
   def _reject_line(self, **fields) -> None:
@@ -484,7 +486,8 @@ class ShardWriter:
 
   def add(self, r: RecordResult) -> None:
     if not r.reason and self.drop_duplicate_ids and self.stats.is_duplicate(r.id):
-      r = RecordResult(r.id, r.source, reason="duplicate_id", detail=f"id {r.id!r} is already in this shard")
+      r = RecordResult(r.id, r.source, reason="duplicate_id",
+                       detail=f"id {r.id!r} is already in a shard this run wrote")
     self.stats.add(r)
     if r.reason:
       self._reject_line(id=r.id, reason=r.reason, detail=r.detail, source=r.source)
@@ -548,13 +551,14 @@ def run_local(cfg: JobConfig, records_or_plan, on_progress: Callable[[RecordResu
   plan = as_plan(cfg, records_or_plan)
   toks = toks or Tokenizers(cfg)
   all_stats = []
+  kept_ids: set[str] = set()  # duplicates are found across the shards this run writes
   with concurrent.futures.ThreadPoolExecutor(max(1, cfg.workers)) as pool:
     for index in cfg.shards():
       done = finished_stats(cfg, plan, index)
       if done is not None:
         all_stats.append(done)
         continue
-      writer = ShardWriter(cfg, index, shard_origin(cfg, plan, index))
+      writer = ShardWriter(cfg, index, shard_origin(cfg, plan, index), kept_ids)
       for result in prefetched_results(plan.records(index), toks, cfg, pool):
         writer.add(result)
         if on_progress:

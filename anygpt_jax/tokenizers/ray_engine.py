@@ -91,6 +91,7 @@ def run_ray(cfg: job.JobConfig, records_or_plan, num_actors: int = 1,
           TokenizeActor, fn_constructor_kwargs={"cfg_dict": dataclasses.asdict(cfg)}, batch_size=1,
           compute=ray.data.ActorPoolStrategy(size=num_actors), num_gpus=num_gpus_per_actor or None, num_cpus=1)
       writers: dict[int, job.ShardWriter] = {}
+      kept_ids: set[str] = set()  # duplicates are found across the shards this run writes
       next_window = dict.fromkeys(todo, 0)
       for row in ds.iter_rows():  # streamed to the writers; each shard's windows in order
         index, window = row["shard"], row["window"]
@@ -98,7 +99,7 @@ def run_ray(cfg: job.JobConfig, records_or_plan, num_actors: int = 1,
           raise RuntimeError(f"Ray returned shard {index} window {window}; expected window {next_window.get(index)}")
         next_window[index] += 1
         if index not in writers:
-          writers[index] = job.ShardWriter(cfg, index, job.shard_origin(cfg, plan, index))
+          writers[index] = job.ShardWriter(cfg, index, job.shard_origin(cfg, plan, index), kept_ids)
         for d in pickle.loads(row["results"]):
           result = job.RecordResult(**d)
           writers[index].add(result)

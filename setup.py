@@ -7,7 +7,7 @@ and `gin/` at its top level as the sources; nothing is installed as a top-level 
 
 Dependencies by role (requirements-<role>.in): `train` (the JAX/SeqIO/TensorFlow trainer, no
 torch), `tokenize` (the PyTorch tokenizers, no JAX/TensorFlow/SeqIO), `tpu` (libtpu), `demo`
-(both roles), `test`, and `dev` (everything).
+(both roles), `serve` (the demo set and the HTTP front), `test`, and `dev` (everything).
 """
 
 import pathlib
@@ -27,7 +27,8 @@ def _requirements(name: str) -> list[str]:
 
 _EXTRAS = {role: _requirements(role) for role in ("train", "tokenize", "tpu", "test")}
 _EXTRAS["demo"] = list(dict.fromkeys(_EXTRAS["train"] + _EXTRAS["tokenize"] + _requirements("demo")))
-_EXTRAS["dev"] = sorted(set(_EXTRAS["demo"] + _EXTRAS["tpu"] + _EXTRAS["test"]))
+_EXTRAS["serve"] = list(dict.fromkeys(_EXTRAS["demo"] + _requirements("serve")))
+_EXTRAS["dev"] = sorted(set(_EXTRAS["serve"] + _EXTRAS["tpu"] + _EXTRAS["test"]))
 
 setuptools.setup(
     name="anygpt-jax",
@@ -54,6 +55,7 @@ setuptools.setup(
             "anygpt-compile=anygpt_jax.tools.compile:main",
             "anygpt-generate=anygpt_jax.tools.generate:main",
             "anygpt-eval=anygpt_jax.tools.eval:main",
+            "anygpt-serve=anygpt_jax.tools.serve:main",
         ]
     },
 )

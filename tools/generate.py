@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from anygpt_jax.generation.requests import (TASK_MODALITIES, Prompts, RequestError, Task, answer_text,
-                                           checked_spans, parse_chat, parse_task)
+                                           checked_spans, decoding_request, parse_chat, parse_task)
 
 SETTING_TYPES = {"do_sample": lambda v: v.lower() in ("1", "true", "yes"), "temperature": float, "top_k": int,
                  "top_p": float, "repetition_penalty": float, "min_new_tokens": int, "max_new_tokens": int,
@@ -197,7 +197,7 @@ def generate_records(session: Session, tasks: list[tuple[int, Task | RequestErro
 
   Requests are decoded `batch_size` at a time, chunk k with seed `seed + k * batch_size`; each
   answer's files are written to `output_dir/{index:04d}-{output}.*`."""
-  from anygpt_jax.generation import Request, SettingsError, defaults_for
+  from anygpt_jax.generation import SettingsError
 
   tables, limit = session.generator.tables, session.loaded.config.max_position_embeddings
   records, pending = [], []
@@ -209,23 +209,13 @@ def generate_records(session: Session, tasks: list[tuple[int, Task | RequestErro
       continue
     start = time.perf_counter()
     try:
-      prompt, ids, requested = session.prompts.prompt(task)
-      target = task.target if task.target != "chat" else "text"
-      settings = defaults_for(target, session.stops, **session.overrides[target])
-      if requested and settings.max_new_tokens < tables.min_span_tokens(requested) + 1:
-        raise RequestError(f"max_new_tokens={settings.max_new_tokens} cannot hold a {requested} span "
-                           f"({tables.min_span_tokens(requested)} tokens) and the stop token")
-      if len(ids) + settings.max_new_tokens > limit:
-        raise RequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({settings.max_new_tokens}) exceed the "
-                           f"model's max_position_embeddings={limit}")
-      if requested and settings.num_beams > 1:
-        settings = settings.replace(num_beams=1)
+      prompt, request = decoding_request(task, session.prompts, tables, limit, session.stops, session.overrides)
     except (RequestError, SettingsError) as e:
       record["error"] = str(e)
       continue
-    record.update(prompt=prompt, prompt_ids=ids, settings=dataclasses.asdict(settings),
+    record.update(prompt=prompt, prompt_ids=list(request.prompt), settings=dataclasses.asdict(request.settings),
                   timings={"tokenize_s": time.perf_counter() - start})
-    pending.append((task, record, Request(ids, settings, requested)))
+    pending.append((task, record, request))
 
   os.makedirs(output_dir, exist_ok=True)
   for chunk_start in range(0, len(pending), batch_size):

@@ -83,6 +83,12 @@ class Media:
     self._loaded[name] = model
     return model
 
+  def load_all(self) -> None:
+    """Loads every model given now (a server fails at start on a bad path, not at a request)."""
+    for name, path in self.paths.items():
+      if path:
+        self._model(name)
+
   @property
   def image_length(self) -> int:
     """Codes per image (SEED: 32); AnyGPT's 32 when no image tokenizer is given."""

@@ -119,7 +119,8 @@ class Prompts:
     return text, self._encode(text), None
 
   def chat(self, task: Task) -> tuple[str, list[int], str | None]:
-    """(prompt string, ids, None) of a chat request, up to the assistant's reply."""
+    """(prompt string, ids, the answer's modality) of a chat request, up to the assistant's reply;
+    the modality is None (free decoding) unless the task's target names one (a media answer)."""
     from anygpt_jax.data.shards import Part
     try:  # the problems the export's chat template refuses, refused here too
       chat_format.check_roles([m.get("role") if isinstance(m, dict) else None for m in task.messages],
@@ -146,11 +147,34 @@ class Prompts:
     parts.append(Part("text", text=PLACEHOLDER, role="assistant"))
     full = self.rendering.chat_string(self.layout, parts)
     text = full[:full.index(PLACEHOLDER)].rstrip()  # ends with chat_format.GENERATION_PROMPT
-    return text, self._encode(text), None
+    return text, self._encode(text), task.target if task.target in TASK_MODALITIES[1:] else None
 
   def prompt(self, task: Task) -> tuple[str, list[int], str | None]:
     """`chat` or `base`, whichever the task is."""
     return self.chat(task) if task.messages is not None else self.base(task)
+
+
+def decoding_request(task: Task, prompts: "Prompts", tables, max_positions: int, stop_ids: Sequence[int],
+                     overrides: dict[str, dict]):
+  """(prompt string, `decoding.Request`) of `task`: its prompt ids, the answer modality's default
+  settings with `overrides[modality]` and `stop_ids`, checked against the model; raises RequestError
+  or SettingsError naming the problem.
+
+  A media answer must hold its whole span and a stop id within max_new_tokens, and is sampled (beam
+  search is text only); prompt and answer must fit the model's `max_positions`."""
+  from anygpt_jax.generation import Request, defaults_for
+  prompt, ids, requested = prompts.prompt(task)
+  target = task.target if task.target != "chat" else "text"
+  settings = defaults_for(requested or target, stop_ids, **overrides.get(requested or target, {}))
+  if requested and settings.max_new_tokens < tables.min_span_tokens(requested) + 1:
+    raise RequestError(f"max_new_tokens={settings.max_new_tokens} cannot hold a {requested} span "
+                       f"({tables.min_span_tokens(requested)} tokens) and the stop token")
+  if len(ids) + settings.max_new_tokens > max_positions:
+    raise RequestError(f"prompt ({len(ids)} tokens) + max_new_tokens ({settings.max_new_tokens}) exceed the "
+                       f"model's max_position_embeddings={max_positions}")
+  if requested and settings.num_beams > 1:
+    settings = settings.replace(num_beams=1)
+  return prompt, Request(ids, settings, requested)
 
 
 def _check_text(text: str, where: str) -> None:

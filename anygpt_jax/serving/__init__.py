@@ -1,0 +1,7 @@
+"""Serving a trained model over HTTP in OpenAI's request shapes (`anygpt-serve`).
+
+`protocol` reads OpenAI's chat-completions and completions bodies into the project's requests;
+`service` renders prompts and turns answers into text and media, as `anygpt-generate` does;
+`engine` decodes (the JAX generator in-process, batched by a bounded window); `app` is the
+FastAPI front. The model and data code know nothing of serving.
+"""

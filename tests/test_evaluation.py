@@ -18,6 +18,7 @@ from anygpt_jax.evaluation import benchmarks, metrics, report
 from anygpt_jax.export import save_hf_checkpoint
 from anygpt_jax.model import Transformer, get_config
 from anygpt_jax.testing import benchmark_data
+from anygpt_jax.testing import tiny_evaluators
 from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.vocabulary import VocabularyLayout
 from anygpt_jax.vocabulary.seqio_vocabulary import train_llama_like_sentencepiece
@@ -36,7 +37,7 @@ def readme_commands() -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  """The README's relative layout: exports/demo, tokenizers/, data/coco, data/LibriSpeech."""
+  """The README's relative layout: exports/demo, tokenizers/, evaluators/, data/coco, data/LibriSpeech."""
   root = tmp_path_factory.mktemp("eval")
   spm = train_llama_like_sentencepiece(TEXTS, str(root / "spm"), vocab_size=300)
   layout = VocabularyLayout(text_vocab_size=300)
@@ -45,7 +46,10 @@ def workdir(tmp_path_factory):
   save_hf_checkpoint(jax.tree.map(np.asarray, params), config, layout, str(root / "exports" / "demo"), spm_path=spm)
   tiny.save_tiny_seed(root / "tokenizers" / "seed_tokenizer")
   tiny.save_tiny_speech_tokenizer(root / "tokenizers" / "speechtokenizer")
+  tiny.save_tiny_unclip(root / "tokenizers" / "stable-diffusion-2-1-unclip")
+  tiny_evaluators.save_tiny_clip(root / "evaluators" / "clip-vit-large-patch14")
   benchmark_data.write_coco_karpathy(root / "data" / "coco", num_test=5, missing_image=True)
+  benchmark_data.write_coco_captions(root / "data" / "coco")  # annotations/ beside val2014/, as COCO unpacks
   benchmark_data.write_librispeech(root / "data" / "LibriSpeech")
   return root
 
@@ -81,7 +85,48 @@ def test_librispeech_reads_test_clean(tmp_path):
     benchmarks.get("librispeech_asr").items(str(root))
 
 
+def test_coco_t2i_reads_the_val2014_captions(tmp_path):
+  root = benchmark_data.write_coco_captions(tmp_path / "coco", num_images=3)
+  items = benchmarks.get("coco_t2i").items(str(root))
+  annotations = json.loads((root / "annotations" / "captions_val2014.json").read_text())["annotations"]
+  assert [i.id for i in items] == [str(a["id"]) for a in sorted(annotations, key=lambda a: a["id"])]
+  assert len(items) == 15 and items[0].task == f"text|image|{annotations[0]['caption']}" and items[0].media is None
+  assert items[1].references == ("A sign reading open closed on a door.",)  # a '|' would split the task string
+  assert benchmarks.get("coco_t2i").items(str(root / "annotations")) == items  # the file's own directory too
+  with pytest.raises(benchmarks.BenchmarkDataError, match="captions_val2014.json"):
+    benchmarks.get("coco_t2i").items(str(tmp_path))
+
+
 # --- metrics ---------------------------------------------------------------------------------
+def test_clip_score_is_the_cosine_of_clips_own_embeddings(tmp_path):
+  """metrics.clip_scores against CLIP's towers and projections run directly, one item at a time."""
+  import torch
+  from PIL import Image
+  from transformers import AutoProcessor, CLIPModel
+
+  clip = str(tiny_evaluators.save_tiny_clip(tmp_path / "clip"))
+  rng = np.random.default_rng(0)
+  captions = {"a": "a dog on the beach", "b": "two cats on a red sofa", "c": "a man rides a bicycle " * 20}
+  images = {}
+  for i, key in enumerate(captions):
+    images[key] = str(tmp_path / f"{key}.jpg")
+    Image.fromarray(rng.integers(0, 255, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(images[key])
+  ours = metrics.clip_scores(images, captions, clip, batch_size=2)
+  model, processor = CLIPModel.from_pretrained(clip).eval(), AutoProcessor.from_pretrained(clip)
+  cosines = []
+  with torch.no_grad():
+    for key in sorted(captions):
+      pixels = processor(images=Image.open(images[key]).convert("RGB"), return_tensors="pt")["pixel_values"]
+      text = processor(text=[captions[key]], return_tensors="pt", truncation=True)
+      image_embedding = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+      text_embedding = model.text_projection(model.text_model(**text).pooler_output)
+      cosines.append(float(torch.nn.functional.cosine_similarity(image_embedding, text_embedding)[0]))
+  assert ours["CLIP"] == pytest.approx(np.mean(cosines), abs=1e-5)
+  assert ours["CLIP-100"] == pytest.approx(np.mean([100 * max(c, 0) for c in cosines]), abs=1e-3)
+  assert len(set(np.round(cosines, 4))) == 3
+
+
+
 def test_caption_scores_are_pycocoevalcaps():
   from pycocoevalcap.bleu.bleu import Bleu
   from pycocoevalcap.cider.cider import Cider
@@ -122,13 +167,21 @@ def run_readme(workdir, monkeypatch):
     assert eval_cli.main(argv) == 0, argv
 
 
-def test_readme_commands_generate_and_score_both_benchmarks(workdir, monkeypatch):
+def test_readme_commands_generate_and_score_every_benchmark(workdir, monkeypatch):
   commands = readme_commands()
-  assert [c[0] for c in commands] == ["generate", "generate", "score"]
+  assert [c[0] for c in commands] == ["generate", "generate", "generate", "score"]
   run_readme(workdir, monkeypatch)
   out = workdir / "eval" / "demo"
   entries = {e["benchmark"]: e for e in json.loads((out / "report.json").read_text())["benchmarks"]}
-  coco, asr = entries["coco_caption"], entries["librispeech_asr"]
+  coco, asr, t2i = entries["coco_caption"], entries["librispeech_asr"], entries["coco_t2i"]
+  # Text to image: the scoring stage made each answer's image and scored it with CLIP against its caption.
+  assert t2i["items"] == 3 and t2i["scored"] == 3 and t2i["paper"] == {"CLIP": 0.65} and not t2i["failed"]
+  images = {p.stem: str(p) for p in (out / "coco_t2i" / "images").glob("*.jpg")}
+  t2i_items = {i.id: i for i in benchmarks.get("coco_t2i").items(str(workdir / "data" / "coco"), 3, 0)}
+  assert set(images) == set(t2i_items)
+  assert t2i["scores"] == pytest.approx(metrics.clip_scores(
+      images, {i: t2i_items[i].references[0] for i in images}, str(workdir / "evaluators" / "clip-vit-large-patch14")))
+  assert -1 <= t2i["scores"]["CLIP"] <= 1 and 0 <= t2i["scores"]["CLIP-100"] <= 100
   assert coco["items"] == 6 and coco["scored"] == 5  # the missing image is an item that failed
   assert [f["id"] for f in coco["failed"]] == ["999999"] and "COCO_val2014_000000999999.jpg" in coco["failed"][0]["error"]
   assert set(coco["scores"]) == {"CIDEr", "BLEU-4"} and coco["paper"] == {"CIDEr": 107.5}
@@ -143,6 +196,9 @@ def test_readme_commands_generate_and_score_both_benchmarks(workdir, monkeypatch
   table = (out / "report.md").read_text()
   assert "| coco_caption | CIDEr |" in table and "| 107.5 |" in table and "5 of 6" in table
   assert "| librispeech_asr | WER (lower is better) |" in table and "| 8.5 |" in table
+  assert "| coco_t2i | CLIP |" in table and "| 0.65 |" in table and "3 of 3" in table
+  with pytest.raises(SystemExit, match="coco_t2i is scored with --image_model, --unclip_model, --clip_model"):
+    eval_cli.main(["score", "--output_dir", str(out), "--benchmark", "coco_t2i"])
 
 
 def test_a_killed_stage_resumed_gives_the_same_report(workdir, monkeypatch, tmp_path):

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where the scores go as TensorBoard scalars (default: the run directory's tensorboard/ "
                           "when the model was a run directory; none for an export unless given)")
   score.add_argument("--step", type=int, default=None, help="the scalars' step (default: the checkpoint's)")
+  score.add_argument("--image_model", help="SEED tokenizer directory (coco_t2i: image codes -> images)")
+  score.add_argument("--unclip_model", help="Stable Diffusion 2.1 unCLIP directory (coco_t2i)")
+  score.add_argument("--image_steps", type=int, default=20, help="unCLIP denoising steps (coco_t2i)")
+  score.add_argument("--clip_model", help="CLIP directory in transformers' layout, e.g. clip-vit-large-patch14 "
+                                          "(coco_t2i)")
+  score.add_argument("--seed", type=int, default=0, help="the de-tokenizers' noise seed")
   return p
 
 
@@ -109,7 +115,7 @@ def generate(args) -> int:
       continue
     session.prompts.rng = random.Random(f"{args.seed}/{batch[0][1].id}")
     records = generate_records(session, [(position, parse_task(item.task)) for position, item in batch],
-                               str(out / "outputs"), args.batch_size, args.seed + batch_index)
+                               str(out / "outputs"), args.batch_size, args.seed + batch_index, detokenize=False)
     new = [{"id": item.id, **record} for (_, item), record in zip(batch, records) if item.id not in done]
     filesystem.append_json_lines(path, new)
     generated += len(new)
@@ -130,7 +136,12 @@ def _step(session, step: int | None) -> int | None:
 
 
 def score(args) -> int:
-  entries = report.write_report(args.output_dir, args.benchmark)
+  evaluators = report.Evaluators(image_model=args.image_model, unclip_model=args.unclip_model,
+                                 image_steps=args.image_steps, clip_model=args.clip_model, seed=args.seed)
+  try:
+    entries = report.write_report(args.output_dir, args.benchmark, evaluators)
+  except report.EvaluatorMissing as e:
+    raise SystemExit(f"anygpt-eval score: {e}") from None
   print(report.markdown(entries))
   models = {e["model"] for e in entries}
   steps = {e["step"] for e in entries} if args.step is None else {args.step}

@@ -116,13 +116,15 @@ def media_from_args(args):
                soundstorm_steps=args.soundstorm_steps, seed=args.seed)
 
 
-def write_outputs(task: Task, tokens: list[int], stem: str, prompts: Prompts, media, stop_ids) -> dict:
-  """Text and every media span of an answer, written to files; raises RequestError if malformed.
+def write_outputs(task: Task, tokens: list[int], stem: str, prompts: Prompts, media, stop_ids,
+                  detokenize: bool = True) -> dict:
+  """Text and every media span of an answer (its codes, and the media written to files when
+  `detokenize`); raises RequestError if malformed.
 
   `text` is the answer as a user reads it (`requests.answer_text`: no role or modality tokens)."""
   spans = checked_spans(prompts.layout, task.target, tokens, media.music_codebooks)
   files = []
-  for i, span in enumerate(spans):
+  for i, span in enumerate(spans if detokenize else ()):
     suffix = "" if i == 0 else f"-{i}"
     files.append(media.write(span.modality, list(span.codes), f"{stem}{suffix}", task.voice_prompt))
   text = answer_text(prompts.vocabulary, tokens, stop_ids)
@@ -130,7 +132,7 @@ def write_outputs(task: Task, tokens: list[int], stem: str, prompts: Prompts, me
     with open(stem + ".txt", "w", encoding="utf-8") as f:
       f.write(text + "\n")
     files.insert(0, {"file": stem + ".txt"})
-  return {"files": files, "text": text}
+  return {"files": files, "text": text, "spans": [{"modality": s.modality, "codes": list(s.codes)} for s in spans]}
 
 
 def read_tasks(args) -> list[Task | RequestError]:
@@ -192,11 +194,13 @@ def open_session(args) -> Session:
 
 
 def generate_records(session: Session, tasks: list[tuple[int, Task | RequestError]], output_dir: str,
-                     batch_size: int, seed: int) -> list[dict]:
-  """One record per (index, task): prompt, ids, settings, output ids, files and timings, or the error.
+                     batch_size: int, seed: int, detokenize: bool = True) -> list[dict]:
+  """One record per (index, task): prompt, ids, settings, output ids, spans (modality and codes),
+  files and timings, or the error.
 
   Requests are decoded `batch_size` at a time, chunk k with seed `seed + k * batch_size`; each
-  answer's files are written to `output_dir/{index:04d}-{output}.*`."""
+  answer's files are written to `output_dir/{index:04d}-{output}.*` (media only when `detokenize`:
+  anygpt-eval de-tokenizes in its scoring stage)."""
   from anygpt_jax.generation import SettingsError
 
   tables, limit = session.generator.tables, session.loaded.config.max_position_embeddings
@@ -227,7 +231,8 @@ def generate_records(session: Session, tasks: list[tuple[int, Task | RequestErro
       start = time.perf_counter()
       stem = os.path.join(output_dir, f"{record['index']:04d}-{task.target}")
       try:
-        record.update(write_outputs(task, out.tokens, stem, session.prompts, session.media, session.stops))
+        record.update(write_outputs(task, out.tokens, stem, session.prompts, session.media, session.stops,
+                                    detokenize))
       except (RequestError, ValueError) as e:
         record["error"] = str(e)
       record["timings"]["detokenize_s"] = time.perf_counter() - start

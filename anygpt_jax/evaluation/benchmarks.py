@@ -8,6 +8,12 @@ both read the same items. Paths may be local, relative or `gs://` (`anygpt_jax.f
                     with `split == "test"`), images at `{filepath}/{filename}` (`val2014/...`) under
                     the same directory. Request `image|text|{image}`; references: the 5 captions
                     (`sentences[].raw`). Paper: CIDEr 107.5 (section 5.1).
+  coco_t2i          MS-COCO 2014 val captions: `annotations/captions_val2014.json` (COCO's caption
+                    annotations, as the archive unpacks; or the file itself in the directory), one
+                    item per caption, by annotation id. Request `text|image|{caption}` ('|' and
+                    line breaks in a caption become spaces: they would split a task string);
+                    reference: the caption, scored by CLIP. Paper: CLIP score 0.65 over 30k
+                    captions (`--limit 30000`).
   librispeech_asr   LibriSpeech `test-clean/{speaker}/{chapter}/{speaker}-{chapter}-{utt}.flac` with
                     `{speaker}-{chapter}.trans.txt` (one `{utterance id} {TRANSCRIPT}` per line).
                     Request `speech|text|{flac}`; reference: the transcript. Paper: WER 8.5.
@@ -92,6 +98,26 @@ def read_coco_karpathy(data_dir: str) -> list[Item]:
   return items
 
 
+def read_coco_captions(data_dir: str) -> list[Item]:
+  """Every caption of MS-COCO 2014 val (202,654 in the full file), in annotation id order."""
+  root = filesystem.resolve(data_dir)
+  candidates = [root / "annotations" / "captions_val2014.json", root / "captions_val2014.json"]
+  path = next((c for c in candidates if c.exists()), None)
+  if path is None:
+    raise BenchmarkDataError(f"{candidates[0]} not found: coco_t2i reads COCO's captions_val2014.json "
+                             "(annotations/ as the annotations archive unpacks)")
+  try:
+    annotations = json.loads(path.read_text())["annotations"]
+    captions = sorted((int(a["id"]), str(a["caption"])) for a in annotations)
+  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    raise BenchmarkDataError(f"{path}: not COCO's caption annotations ({e})") from None
+  items = []
+  for annotation_id, caption in captions:
+    text = " ".join(caption.replace("|", " ").split())
+    items.append(Item(str(annotation_id), f"text|image|{text}", None, (text,)))
+  return items
+
+
 def read_librispeech(data_dir: str, subset: str = "test-clean") -> list[Item]:
   """Every utterance of a LibriSpeech subset (2620 in test-clean), sorted by utterance id.
 
@@ -120,6 +146,7 @@ def read_librispeech(data_dir: str, subset: str = "test-clean") -> list[Item]:
 
 BENCHMARKS = {b.name: b for b in (
     Benchmark("coco_caption", read_coco_karpathy, ("CIDEr", "BLEU-4"), {"CIDEr": 107.5}),
+    Benchmark("coco_t2i", read_coco_captions, ("CLIP", "CLIP-100"), {"CLIP": 0.65}),
     Benchmark("librispeech_asr", read_librispeech, ("WER",), {"WER": 8.5}, lower_is_better=True),
 )}
 

@@ -3,6 +3,10 @@
 - Captioning: CIDEr-D and BLEU-4 as the MS-COCO caption evaluation code computes them
   (`pycocoevalcap`: its PTB tokenizer, which runs Stanford CoreNLP's jar under `java`, then
   `Cider` (CIDEr-D: sigma 6, clipped counts, x10) and `Bleu(4)`), reported x100 as papers do.
+- Text-to-image: CLIP score, the cosine of CLIP's projected image and caption embeddings (the
+  paper's 0.65 is on this scale, with CLIP ViT-L/14), mean over items; beside it, torchmetrics'
+  convention, the mean of 100 x max(cosine, 0), as `CLIP-100`. CLIP loads from a local directory
+  in transformers' layout (`openai/clip-vit-large-patch14` as published).
 - ASR: word error rate (`jiwer`) after Whisper's English text normaliser (`whisper_normalizer`'s
   copy of openai-whisper's `EnglishTextNormalizer`, with its spelling table), in percent.
 """
@@ -63,3 +67,29 @@ def word_error_rate(hypotheses: Mapping[str, str], references: Mapping[str, str]
     raise ValueError("no transcripts with reference words to score")
   return {"WER": 100 * float(jiwer.wer([normalize_english(references[i]) for i in ids],
                                        [normalize_english(hypotheses[i]) for i in ids]))}
+
+
+def clip_scores(images: Mapping[str, str], captions: Mapping[str, str], clip_model: str,
+                batch_size: int = 16) -> dict[str, float]:
+  """{'CLIP': mean cosine, 'CLIP-100': mean 100 x max(cosine, 0)} of each item's image file (item id ->
+  path) and its caption (item id -> text), over the items of `images`; captions past CLIP's 77
+  tokens are cut, as CLIP's processor cuts them."""
+  import torch
+  from PIL import Image
+  from transformers import AutoProcessor, CLIPModel
+
+  if not images:
+    raise ValueError("no images to score")
+  processor = AutoProcessor.from_pretrained(clip_model)
+  model = CLIPModel.from_pretrained(clip_model).eval()
+  ids = sorted(images)
+  cosines = []
+  with torch.no_grad():
+    for start in range(0, len(ids), batch_size):
+      chunk = ids[start:start + batch_size]
+      pictures = [Image.open(images[i]).convert("RGB") for i in chunk]
+      inputs = processor(text=[captions[i] for i in chunk], images=pictures, return_tensors="pt", padding=True,
+                         truncation=True)
+      out = model(**inputs)  # image_embeds, text_embeds: float32 [batch, projection_dim], unit length
+      cosines.extend((out.image_embeds * out.text_embeds).sum(-1).tolist())
+  return {"CLIP": sum(cosines) / len(cosines), "CLIP-100": sum(100 * max(c, 0.0) for c in cosines) / len(cosines)}

@@ -5,6 +5,9 @@ data set can have one.
   write_coco_karpathy(dir)   dir/dataset_coco.json (Karpathy's fields: filepath, filename, cocoid,
                              split, sentences[].raw) + dir/val2014/COCO_val2014_*.jpg; train and
                              val entries too, which the benchmark must skip.
+  write_coco_captions(dir)   dir/annotations/captions_val2014.json (COCO's caption annotations:
+                             images[] and annotations[] with id, image_id, caption), as the
+                             annotations archive unpacks; one caption holds a '|'.
   write_librispeech(dir)     dir/test-clean/{speaker}/{chapter}/{speaker}-{chapter}-{utt:04d}.flac +
                              {speaker}-{chapter}.trans.txt (upper-case transcripts).
 """
@@ -48,6 +51,24 @@ def write_coco_karpathy(directory, num_test: int = 6, seed: int = 0, missing_ima
     images.append({"filepath": "val2014", "filename": "COCO_val2014_000000999999.jpg", "cocoid": 999999,
                    "imgid": len(images), "split": "test", "sentences": [{"raw": "A missing picture."}]})
   (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+  return root
+
+
+def write_coco_captions(directory, num_images: int = 4, seed: int = 0) -> pathlib.Path:
+  """MS-COCO 2014 val caption annotations for `num_images` images, 5 captions each (no image files:
+  text-to-image reads the captions only)."""
+  root = pathlib.Path(directory)
+  (root / "annotations").mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  images, annotations = [], []
+  for i in range(num_images):
+    image_id = 139 + 11 * i
+    images.append({"id": image_id, "file_name": f"COCO_val2014_{image_id:012d}.jpg", "width": 640, "height": 480})
+    for k in range(5):
+      annotations.append({"id": 1000 + 5 * i + k, "image_id": image_id, "caption": _caption(rng)})
+  annotations[1]["caption"] = "A sign reading open | closed on a door."
+  (root / "annotations" / "captions_val2014.json").write_text(json.dumps(
+      {"info": {"description": "tiny"}, "images": images, "annotations": annotations}))
   return root
 
 

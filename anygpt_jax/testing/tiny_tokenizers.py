@@ -190,7 +190,7 @@ def _byte_level_alphabet() -> list[str]:
   return [chars[b] for b in range(256)]
 
 
-def _write_tiny_clip_tokenizer(directory: pathlib.Path) -> None:
+def write_tiny_clip_tokenizer(directory: pathlib.Path) -> None:
   """A byte-level CLIP BPE vocabulary with no merges: every character is one token."""
   chars = _byte_level_alphabet()
   vocab = {c: i for i, c in enumerate(chars)}
@@ -218,7 +218,7 @@ def save_tiny_unclip(directory, embedding_dim: int = SEED_CONFIG.image_features_
   out = _dir(directory)
   torch.manual_seed(seed)
   tok_dir = out / "_tokenizer_src"
-  _write_tiny_clip_tokenizer(tok_dir)
+  write_tiny_clip_tokenizer(tok_dir)
   tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
   text_encoder = CLIPTextModel(CLIPTextConfig(
       vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,

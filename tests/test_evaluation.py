@@ -2,6 +2,7 @@
 metrics against their reference libraries, the README's commands verbatim, bad items, a killed
 stage resumed, and two processes."""
 
+import csv
 import json
 import os
 import pathlib
@@ -37,7 +38,7 @@ def readme_commands() -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  """The README's relative layout: exports/demo, tokenizers/, evaluators/, data/coco, data/LibriSpeech."""
+  """The README's relative layout: exports/demo, tokenizers/, evaluators/, data/{coco,LibriSpeech,musiccaps}."""
   root = tmp_path_factory.mktemp("eval")
   spm = train_llama_like_sentencepiece(TEXTS, str(root / "spm"), vocab_size=300)
   layout = VocabularyLayout(text_vocab_size=300)
@@ -50,6 +51,9 @@ def workdir(tmp_path_factory):
   tiny_evaluators.save_tiny_clip(root / "evaluators" / "clip-vit-large-patch14")
   benchmark_data.write_coco_karpathy(root / "data" / "coco", num_test=5, missing_image=True)
   benchmark_data.write_coco_captions(root / "data" / "coco")  # annotations/ beside val2014/, as COCO unpacks
+  tiny.save_tiny_encodec(root / "tokenizers" / "encodec_32khz")
+  tiny_evaluators.save_tiny_clap(root / "evaluators" / "larger_clap_music")
+  benchmark_data.write_musiccaps(root / "data" / "musiccaps")
   benchmark_data.write_librispeech(root / "data" / "LibriSpeech")
   return root
 
@@ -97,6 +101,19 @@ def test_coco_t2i_reads_the_val2014_captions(tmp_path):
     benchmarks.get("coco_t2i").items(str(tmp_path))
 
 
+def test_musiccaps_reads_the_evaluation_rows_and_their_clips(tmp_path):
+  root = benchmark_data.write_musiccaps(tmp_path / "musiccaps", num_eval=2)
+  text_to_music = benchmarks.get("musiccaps_t2m").items(str(root))
+  captioning = benchmarks.get("musiccaps_caption").items(str(root))
+  rows = [r for r in csv.DictReader(open(root / "musiccaps-public.csv")) if r["is_audioset_eval"] == "True"]
+  assert len(rows) == 3 and [i.id for i in text_to_music] == [i.id for i in captioning] == [r["ytid"] for r in rows]
+  assert text_to_music[0].task == f"text|music|{rows[0]['caption']}" and text_to_music[0].media is None
+  assert captioning[0].task == f"music|text|{root / 'audio' / rows[0]['ytid']}.wav"
+  assert captioning[0].references == (rows[0]["caption"],) and not os.path.exists(captioning[2].media)
+  with pytest.raises(benchmarks.BenchmarkDataError, match="musiccaps-public.csv"):
+    benchmarks.get("musiccaps_t2m").items(str(tmp_path))
+
+
 # --- metrics ---------------------------------------------------------------------------------
 def test_clip_score_is_the_cosine_of_clips_own_embeddings(tmp_path):
   """metrics.clip_scores against CLIP's towers and projections run directly, one item at a time."""
@@ -125,6 +142,37 @@ def test_clip_score_is_the_cosine_of_clips_own_embeddings(tmp_path):
   assert ours["CLIP-100"] == pytest.approx(np.mean([100 * max(c, 0) for c in cosines]), abs=1e-3)
   assert len(set(np.round(cosines, 4))) == 3
 
+
+
+def test_clap_score_is_the_cosine_of_claps_own_embeddings(tmp_path):
+  """metrics.clap_score against CLAP's towers and projections run directly, one item at a time, on
+  clips at other rates (resampled to CLAP's 48 kHz) and one past CLAP's 10 s window (its start)."""
+  import soundfile as sf
+  import torch
+  from transformers import AutoProcessor, ClapModel
+
+  from anygpt_jax.tokenizers import audio_io
+
+  clap = str(tiny_evaluators.save_tiny_clap(tmp_path / "clap"))
+  rng = np.random.default_rng(0)
+  texts = {"a": "a calm violin", "b": "loud drums and an electric guitar", "c": "a piano"}
+  audio = {}
+  for (key, rate, seconds) in (("a", 32000, 3), ("b", 48000, 10), ("c", 44100, 12)):
+    audio[key] = str(tmp_path / f"{key}.wav")
+    sf.write(audio[key], (0.2 * rng.standard_normal(rate * seconds)).astype(np.float32), rate)
+  ours = metrics.clap_score(audio, texts, clap, batch_size=2)
+  model, processor = ClapModel.from_pretrained(clap).eval(), AutoProcessor.from_pretrained(clap)
+  cosines = []
+  with torch.no_grad():
+    for key in sorted(texts):
+      wave = audio_io.load_audio(audio[key], 48000)[:480000]
+      features = processor(audio=[wave], sampling_rate=48000, return_tensors="pt")
+      audio_embedding = model.audio_projection(model.audio_model(input_features=features["input_features"],
+                                                                 is_longer=features["is_longer"]).pooler_output)
+      tokens = processor(text=[texts[key]], return_tensors="pt")
+      text_embedding = model.text_projection(model.text_model(**tokens).pooler_output)
+      cosines.append(float(torch.nn.functional.cosine_similarity(audio_embedding, text_embedding)[0]))
+  assert ours == pytest.approx(np.mean(cosines), abs=1e-5) and len(set(np.round(cosines, 4))) == 3
 
 
 def test_caption_scores_are_pycocoevalcaps():
@@ -169,19 +217,34 @@ def run_readme(workdir, monkeypatch):
 
 def test_readme_commands_generate_and_score_every_benchmark(workdir, monkeypatch):
   commands = readme_commands()
-  assert [c[0] for c in commands] == ["generate", "generate", "generate", "score"]
+  assert [c[0] for c in commands] == ["generate"] * 5 + ["score"]
   run_readme(workdir, monkeypatch)
   out = workdir / "eval" / "demo"
   entries = {e["benchmark"]: e for e in json.loads((out / "report.json").read_text())["benchmarks"]}
   coco, asr, t2i = entries["coco_caption"], entries["librispeech_asr"], entries["coco_t2i"]
   # Text to image: the scoring stage made each answer's image and scored it with CLIP against its caption.
   assert t2i["items"] == 3 and t2i["scored"] == 3 and t2i["paper"] == {"CLIP": 0.65} and not t2i["failed"]
-  images = {p.stem: str(p) for p in (out / "coco_t2i" / "images").glob("*.jpg")}
+  images = {p.stem: str(p) for p in (out / "coco_t2i" / "media").glob("*.jpg")}
   t2i_items = {i.id: i for i in benchmarks.get("coco_t2i").items(str(workdir / "data" / "coco"), 3, 0)}
   assert set(images) == set(t2i_items)
   assert t2i["scores"] == pytest.approx(metrics.clip_scores(
       images, {i: t2i_items[i].references[0] for i in images}, str(workdir / "evaluators" / "clip-vit-large-patch14")))
   assert -1 <= t2i["scores"]["CLIP"] <= 1 and 0 <= t2i["scores"]["CLIP-100"] <= 100
+  # Music: generated music (Encodec) against its caption, and clips against generated and real captions.
+  t2m, captioning = entries["musiccaps_t2m"], entries["musiccaps_caption"]
+  clap = str(workdir / "evaluators" / "larger_clap_music")
+  music = {p.stem: str(p) for p in (out / "musiccaps_t2m" / "media").glob("*.wav")}
+  t2m_items = {i.id: i for i in benchmarks.get("musiccaps_t2m").items(str(workdir / "data" / "musiccaps"), 2, 0)}
+  assert t2m["scored"] == 2 and set(music) == set(t2m_items) and t2m["paper"] == {"CLAP": 0.14}
+  assert t2m["scores"]["CLAP"] == pytest.approx(metrics.clap_score(
+      music, {i: t2m_items[i].references[0] for i in music}, clap))
+  assert captioning["items"] == 4 and captioning["scored"] == 3 and len(captioning["failed"]) == 1
+  answers = {i: r["text"] for i, r in report.read_generations(str(out), "musiccaps_caption").items() if "text" in r}
+  clips = {i.id: i for i in benchmarks.get("musiccaps_caption").items(str(workdir / "data" / "musiccaps"))}
+  assert captioning["scores"] == pytest.approx({
+      "CLAP": metrics.clap_score({i: clips[i].media for i in answers}, answers, clap),
+      "CLAP-reference": metrics.clap_score({i: clips[i].media for i in answers},
+                                           {i: clips[i].references[0] for i in answers}, clap)})
   assert coco["items"] == 6 and coco["scored"] == 5  # the missing image is an item that failed
   assert [f["id"] for f in coco["failed"]] == ["999999"] and "COCO_val2014_000000999999.jpg" in coco["failed"][0]["error"]
   assert set(coco["scores"]) == {"CIDEr", "BLEU-4"} and coco["paper"] == {"CIDEr": 107.5}
@@ -197,6 +260,8 @@ def test_readme_commands_generate_and_score_every_benchmark(workdir, monkeypatch
   assert "| coco_caption | CIDEr |" in table and "| 107.5 |" in table and "5 of 6" in table
   assert "| librispeech_asr | WER (lower is better) |" in table and "| 8.5 |" in table
   assert "| coco_t2i | CLIP |" in table and "| 0.65 |" in table and "3 of 3" in table
+  with pytest.raises(SystemExit, match="musiccaps_t2m is scored with --music_model, --clap_model"):
+    eval_cli.main(["score", "--output_dir", str(out), "--benchmark", "musiccaps_t2m"])
   with pytest.raises(SystemExit, match="coco_t2i is scored with --image_model, --unclip_model, --clip_model"):
     eval_cli.main(["score", "--output_dir", str(out), "--benchmark", "coco_t2i"])
 

@@ -24,7 +24,7 @@ import sys
 import time
 
 from anygpt_jax import filesystem
-from anygpt_jax.evaluation import benchmarks, report
+from anygpt_jax.evaluation import benchmarks, report, scoring
 
 from .generate import add_model_flags
 
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
   score.add_argument("--image_steps", type=int, default=20, help="unCLIP denoising steps (coco_t2i)")
   score.add_argument("--clip_model", help="CLIP directory in transformers' layout, e.g. clip-vit-large-patch14 "
                                           "(coco_t2i)")
+  score.add_argument("--music_model", help="Encodec 32 kHz directory (musiccaps_t2m: music codes -> audio)")
+  score.add_argument("--clap_model", help="CLAP directory in transformers' layout, e.g. larger_clap_music "
+                                          "(musiccaps_t2m, musiccaps_caption)")
   score.add_argument("--seed", type=int, default=0, help="the de-tokenizers' noise seed")
   return p
 
@@ -136,11 +139,12 @@ def _step(session, step: int | None) -> int | None:
 
 
 def score(args) -> int:
-  evaluators = report.Evaluators(image_model=args.image_model, unclip_model=args.unclip_model,
-                                 image_steps=args.image_steps, clip_model=args.clip_model, seed=args.seed)
+  evaluators = scoring.Evaluators(image_model=args.image_model, unclip_model=args.unclip_model,
+                                  music_model=args.music_model, image_steps=args.image_steps, seed=args.seed,
+                                  clip_model=args.clip_model, clap_model=args.clap_model)
   try:
     entries = report.write_report(args.output_dir, args.benchmark, evaluators)
-  except report.EvaluatorMissing as e:
+  except scoring.EvaluatorMissing as e:
     raise SystemExit(f"anygpt-eval score: {e}") from None
   print(report.markdown(entries))
   models = {e["model"] for e in entries}

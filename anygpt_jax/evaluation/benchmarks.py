@@ -17,6 +17,14 @@ both read the same items. Paths may be local, relative or `gs://` (`anygpt_jax.f
   librispeech_asr   LibriSpeech `test-clean/{speaker}/{chapter}/{speaker}-{chapter}-{utt}.flac` with
                     `{speaker}-{chapter}.trans.txt` (one `{utterance id} {TRANSCRIPT}` per line).
                     Request `speech|text|{flac}`; reference: the transcript. Paper: WER 8.5.
+  musiccaps_t2m     MusicCaps: `musiccaps-public.csv` (ytid, start_s, end_s, caption,
+                    is_audioset_eval, ...), its evaluation rows (`is_audioset_eval` True: 2,858 of
+                    5,521). Request `text|music|{caption}`; reference: the caption, scored by CLAP.
+                    Paper: CLAP 0.14.
+  musiccaps_caption The same rows, with each clip as a local file `audio/{ytid}.wav` (or .flac/.mp3:
+                    the 10 s segment start_s..end_s, as MusicCaps download scripts save it).
+                    Request `music|text|{clip}`; scored by CLAP of (clip, answer) beside (clip,
+                    the real caption).
 
 Item order is the data set's (sorted for LibriSpeech); `limit` keeps a seeded random subset of that
 size, in that order, so a small run is a fixed sample that reruns and other processes agree on.
@@ -24,7 +32,9 @@ size, in that order, so a small run is a fixed sample that reruns and other proc
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import random
 from typing import Callable
@@ -77,6 +87,11 @@ class Benchmark:
 
 
 # --- readers -------------------------------------------------------------------------------------
+def _caption_text(caption: str) -> str:
+  """A caption as one line of a task string ('|' would split it)."""
+  return " ".join(caption.replace("|", " ").split())
+
+
 def read_coco_karpathy(data_dir: str) -> list[Item]:
   """The Karpathy test split of MS-COCO 2014 (5000 images in the full file)."""
   root = filesystem.resolve(data_dir)
@@ -113,8 +128,41 @@ def read_coco_captions(data_dir: str) -> list[Item]:
     raise BenchmarkDataError(f"{path}: not COCO's caption annotations ({e})") from None
   items = []
   for annotation_id, caption in captions:
-    text = " ".join(caption.replace("|", " ").split())
+    text = _caption_text(caption)
     items.append(Item(str(annotation_id), f"text|image|{text}", None, (text,)))
+  return items
+
+
+MUSICCAPS_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3")
+
+
+def _musiccaps_rows(data_dir: str) -> list[dict]:
+  """The evaluation rows of `musiccaps-public.csv` in `data_dir`, in file order."""
+  path = filesystem.resolve(data_dir) / "musiccaps-public.csv"
+  if not path.exists():
+    raise BenchmarkDataError(f"{path} not found: MusicCaps benchmarks read musiccaps-public.csv")
+  rows = list(csv.DictReader(io.StringIO(path.read_text())))
+  needed = {"ytid", "caption", "is_audioset_eval"}
+  if not rows or not needed <= set(rows[0]):
+    raise BenchmarkDataError(f"{path}: expected MusicCaps' columns (at least {', '.join(sorted(needed))})")
+  return [row for row in rows if row["is_audioset_eval"].strip().lower() == "true"]
+
+
+def read_musiccaps_t2m(data_dir: str) -> list[Item]:
+  """Text to music: one item per MusicCaps evaluation row (no audio read)."""
+  return [Item(row["ytid"], f"text|music|{_caption_text(row['caption'])}", None, (_caption_text(row["caption"]),))
+          for row in _musiccaps_rows(data_dir)]
+
+
+def read_musiccaps_caption(data_dir: str) -> list[Item]:
+  """Music captioning: one item per evaluation row; its clip is `audio/{ytid}.{wav,flac,mp3}` (a clip
+  not on disk is an item that fails, as a missing image does)."""
+  root = filesystem.resolve(data_dir)
+  items = []
+  for row in _musiccaps_rows(data_dir):
+    candidates = [root / "audio" / f"{row['ytid']}{suffix}" for suffix in MUSICCAPS_AUDIO_SUFFIXES]
+    clip = next((c for c in candidates if c.exists()), candidates[0])
+    items.append(Item(row["ytid"], f"music|text|{clip}", str(clip), (_caption_text(row["caption"]),)))
   return items
 
 
@@ -148,6 +196,8 @@ BENCHMARKS = {b.name: b for b in (
     Benchmark("coco_caption", read_coco_karpathy, ("CIDEr", "BLEU-4"), {"CIDEr": 107.5}),
     Benchmark("coco_t2i", read_coco_captions, ("CLIP", "CLIP-100"), {"CLIP": 0.65}),
     Benchmark("librispeech_asr", read_librispeech, ("WER",), {"WER": 8.5}, lower_is_better=True),
+    Benchmark("musiccaps_t2m", read_musiccaps_t2m, ("CLAP",), {"CLAP": 0.14}),
+    Benchmark("musiccaps_caption", read_musiccaps_caption, ("CLAP", "CLAP-reference"), {}),
 )}
 
 

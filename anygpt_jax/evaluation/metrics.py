@@ -7,6 +7,9 @@
   paper's 0.65 is on this scale, with CLIP ViT-L/14), mean over items; beside it, torchmetrics'
   convention, the mean of 100 x max(cosine, 0), as `CLIP-100`. CLIP loads from a local directory
   in transformers' layout (`openai/clip-vit-large-patch14` as published).
+- Music: CLAP score, the cosine of CLAP's projected audio and text embeddings, mean over items
+  (the paper's 0.14 for text-to-music). Audio is resampled to CLAP's rate and cut to its window
+  (10 s; the start, so a score is reproducible where CLAP's processor would pick a random 10 s).
 - ASR: word error rate (`jiwer`) after Whisper's English text normaliser (`whisper_normalizer`'s
   copy of openai-whisper's `EnglishTextNormalizer`, with its spelling table), in percent.
 """
@@ -93,3 +96,30 @@ def clip_scores(images: Mapping[str, str], captions: Mapping[str, str], clip_mod
       out = model(**inputs)  # image_embeds, text_embeds: float32 [batch, projection_dim], unit length
       cosines.extend((out.image_embeds * out.text_embeds).sum(-1).tolist())
   return {"CLIP": sum(cosines) / len(cosines), "CLIP-100": sum(100 * max(c, 0.0) for c in cosines) / len(cosines)}
+
+
+def clap_score(audio: Mapping[str, str], texts: Mapping[str, str], clap_model: str, batch_size: int = 8) -> float:
+  """The mean cosine of each item's audio file (item id -> path) and its text (item id -> str) under
+  CLAP (a local directory in transformers' layout), over the items of `audio`."""
+  import torch
+  from transformers import AutoProcessor, ClapModel
+
+  from anygpt_jax.tokenizers import audio_io
+
+  if not audio:
+    raise ValueError("no audio to score")
+  processor = AutoProcessor.from_pretrained(clap_model)
+  model = ClapModel.from_pretrained(clap_model).eval()
+  rate = processor.feature_extractor.sampling_rate
+  window = int(processor.feature_extractor.max_length_s * rate)
+  ids = sorted(audio)
+  cosines = []
+  with torch.no_grad():
+    for start in range(0, len(ids), batch_size):
+      chunk = ids[start:start + batch_size]
+      waves = [audio_io.load_audio(audio[i], rate)[:window] for i in chunk]
+      inputs = processor(text=[texts[i] for i in chunk], audio=waves, sampling_rate=rate, return_tensors="pt",
+                         padding=True, truncation=True)
+      out = model(**inputs)  # audio_embeds, text_embeds: float32 [batch, projection_dim], unit length
+      cosines.extend((out.audio_embeds * out.text_embeds).sum(-1).tolist())
+  return sum(cosines) / len(cosines)

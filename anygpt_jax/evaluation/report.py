@@ -9,8 +9,8 @@ Layout of an evaluation directory (one per checkpoint):
                                                       of n (`id`, `task`, `prompt_ids`,
                                                       `output_ids`, `text`, `timings`, or `error`)
   {out}/{benchmark}/outputs/                          the answers' files
-  {out}/coco_t2i/images/{id}.jpg                      generated images, de-tokenized by the scoring
-                                                      stage (kept: a rerun scores them again as they are)
+  {out}/{benchmark}/media/{id}.{jpg,wav}              media answers, de-tokenized by the scoring stage
+                                                      (`scoring`; kept: a rerun scores the same files)
   {out}/report.json, {out}/report.md                  every benchmark scored (this module)
 
 The scores also go to TensorBoard as scalars `benchmarks/{benchmark}/{metric}` at the checkpoint's
@@ -23,17 +23,14 @@ No JAX: this runs on whatever box has the evaluator models.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import time
 from typing import Any
 
 from anygpt_jax import filesystem
-from anygpt_jax.evaluation import benchmarks, metrics
+from anygpt_jax.evaluation import benchmarks, scoring
 
 RUN_FILE = "run.json"
-IMAGES = "images"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 
@@ -56,67 +53,8 @@ def read_generations(out_dir: str, benchmark: str) -> dict[str, dict]:
   return records
 
 
-class EvaluatorMissing(ValueError):
-  """A benchmark needs an evaluator model or de-tokenizer that was not given; the message names the flag."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Evaluators:
-  """Local paths of what the scoring stage runs beside the metrics (None: not given).
-
-  image_model, unclip_model: SEED and Stable Diffusion 2.1 unCLIP (image codes -> images).
-  image_steps: unCLIP denoising steps. clip_model: CLIP in transformers' layout. seed: the
-  de-tokenizers' noise seed.
-  """
-
-  image_model: str | None = None
-  unclip_model: str | None = None
-  image_steps: int = 20
-  clip_model: str | None = None
-  seed: int = 0
-
-  def need(self, benchmark: str, **flags: str | None) -> None:
-    missing = [f"--{flag}" for flag, value in flags.items() if not value]
-    if missing:
-      raise EvaluatorMissing(f"{benchmark} is scored with {', '.join(missing)} (not given)")
-
-
-def _answer_codes(record: dict, modality: str) -> list[int]:
-  """The codes of the first `modality` span of a generation record; ValueError when it has none."""
-  for span in record.get("spans", []):
-    if span["modality"] == modality:
-      return span["codes"]
-  raise ValueError(f"no {modality} span in the answer")
-
-
-def _image_scores(out_dir: str, records: dict[str, dict], items: dict, evaluators: Evaluators,
-                  failed: list[dict]) -> dict[str, float]:
-  """coco_t2i: each answer's image codes -> SEED -> unCLIP -> {out}/coco_t2i/images/{id}.jpg (made
-  once), then CLIP score against its caption. An item whose image cannot be made joins `failed`."""
-  from anygpt_jax.generation.media import Media
-
-  evaluators.need("coco_t2i", image_model=evaluators.image_model, unclip_model=evaluators.unclip_model,
-                  clip_model=evaluators.clip_model)
-  media = Media(image_model=evaluators.image_model, unclip_model=evaluators.unclip_model,
-                image_steps=evaluators.image_steps, seed=evaluators.seed)
-  destination = filesystem.resolve(out_dir) / "coco_t2i" / IMAGES
-  with filesystem.LocalStaging(destination) as staging:
-    if staging.remote and destination.exists():
-      filesystem.download_tree(destination, staging.local)
-    images = {}
-    for item_id, record in records.items():
-      path = os.path.join(staging.local, f"{item_id}.jpg")
-      try:
-        if not os.path.exists(path):
-          media.image(_answer_codes(record, "image")).save(path)
-        images[item_id] = path
-      except (ValueError, OSError) as e:
-        failed.append({"id": item_id, "error": f"image: {e}"})
-    return metrics.clip_scores(images, {i: items[i].references[0] for i in images}, evaluators.clip_model) \
-        if images else {}
-
-
-def score_benchmark(out_dir: str, name: str, evaluators: Evaluators = Evaluators()) -> dict[str, Any]:
+def score_benchmark(out_dir: str, name: str,
+                    evaluators: scoring.Evaluators = scoring.Evaluators()) -> dict[str, Any]:
   """One benchmark's report entry: scores of the generated items against their references."""
   bench = benchmarks.get(name)
   run_path = filesystem.resolve(out_dir) / name / RUN_FILE
@@ -127,17 +65,9 @@ def score_benchmark(out_dir: str, name: str, evaluators: Evaluators = Evaluators
   records = read_generations(out_dir, name)
   missing = sorted(set(items) - set(records))
   failed = [{"id": i, "error": records[i]["error"]} for i in sorted(records) if "error" in records[i]]
-  answers = {i: records[i].get("text", "") for i in sorted(records) if i in items and "error" not in records[i]}
-  scores = {}
-  scored = len(answers)
-  if name == "coco_t2i":
-    scores = _image_scores(out_dir, {i: records[i] for i in answers}, items, evaluators, failed)
-    scored = len(answers) - sum(1 for f in failed if f["id"] in answers)
-  elif answers:
-    if name == "coco_caption":
-      scores = metrics.caption_scores(answers, {i: items[i].references for i in answers})
-    elif name == "librispeech_asr":
-      scores = metrics.word_error_rate(answers, {i: items[i].references[0] for i in answers})
+  answered = {i: records[i] for i in sorted(records) if i in items and "error" not in records[i]}
+  scores = scoring.score(name, out_dir, answered, items, evaluators, failed)
+  scored = len(answered) - len({f["id"] for f in failed} & set(answered))
   return {"benchmark": name, "scores": scores, "paper": bench.paper, "metrics": list(bench.metrics),
           "lower_is_better": bench.lower_is_better, "items": len(items), "scored": scored,
           "missing": missing, "failed": failed, "model": run["model"], "step": run.get("step"),
@@ -164,7 +94,8 @@ def markdown(entries: list[dict]) -> str:
   return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def write_report(out_dir: str, names: list[str] | None = None, evaluators: Evaluators = Evaluators()) -> list[dict]:
+def write_report(out_dir: str, names: list[str] | None = None,
+                 evaluators: scoring.Evaluators = scoring.Evaluators()) -> list[dict]:
   """Scores every benchmark generated under `out_dir` (or `names`) with `evaluators`; writes report.json
   and report.md."""
   root = filesystem.resolve(out_dir)

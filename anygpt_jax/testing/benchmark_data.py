@@ -8,12 +8,17 @@ data set can have one.
   write_coco_captions(dir)   dir/annotations/captions_val2014.json (COCO's caption annotations:
                              images[] and annotations[] with id, image_id, caption), as the
                              annotations archive unpacks; one caption holds a '|'.
+  write_musiccaps(dir)       dir/musiccaps-public.csv (MusicCaps' columns) + dir/audio/{ytid}.wav
+                             (3 s clips at 32 kHz, 48 kHz and 44.1 kHz: MusicCaps' are 10 s, whose
+                             2000 music tokens a tiny model cannot hold); one evaluation row's clip
+                             is not on disk, one row is not in the evaluation split.
   write_librispeech(dir)     dir/test-clean/{speaker}/{chapter}/{speaker}-{chapter}-{utt:04d}.flac +
                              {speaker}-{chapter}.trans.txt (upper-case transcripts).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import pathlib
 
@@ -87,3 +92,32 @@ def write_librispeech(directory, utterances_per_chapter: int = 3, seed: int = 0)
       lines.append(f"{utterance} {text.upper()}")
     (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
   return root.parent
+
+
+MUSICCAPS_COLUMNS = ("ytid", "start_s", "end_s", "audioset_positive_labels", "aspect_list", "caption", "author_id",
+                     "is_balanced_subset", "is_audioset_eval")
+
+
+def write_musiccaps(directory, num_eval: int = 3, seed: int = 0) -> pathlib.Path:
+  """MusicCaps' csv with `num_eval` evaluation rows whose clips are on disk, one more whose clip is
+  missing, and one training row (skipped by the benchmarks)."""
+  root = pathlib.Path(directory)
+  (root / "audio").mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  rows = []
+  for i in range(num_eval + 2):
+    ytid = f"-{i}aBcDeFgH{i}"[:11]
+    evaluation = i != num_eval + 1
+    rows.append({"ytid": ytid, "start_s": 30, "end_s": 40, "audioset_positive_labels": "/m/04rlf",
+                 "aspect_list": "['calm', 'violin']", "caption": _caption(rng).replace("dog", "violin, piano"),
+                 "author_id": 4, "is_balanced_subset": "False", "is_audioset_eval": str(evaluation)})
+    if i < num_eval:
+      rate = (32000, 48000, 44100)[i % 3]
+      t = np.arange(3 * rate) / rate
+      wave = 0.2 * np.sin(2 * np.pi * (220 + 110 * i) * t) + 0.02 * rng.standard_normal(len(t))
+      sf.write(root / "audio" / f"{ytid}.wav", wave.astype(np.float32), rate)
+  with open(root / "musiccaps-public.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, MUSICCAPS_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  return root

@@ -176,7 +176,7 @@ def save_tiny_seed(directory, seed: int = 0, config: SeedConfig = SEED_CONFIG) -
   return out
 
 
-def _byte_level_alphabet() -> list[str]:
+def byte_level_alphabet() -> list[str]:
   """The 256 printable stand-ins byte-level BPE (GPT-2, CLIP) uses for the bytes 0..255."""
   printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
       range(ord("®"), ord("ÿ") + 1))
@@ -192,7 +192,7 @@ def _byte_level_alphabet() -> list[str]:
 
 def write_tiny_clip_tokenizer(directory: pathlib.Path) -> None:
   """A byte-level CLIP BPE vocabulary with no merges: every character is one token."""
-  chars = _byte_level_alphabet()
+  chars = byte_level_alphabet()
   vocab = {c: i for i, c in enumerate(chars)}
   vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
   vocab["<|startoftext|>"] = len(vocab)

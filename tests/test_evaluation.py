@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import jiwer
 import numpy as np
 import pytest
+import soundfile as sf
 
 from anygpt_jax.evaluation import benchmarks, metrics, report
 from anygpt_jax.export import save_hf_checkpoint
@@ -38,7 +39,7 @@ def readme_commands() -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  """The README's relative layout: exports/demo, tokenizers/, evaluators/, data/{coco,LibriSpeech,musiccaps}."""
+  """The README's relative layout: exports/demo, tokenizers/, evaluators/, data/{coco,LibriSpeech,musiccaps,VCTK}."""
   root = tmp_path_factory.mktemp("eval")
   spm = train_llama_like_sentencepiece(TEXTS, str(root / "spm"), vocab_size=300)
   layout = VocabularyLayout(text_vocab_size=300)
@@ -54,6 +55,10 @@ def workdir(tmp_path_factory):
   tiny.save_tiny_encodec(root / "tokenizers" / "encodec_32khz")
   tiny_evaluators.save_tiny_clap(root / "evaluators" / "larger_clap_music")
   benchmark_data.write_musiccaps(root / "data" / "musiccaps")
+  tiny.save_tiny_soundstorm(root / "tokenizers" / "soundstorm")
+  tiny_evaluators.save_tiny_whisper(root / "evaluators" / "whisper-medium")
+  tiny_evaluators.save_tiny_wavlm_sv(root / "evaluators" / "wavlm-base-plus-sv")
+  benchmark_data.write_vctk(root / "data" / "VCTK")
   benchmark_data.write_librispeech(root / "data" / "LibriSpeech")
   return root
 
@@ -112,6 +117,21 @@ def test_musiccaps_reads_the_evaluation_rows_and_their_clips(tmp_path):
   assert captioning[0].references == (rows[0]["caption"],) and not os.path.exists(captioning[2].media)
   with pytest.raises(benchmarks.BenchmarkDataError, match="musiccaps-public.csv"):
     benchmarks.get("musiccaps_t2m").items(str(tmp_path))
+
+
+def test_vctk_pairs_a_prompt_and_a_text_per_speaker(tmp_path):
+  root = benchmark_data.write_vctk(tmp_path / "VCTK")
+  items = benchmarks.get("vctk_tts").items(str(root))
+  assert [i.id for i in items] == ["p225", "p226", "p227"]  # p228 has one utterance: no pair
+  for item in items:
+    _, _, text, prompt = item.task.split("|")
+    assert prompt == item.media and prompt.endswith("_mic1.flac") and f"/{item.id}/" in prompt
+    spoken = (root / "txt" / item.id / (pathlib.Path(prompt).name[:-len("_mic1.flac")] + ".txt")).read_text().strip()
+    assert item.references == (text,) and text != spoken  # the request's text is another utterance's
+  assert benchmarks.get("vctk_tts").items(str(root), limit=2, seed=1) == [
+      i for i in items if i in benchmarks.get("vctk_tts").items(str(root), limit=2, seed=1)]
+  with pytest.raises(benchmarks.BenchmarkDataError, match="txt"):
+    benchmarks.get("vctk_tts").items(str(tmp_path))
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -175,6 +195,43 @@ def test_clap_score_is_the_cosine_of_claps_own_embeddings(tmp_path):
   assert ours == pytest.approx(np.mean(cosines), abs=1e-5) and len(set(np.round(cosines, 4))) == 3
 
 
+def test_whisper_transcripts_and_wavlm_similarity_are_the_models_own(tmp_path):
+  """metrics.transcribe = greedy decoding written out (Whisper's English transcription prompt, the end
+  token suppressed first, up to max_length); speaker_similarity = the cosine of WavLMForXVector's
+  embeddings of the raw samples (1 for a clip and itself)."""
+  import torch
+  from transformers import AutoProcessor, WavLMForXVector, WhisperForConditionalGeneration
+
+  from anygpt_jax.tokenizers import audio_io
+
+  whisper = str(tiny_evaluators.save_tiny_whisper(tmp_path / "whisper"))
+  wavlm = str(tiny_evaluators.save_tiny_wavlm_sv(tmp_path / "wavlm"))
+  clips = {i.id: i.media for i in benchmarks.get("vctk_tts").items(str(benchmark_data.write_vctk(tmp_path / "v")))}
+  ours = metrics.transcribe(clips, whisper, batch_size=2)
+  processor = AutoProcessor.from_pretrained(whisper)
+  asr = WhisperForConditionalGeneration.from_pretrained(whisper).eval()
+  prompt = [processor.tokenizer.convert_tokens_to_ids(t) for t in tiny_evaluators.WHISPER_SPECIAL_TOKENS[1:]
+            if t in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")]
+  end = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+  for key, path in clips.items():
+    features = processor(audio=[audio_io.load_audio(path, 16000)], sampling_rate=16000,
+                         return_tensors="pt")["input_features"]
+    ids = list(prompt)
+    with torch.no_grad():
+      while len(ids) < asr.generation_config.max_length and ids[-1] != end:
+        logits = asr(input_features=features, decoder_input_ids=torch.tensor([ids])).logits[0, -1]
+        logits[end] = -float("inf") if len(ids) == len(prompt) else logits[end]
+        ids.append(int(logits.argmax()))
+    assert ours[key] == processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+  model = WavLMForXVector.from_pretrained(wavlm).eval()
+  a, b = clips["p225"], clips["p226"]
+  with torch.no_grad():
+    embed = lambda p: model(input_values=torch.from_numpy(audio_io.load_audio(p, 16000))[None]).embeddings[0]
+    direct = float(torch.nn.functional.cosine_similarity(embed(a), embed(b), dim=0))
+  assert metrics.speaker_similarity({"x": (a, b)}, wavlm) == pytest.approx(direct, abs=1e-5)
+  assert metrics.speaker_similarity({"x": (a, a), "y": (b, b)}, wavlm) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_caption_scores_are_pycocoevalcaps():
   from pycocoevalcap.bleu.bleu import Bleu
   from pycocoevalcap.cider.cider import Cider
@@ -217,7 +274,7 @@ def run_readme(workdir, monkeypatch):
 
 def test_readme_commands_generate_and_score_every_benchmark(workdir, monkeypatch):
   commands = readme_commands()
-  assert [c[0] for c in commands] == ["generate"] * 5 + ["score"]
+  assert [c[0] for c in commands] == ["generate"] * 6 + ["score"]
   run_readme(workdir, monkeypatch)
   out = workdir / "eval" / "demo"
   entries = {e["benchmark"]: e for e in json.loads((out / "report.json").read_text())["benchmarks"]}
@@ -260,6 +317,20 @@ def test_readme_commands_generate_and_score_every_benchmark(workdir, monkeypatch
   assert "| coco_caption | CIDEr |" in table and "| 107.5 |" in table and "5 of 6" in table
   assert "| librispeech_asr | WER (lower is better) |" in table and "| 8.5 |" in table
   assert "| coco_t2i | CLIP |" in table and "| 0.65 |" in table and "3 of 3" in table
+  # Zero-shot TTS: the answer spoken in the prompt's voice, transcribed by Whisper, compared by WavLM.
+  tts = entries["vctk_tts"]
+  speech = {p.stem: str(p) for p in (out / "vctk_tts" / "media").glob("*.wav")}
+  prompts = {p.stem: str(p) for p in (out / "vctk_tts" / "media" / "prompts").glob("*.wav")}
+  tts_items = {i.id: i for i in benchmarks.get("vctk_tts").items(str(workdir / "data" / "VCTK"))}
+  assert tts["scored"] == 3 and set(speech) == set(prompts) == set(tts_items) and tts["paper"] == {"WER": 8.5, "SIM": 0.77}
+  assert all(sf.info(p).duration <= 3.0 for p in prompts.values())
+  evaluators = workdir / "evaluators"
+  transcripts = metrics.transcribe(speech, str(evaluators / "whisper-medium"))
+  assert tts["scores"]["WER"] == pytest.approx(metrics.word_error_rate(
+      transcripts, {i: tts_items[i].references[0] for i in speech})["WER"])
+  assert tts["scores"]["SIM"] == pytest.approx(metrics.speaker_similarity(
+      {i: (speech[i], prompts[i]) for i in speech}, str(evaluators / "wavlm-base-plus-sv")))
+  assert "| vctk_tts | WER (lower is better) |" in table and "| vctk_tts | SIM |" in table
   with pytest.raises(SystemExit, match="musiccaps_t2m is scored with --music_model, --clap_model"):
     eval_cli.main(["score", "--output_dir", str(out), "--benchmark", "musiccaps_t2m"])
   with pytest.raises(SystemExit, match="coco_t2i is scored with --image_model, --unclip_model, --clip_model"):

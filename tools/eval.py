@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
   score.add_argument("--music_model", help="Encodec 32 kHz directory (musiccaps_t2m: music codes -> audio)")
   score.add_argument("--clap_model", help="CLAP directory in transformers' layout, e.g. larger_clap_music "
                                           "(musiccaps_t2m, musiccaps_caption)")
+  score.add_argument("--speech_model", help="SpeechTokenizer directory (vctk_tts: speech codes -> audio)")
+  score.add_argument("--soundstorm_model", help="SoundStorm checkpoint (vctk_tts)")
+  score.add_argument("--soundstorm_steps", type=int, default=3, help="SoundStorm passes (AnyGPT: 3)")
+  score.add_argument("--whisper_model", help="Whisper directory in transformers' layout, e.g. whisper-medium (vctk_tts)")
+  score.add_argument("--wavlm_model", help="WavLM x-vector directory, e.g. wavlm-base-plus-sv (vctk_tts)")
   score.add_argument("--seed", type=int, default=0, help="the de-tokenizers' noise seed")
   return p
 
@@ -140,8 +145,11 @@ def _step(session, step: int | None) -> int | None:
 
 def score(args) -> int:
   evaluators = scoring.Evaluators(image_model=args.image_model, unclip_model=args.unclip_model,
-                                  music_model=args.music_model, image_steps=args.image_steps, seed=args.seed,
-                                  clip_model=args.clip_model, clap_model=args.clap_model)
+                                  music_model=args.music_model, speech_model=args.speech_model,
+                                  soundstorm_model=args.soundstorm_model, image_steps=args.image_steps,
+                                  soundstorm_steps=args.soundstorm_steps, seed=args.seed, clip_model=args.clip_model,
+                                  clap_model=args.clap_model, whisper_model=args.whisper_model,
+                                  wavlm_model=args.wavlm_model)
   try:
     entries = report.write_report(args.output_dir, args.benchmark, evaluators)
   except scoring.EvaluatorMissing as e:

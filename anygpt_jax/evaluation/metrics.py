@@ -10,6 +10,10 @@
 - Music: CLAP score, the cosine of CLAP's projected audio and text embeddings, mean over items
   (the paper's 0.14 for text-to-music). Audio is resampled to CLAP's rate and cut to its window
   (10 s; the start, so a score is reproducible where CLAP's processor would pick a random 10 s).
+- Zero-shot TTS: Whisper's transcript of the spoken answer (`transcribe`: greedy, English,
+  `generate(language="en", task="transcribe")` for a multilingual checkpoint such as whisper-medium),
+  scored by the WER below; speaker similarity (`speaker_similarity`): the cosine of WavLM x-vector
+  embeddings (`WavLMForXVector`, e.g. `microsoft/wavlm-base-plus-sv`) of the answer and the prompt.
 - ASR: word error rate (`jiwer`) after Whisper's English text normaliser (`whisper_normalizer`'s
   copy of openai-whisper's `EnglishTextNormalizer`, with its spelling table), in percent.
 """
@@ -122,4 +126,51 @@ def clap_score(audio: Mapping[str, str], texts: Mapping[str, str], clap_model: s
                          padding=True, truncation=True)
       out = model(**inputs)  # audio_embeds, text_embeds: float32 [batch, projection_dim], unit length
       cosines.extend((out.audio_embeds * out.text_embeds).sum(-1).tolist())
+  return sum(cosines) / len(cosines)
+
+
+def transcribe(audio: Mapping[str, str], whisper_model: str, batch_size: int = 8) -> dict[str, str]:
+  """Item id -> Whisper's English transcript of its audio file (resampled to 16 kHz; greedy)."""
+  import torch
+  from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+  from anygpt_jax.tokenizers import audio_io
+
+  processor = AutoProcessor.from_pretrained(whisper_model)
+  model = WhisperForConditionalGeneration.from_pretrained(whisper_model).eval()
+  rate = processor.feature_extractor.sampling_rate
+  multilingual = getattr(model.generation_config, "is_multilingual", False)
+  language = {"language": "en", "task": "transcribe"} if multilingual else {}
+  ids = sorted(audio)
+  texts = {}
+  with torch.no_grad():
+    for start in range(0, len(ids), batch_size):
+      chunk = ids[start:start + batch_size]
+      inputs = processor(audio=[audio_io.load_audio(audio[i], rate) for i in chunk], sampling_rate=rate,
+                         return_tensors="pt")
+      out = model.generate(inputs["input_features"], do_sample=False, num_beams=1, **language)
+      texts.update(zip(chunk, (t.strip() for t in processor.batch_decode(out, skip_special_tokens=True))))
+  return texts
+
+
+def speaker_similarity(pairs: Mapping[str, tuple[str, str]], wavlm_model: str) -> float:
+  """The mean cosine of the WavLM x-vector embeddings of each pair of audio files (item id -> (answer,
+  prompt)), each file embedded alone at 16 kHz."""
+  import torch
+  from transformers import AutoFeatureExtractor, WavLMForXVector
+
+  from anygpt_jax.tokenizers import audio_io
+
+  if not pairs:
+    raise ValueError("no pairs to compare")
+  extractor = AutoFeatureExtractor.from_pretrained(wavlm_model)
+  model = WavLMForXVector.from_pretrained(wavlm_model).eval()
+  rate = extractor.sampling_rate
+
+  def embed(path: str) -> torch.Tensor:
+    inputs = extractor(audio_io.load_audio(path, rate), sampling_rate=rate, return_tensors="pt")
+    return model(**inputs).embeddings[0]  # float32 [xvector_output_dim]
+
+  with torch.no_grad():
+    cosines = [float(torch.nn.functional.cosine_similarity(embed(a), embed(b), dim=0)) for a, b in pairs.values()]
   return sum(cosines) / len(cosines)

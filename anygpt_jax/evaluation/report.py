@@ -83,7 +83,8 @@ def markdown(entries: list[dict]) -> str:
     for metric in e["metrics"]:
       ours = f"{e['scores'][metric]:.2f}" if metric in e["scores"] else "-"
       paper = f"{e['paper'][metric]}" if metric in e["paper"] else "-"
-      lines.append(f"| {e['benchmark']} | {metric}{' (lower is better)' if e['lower_is_better'] else ''} | "
+      lower = e["lower_is_better"] and metric == e["metrics"][0]  # the flag is the headline metric's
+      lines.append(f"| {e['benchmark']} | {metric}{' (lower is better)' if lower else ''} | "
                    f"{ours} | {paper} | {e['scored']} of {e['items']} | {e['seed']} | {decoding} |")
   models = sorted({f"{e['model']} (step {e['step']})" if e["step"] is not None else e["model"] for e in entries})
   notes = [f"Model: {', '.join(models)}."]

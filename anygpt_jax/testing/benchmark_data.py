@@ -12,6 +12,9 @@ data set can have one.
                              (3 s clips at 32 kHz, 48 kHz and 44.1 kHz: MusicCaps' are 10 s, whose
                              2000 music tokens a tiny model cannot hold); one evaluation row's clip
                              is not on disk, one row is not in the evaluation split.
+  write_vctk(dir)            VCTK 0.92's layout: dir/wav48_silence_trimmed/{spk}/{spk}_{utt:03d}_mic1.flac
+                             (and _mic2) at 48 kHz + dir/txt/{spk}/{spk}_{utt:03d}.txt; one speaker
+                             has a single utterance (no prompt and target pair).
   write_librispeech(dir)     dir/test-clean/{speaker}/{chapter}/{speaker}-{chapter}-{utt:04d}.flac +
                              {speaker}-{chapter}.trans.txt (upper-case transcripts).
 """
@@ -120,4 +123,24 @@ def write_musiccaps(directory, num_eval: int = 3, seed: int = 0) -> pathlib.Path
     writer = csv.DictWriter(f, MUSICCAPS_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
+  return root
+
+
+def write_vctk(directory, speakers: int = 3, utterances: int = 3, seed: int = 0) -> pathlib.Path:
+  """`speakers` VCTK speakers with `utterances` synthetic utterances each, plus one with a single one."""
+  from anygpt_jax.tokenizers import audio_io
+
+  root = pathlib.Path(directory)
+  rng = np.random.default_rng(seed)
+  for s in range(speakers + 1):
+    speaker = f"p{225 + s}"
+    (root / "wav48_silence_trimmed" / speaker).mkdir(parents=True, exist_ok=True)
+    (root / "txt" / speaker).mkdir(parents=True, exist_ok=True)
+    for u in range(1, (utterances if s < speakers else 1) + 1):
+      text = " ".join(rng.choice(_CAPTION_WORDS, int(rng.integers(4, 8)))).capitalize() + "."
+      (root / "txt" / speaker / f"{speaker}_{u:03d}.txt").write_text(text + "\n")
+      wave = audio_io.resample(_synth_speech(text, rng), SPEECH_RATE, 48000)
+      for mic in (1, 2):
+        sf.write(root / "wav48_silence_trimmed" / speaker / f"{speaker}_{u:03d}_mic{mic}.flac", wave, 48000,
+                 format="FLAC")
   return root

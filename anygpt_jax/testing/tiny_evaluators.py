@@ -9,6 +9,12 @@ README's evaluation commands (their scores mean nothing).
                         features, 10 s window) with its processor (RoBERTa's byte-level tokenizer
                         without merges, CLAP's feature extractor as the unfused checkpoints have it),
                         as `laion/clap-htsat-unfused` or `laion/larger_clap_music` load in transformers.
+  save_tiny_whisper(dir) a multilingual WhisperForConditionalGeneration (80 mel bins) with its processor
+                        (Whisper's byte-level tokenizer without merges, its special tokens) and the
+                        generation config Whisper's `generate(language=, task=)` reads, as
+                        `openai/whisper-medium` loads.
+  save_tiny_wavlm_sv(dir) a WavLMForXVector (TDNN x-vector head) with its feature extractor, as
+                        `microsoft/wavlm-base-plus-sv` loads.
 
 PyTorch and transformers; no JAX.
 """
@@ -65,4 +71,58 @@ def save_tiny_clap(directory, seed: int = 0) -> pathlib.Path:
   features = ClapFeatureExtractor(feature_size=64, sampling_rate=48000, max_length_s=10, truncation="rand_trunc",
                                   padding="repeatpad")
   ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(root)
+  return root
+
+
+WHISPER_SPECIAL_TOKENS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
+                          "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>")
+
+
+def save_tiny_whisper(directory, seed: int = 0) -> pathlib.Path:
+  """A random tiny multilingual Whisper (one layer each side) with its processor in `directory`."""
+  import torch
+  from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+                            WhisperProcessor, WhisperTokenizer)
+
+  from anygpt_jax.testing.tiny_tokenizers import byte_level_alphabet
+
+  root = pathlib.Path(directory)
+  root.mkdir(parents=True, exist_ok=True)
+  tokenizer = WhisperTokenizer(vocab={c: i for i, c in enumerate(byte_level_alphabet())}, merges=[])
+  tokenizer.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIAL_TOKENS[1:])})
+  ids = {t: tokenizer.convert_tokens_to_ids(t) for t in WHISPER_SPECIAL_TOKENS}
+  end, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+  config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                         max_source_positions=1500, max_target_positions=64, pad_token_id=end, bos_token_id=end,
+                         eos_token_id=end, decoder_start_token_id=start)
+  torch.manual_seed(seed)
+  model = WhisperForConditionalGeneration(config)
+  model.generation_config = GenerationConfig(
+      decoder_start_token_id=start, eos_token_id=end, pad_token_id=end, bos_token_id=end, max_length=64,
+      is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"]},
+      task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+      no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"], suppress_tokens=[],
+      begin_suppress_tokens=[end])
+  model.save_pretrained(root)
+  WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(root)
+  return root
+
+
+def save_tiny_wavlm_sv(directory, seed: int = 0) -> pathlib.Path:
+  """A random tiny WavLM speaker-verification model (x-vector dim 16) with its feature extractor."""
+  import torch
+  from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+  root = pathlib.Path(directory)
+  root.mkdir(parents=True, exist_ok=True)
+  config = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                       num_conv_pos_embedding_groups=4, tdnn_dim=(16, 16, 32), tdnn_kernel=(5, 3, 1),
+                       tdnn_dilation=(1, 2, 1), xvector_output_dim=16, num_buckets=32, max_bucket_distance=100)
+  torch.manual_seed(seed)
+  WavLMForXVector(config).save_pretrained(root)
+  # wavlm-base-plus-sv's own settings: raw 16 kHz samples, not normalised, with an attention mask.
+  Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
+                           return_attention_mask=True).save_pretrained(root)
   return root

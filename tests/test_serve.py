@@ -3,6 +3,7 @@ engine on a tiny export and the tiny tokenizers: every content kind in and out, 
 requests, greedy answers equal to anygpt-generate's, a full queue."""
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -41,7 +42,6 @@ def readme_section() -> str:
 def server(tmp_path_factory):
   """The README's anygpt-serve line, from a directory laid out as `make demo` leaves it (tiny export
   and tokenizers), with a free port, a key and a small media limit added."""
-  import uvicorn
   setup = generation_setup.build(tmp_path_factory.mktemp("serve"))
   cwd = setup["root"] / "cwd"
   demo = cwd / "demo_out"
@@ -61,16 +61,40 @@ def server(tmp_path_factory):
     app = serve.build_app(args)
   finally:
     os.chdir(old)
-  server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, log_level="warning"))
+  with running(app, port):
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=300)
+    yield {**setup, "client": client, "url": f"http://127.0.0.1:{port}", "out": pathlib.Path(args.output_dir),
+           "cwd": cwd, "port": port, "media": demo / "raw" / "media", "app": app}
+
+
+@contextlib.contextmanager
+def running(app, port: int):
+  """`app` served by uvicorn on 127.0.0.1:`port` in a thread, until the block ends."""
+  import uvicorn
+  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
   thread = threading.Thread(target=server.run, daemon=True)
   thread.start()
   while not server.started:
     time.sleep(0.05)
-  client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=300)
-  yield {**setup, "client": client, "url": f"http://127.0.0.1:{port}", "out": pathlib.Path(args.output_dir),
-         "cwd": cwd, "port": port, "media": demo / "raw" / "media"}
-  server.should_exit = True
-  thread.join(timeout=30)
+  try:
+    yield
+  finally:
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+class Gated:
+  """The real generator behind a gate the test opens; `fail` makes it raise as a dead device would."""
+
+  def __init__(self, generator):
+    self.generator, self.gate, self.calls, self.fail = generator, threading.Event(), [], False
+
+  def generate(self, requests, seed=0):
+    self.gate.wait(60)
+    if self.fail:
+      raise RuntimeError("XLA runtime error: device lost")
+    self.calls.append(len(requests))
+    return self.generator.generate(requests, seed=seed)
 
 
 def test_readme_client_block(server):
@@ -213,23 +237,12 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server):
   assert client.chat.completions.create(model="tiny", messages=user("still there?"), max_tokens=4).choices
 
 
-def test_a_full_queue_is_refused_at_once_and_a_cancelled_request_is_dropped(server, tmp_path):
+def test_a_full_queue_is_refused_at_once_and_a_cancelled_request_is_dropped(server):
   """The JAX engine's bound: requests beyond max_queue raise EngineBusy (the front's 429)."""
   from anygpt_jax.generation import Request, defaults_for
   from anygpt_jax.serving.engine import EngineBusy, JaxEngine
 
-  class Gated:  # the real generator, held until the test opens the gate
-    def __init__(self, generator):
-      self.generator, self.gate, self.calls = generator, threading.Event(), []
-
-    def generate(self, requests, seed=0):
-      self.gate.wait(60)
-      self.calls.append(len(requests))
-      return self.generator.generate(requests, seed=seed)
-
-  from tools.generate import open_session
-  args = serve.build_parser().parse_args([f"--model={server['export']}", f"--output_dir={tmp_path}"])
-  gated = Gated(open_session(args).generator)
+  gated = Gated(server["app"].state.service.engine.generator)
   engine = JaxEngine(gated, batch_size=2, window_s=0.0, max_queue=2)
   request = Request([1, 5, 6], defaults_for("text", (2,), max_new_tokens=3))
   first = engine.submit(request, seed=0)  # taken by the decoding thread, held at the gate
@@ -240,6 +253,58 @@ def test_a_full_queue_is_refused_at_once_and_a_cancelled_request_is_dropped(serv
   queued[1].cancel()
   gated.gate.set()
   assert len(first.result(60).tokens) == 3 and len(queued[0].result(60).tokens) == 3
-  assert gated.calls == [1, 1] and engine.health()["ok"]
+  assert gated.calls == [1, 1] and engine.health()["ok"] and engine.health()["dropped"] == 1
   engine.close()
   assert not engine.health()["ok"]
+
+
+def test_a_timeout_a_disconnect_and_a_dead_engine_over_http(server, tmp_path):
+  """504 past the timeout; a client that hangs up has its queued request dropped, never decoded; an
+  engine that fails answers 503 with the reason, at /health too, and the server stays up."""
+  from anygpt_jax.serving.app import create_app
+  from anygpt_jax.serving.engine import JaxEngine
+  from anygpt_jax.serving.service import Service
+
+  shared = server["app"].state.service
+  gated = Gated(shared.engine.generator)
+  engine = JaxEngine(gated, batch_size=1, window_s=0.0)
+  service = Service(shared.vocabulary, shared.media, engine, shared.tables, shared.max_positions, shared.stop_ids,
+                    shared.overrides, str(tmp_path), seed=0)
+  port = free_port()
+  body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+  with running(create_app(service, "tiny", timeout_s=1.0), port):
+    url = f"http://127.0.0.1:{port}"
+    status, answer = call(url + "/v1/chat/completions", body)  # decoding, held at the gate
+    assert status == 504 and "timeout of 1 s" in answer["error"]["message"]
+    with pytest.raises(TimeoutError):  # queued behind it; the client gives up and hangs up
+      call(url + "/v1/chat/completions", body, timeout=0.5)
+    time.sleep(0.5)  # the front notices the disconnect (it polls every 0.25 s) and cancels the request
+    gated.gate.set()
+    deadline = time.time() + 30
+    while engine.health()["dropped"] < 1 and time.time() < deadline:
+      time.sleep(0.05)
+    assert engine.health()["dropped"] == 1 and gated.calls == [1]  # only the first was decoded
+    gated.fail = True
+    status, answer = call(url + "/v1/chat/completions", body)
+    assert status == 503 and "device lost" in answer["error"]["message"]
+    status, health = call(url + "/health")
+    assert status == 503 and "device lost" in health["reason"]
+    status, answer = call(url + "/v1/chat/completions", body)
+    assert status == 503 and call(url + "/v1/models")[0] == 200
+
+
+def call(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
+  """(status, JSON answer) of a GET, or a POST of `body`; a client-side timeout raises TimeoutError."""
+  import socket
+  import urllib.error
+  data = None if body is None else json.dumps(body).encode()
+  request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+      return response.status, json.load(response)
+  except urllib.error.HTTPError as e:
+    return e.code, json.load(e)
+  except (socket.timeout, urllib.error.URLError) as e:
+    if isinstance(e, socket.timeout) or isinstance(getattr(e, "reason", None), socket.timeout):
+      raise TimeoutError(str(e)) from None
+    raise

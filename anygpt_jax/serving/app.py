@@ -17,6 +17,7 @@ cancels its engine request. Each request is logged as a JSON line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -86,7 +87,13 @@ def create_app(service: Service, model_name: str, media_dirs: tuple[str, ...] = 
   media_dirs: the directories whose files requests may name (file:// URLs or paths).
   api_key: when given, every route but /health needs `Authorization: Bearer <api_key>`.
   """
-  app = FastAPI(title="anygpt-serve", docs_url=None, redoc_url=None)
+  @contextlib.asynccontextmanager
+  async def lifespan(app: FastAPI):
+    yield
+    service.engine.close()  # the server is stopping: no request is waiting on the engine any more
+
+  app = FastAPI(title="anygpt-serve", docs_url=None, redoc_url=None, lifespan=lifespan)
+  app.state.service = service
   log = RequestLog(log_path)
 
   @app.middleware("http")

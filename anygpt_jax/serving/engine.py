@@ -81,6 +81,7 @@ class JaxEngine(Engine):
     self._error: str | None = None
     self._closed = False
     self.batches = 0
+    self.dropped = 0  # requests cancelled before their batch started
     self._thread = threading.Thread(target=self._loop, name="jax-engine", daemon=True)
     self._thread.start()
 
@@ -97,6 +98,7 @@ class JaxEngine(Engine):
   def health(self) -> dict[str, Any]:
     ok = not self._closed and self._error is None and self._thread.is_alive()
     return {"ok": ok, "engine": self.name, "queued": self._queue.qsize(), "batches": self.batches,
+            "dropped": self.dropped,
             **({} if ok else {"reason": self._error or "the JAX engine is closed"})}
 
   def close(self) -> None:
@@ -132,6 +134,7 @@ class JaxEngine(Engine):
       if batch is None:
         return
       live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+      self.dropped += len(batch) - len(live)
       if not live:
         continue
       try:

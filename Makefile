@@ -22,6 +22,8 @@ $(VENV)/.installed: setup.py requirements.lock $(wildcard requirements*.in) cons
 	$(PY) -c "import torchaudio, speechtokenizer, encodec, anygpt_jax"
 	# anygpt-eval's caption scores: pycocoevalcap's PTB tokenizer runs Stanford CoreNLP under java.
 	command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq default-jre-headless; }
+	# The chat page's test drives a real browser: Debian's headless Chromium and its driver (Selenium).
+	command -v chromedriver >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 	touch $@
 
 install: $(VENV)/.installed

@@ -39,7 +39,8 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["anygpt_jax", "anygpt_jax.*"]) + list(PACKAGE_DIRS),
     package_dir={"anygpt_jax": "anygpt_jax", **PACKAGE_DIRS},
-    package_data={"anygpt_jax.tasks": ["instructions/*.txt"], "anygpt_jax.gin": ["**/*.gin"]},
+    package_data={"anygpt_jax.tasks": ["instructions/*.txt"], "anygpt_jax.gin": ["**/*.gin"],
+                  "anygpt_jax.serving": ["chat.html"]},
     install_requires=_requirements("base"),
     extras_require=_EXTRAS,
     entry_points={

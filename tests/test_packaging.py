@@ -64,7 +64,7 @@ def test_wheel_holds_one_package_with_its_commands_tasks_and_gin_files(wheel):
   pools = {f"anygpt_jax/tasks/instructions/{p.name}" for p in (REPO / "tasks" / "instructions").glob("*.txt")}
   commands = {f"anygpt_jax/tools/{p.name}" for p in (REPO / "tools").glob("*.py")}
   assert gin_files and len(pools) == 6 and "anygpt_jax/tools/train.py" in commands
-  assert gin_files | pools | commands | {"anygpt_jax/tasks/__init__.py"} <= names
+  assert gin_files | pools | commands | {"anygpt_jax/tasks/__init__.py", "anygpt_jax/serving/chat.html"} <= names
   # The tiny fixtures are a module that says what it is, not part of the tokenizers or the model.
   assert {"anygpt_jax/testing/tiny_tokenizers.py", "anygpt_jax/testing/demo_corpus.py",
           "anygpt_jax/testing/hf_reference.py"} <= names

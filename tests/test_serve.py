@@ -308,3 +308,51 @@ def call(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, 
     if isinstance(e, socket.timeout) or isinstance(getattr(e, "reason", None), socket.timeout):
       raise TimeoutError(str(e)) from None
     raise
+
+
+def test_the_chat_page_in_a_real_browser(server, tmp_path):
+  """Headless Chromium (Debian's, through Selenium) on the page the server serves: a text message with
+  an image, then an image answer and a speech answer in the same conversation; a screenshot is kept."""
+  from selenium import webdriver
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import Select, WebDriverWait
+
+  options = webdriver.ChromeOptions()
+  options.binary_location = "/usr/bin/chromium"
+  for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
+    options.add_argument(flag)
+  driver = webdriver.Chrome(options=options, service=webdriver.ChromeService("/usr/bin/chromedriver"))
+  try:
+    driver.get(server["url"] + "/")
+    assert "tiny" in driver.title
+    driver.find_element(By.ID, "key").send_keys(KEY)
+    wait = WebDriverWait(driver, 120)
+
+    def send(text: str, modality: str, image=None) -> object:
+      before = len(driver.find_elements(By.CSS_SELECTOR, ".message.assistant:not(.error)"))
+      driver.find_element(By.ID, "text").send_keys(text)
+      if image:
+        driver.find_element(By.ID, "image").send_keys(str(image))
+      Select(driver.find_element(By.ID, "modality")).select_by_visible_text(modality)
+      driver.find_element(By.ID, "send").click()
+      wait.until(lambda d: d.find_element(By.ID, "send").is_enabled()
+                 and len(d.find_elements(By.CSS_SELECTOR, ".message.assistant")) > before)
+      assert not driver.find_elements(By.CSS_SELECTOR, ".error"), driver.find_element(By.CSS_SELECTOR, ".error").text
+      return driver.find_elements(By.CSS_SELECTOR, ".message.assistant")[-1]
+
+    answer = send("What is in this picture?", "text", server["media"] / "photo.png")
+    user = driver.find_elements(By.CSS_SELECTOR, ".message.user")[-1]
+    assert "What is in this picture?" in user.text and user.find_element(By.TAG_NAME, "img")
+    assert not answer.find_elements(By.TAG_NAME, "img")
+    image = send("Now draw a dog.", "image").find_element(By.TAG_NAME, "img")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
+    assert image.get_attribute("src").startswith("data:image/jpeg;base64,")
+    audio = send("Say it.", "speech").find_element(By.TAG_NAME, "audio")
+    wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1", audio))
+    assert driver.execute_script("return arguments[0].duration", audio) > 0
+    assert len(driver.find_elements(By.CSS_SELECTOR, ".message.user")) == 3  # one conversation, three turns
+    screenshot = pathlib.Path(os.environ.get("ANYGPT_TEST_ARTIFACTS", tmp_path)) / "chat_page.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 0
+  finally:
+    driver.quit()

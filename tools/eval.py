@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
   score.add_argument("--speech_model", help="SpeechTokenizer directory (vctk_tts: speech codes -> audio)")
   score.add_argument("--soundstorm_model", help="SoundStorm checkpoint (vctk_tts)")
   score.add_argument("--soundstorm_steps", type=int, default=3, help="SoundStorm passes (AnyGPT: 3)")
-  score.add_argument("--whisper_model", help="Whisper directory in transformers' layout, e.g. whisper-medium (vctk_tts)")
+  score.add_argument("--whisper_model",
+                     help="Whisper directory in transformers' layout, e.g. whisper-medium (vctk_tts)")
   score.add_argument("--wavlm_model", help="WavLM x-vector directory, e.g. wavlm-base-plus-sv (vctk_tts)")
   score.add_argument("--seed", type=int, default=0, help="the de-tokenizers' noise seed")
   return p

@@ -1,6 +1,7 @@
 """The HTTP front: OpenAI's chat-completions and completions routes over a `Service`.
 
-Routes: `GET /health` (no key needed: the engine's state, 503 when it is down), `GET /v1/models`,
+Routes: `GET /` (the chat page, `chat.html`: a static page over this API), `GET /health` (no key
+needed: the engine's state, 503 when it is down), `GET /v1/models`,
 `POST /v1/chat/completions` and `POST /v1/completions` (`serving.protocol` says what they read),
 with `"stream": true` as server-sent events in OpenAI's chunk shape. Answers carry OpenAI's fields
 (`choices[0].message.content` or `.text`, `finish_reason`, `usage`), the answer's media as
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
+import importlib.resources
 import json
 import shutil
 import tempfile
@@ -26,13 +29,14 @@ import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from anygpt_jax.serving.engine import EngineBusy, EngineError
 from anygpt_jax.serving.protocol import BadRequest, MediaInputs, parse_chat_completion, parse_completion
 from anygpt_jax.serving.service import Answer, Service
 
+OPEN_PATHS = ("/", "/health")  # the chat page and the health check need no key; the page asks for it
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
                429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}
@@ -100,7 +104,7 @@ def create_app(service: Service, model_name: str, media_dirs: tuple[str, ...] = 
   async def authorize_and_log(request: Request, call_next):
     start = time.monotonic()
     request.state.record = {"id": uuid.uuid4().hex[:16], "method": request.method, "path": request.url.path}
-    if api_key and request.url.path != "/health" and \
+    if api_key and request.url.path not in OPEN_PATHS and \
         request.headers.get("authorization", "") != f"Bearer {api_key}":
       response = error_response(401, "a valid 'Authorization: Bearer <key>' header is required")
       request.state.record["error"] = "unauthorized"
@@ -114,6 +118,13 @@ def create_app(service: Service, model_name: str, media_dirs: tuple[str, ...] = 
   async def failed(request: Request, e: RequestFailed):
     request.state.record["error"] = str(e)
     return error_response(e.status, str(e))
+
+  page = (importlib.resources.files("anygpt_jax.serving") / "chat.html").read_text(encoding="utf-8")
+  page = page.replace("__MODEL__", html.escape(model_name))
+
+  @app.get("/", response_class=HTMLResponse)
+  async def chat_page():
+    return page
 
   @app.get("/health")
   async def health():

@@ -105,7 +105,8 @@ def save_tiny_whisper(directory, seed: int = 0) -> pathlib.Path:
       no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"], suppress_tokens=[],
       begin_suppress_tokens=[end])
   model.save_pretrained(root)
-  WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(root)
+  processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+  processor.save_pretrained(root)
   return root
 
 

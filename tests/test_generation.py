@@ -217,3 +217,32 @@ def test_constraints_well_formed_under_random_logits():
     else:
       for span in find_spans(LAYOUT, tokens):  # free rows open spans themselves, legally
         assert span.modality != "image" or len(span.codes) <= 32
+
+
+@pytest.mark.parametrize("budget", [2, 5, 6, 33, 34, 40])
+def test_free_rows_open_only_spans_they_can_close(budget):
+  """Outside a span, a start token is allowed only while its shortest span (image: start + 32 codes +
+  end; speech: start + a code + end; music: start + a frame of 4 + end) fits the budget; with start
+  tokens favoured, every span a free row opens closes."""
+  tables = build_tables(LAYOUT, STOPS)
+  starts = [r.start_id for r in LAYOUT.modality_ranges]
+  needs = {r.modality.name: tables.min_span_tokens(r.modality.name) for r in LAYOUT.modality_ranges}
+  assert needs == {"image": 34, "speech": 3, "music": 6}
+  rng = np.random.default_rng(budget)
+  state = cons.initial_state(tables, [None] * 8, jnp)
+  out = [[] for _ in range(8)]
+  for step in range(budget):
+    logits = rng.normal(size=(8, LAYOUT.padded_vocab_size)) * 3
+    logits[:, starts] += 40  # a model that wants to open a span whenever it may
+    remaining = jnp.full((8,), budget - step, jnp.int32)
+    mask = np.asarray(cons.allowed_mask(tables, state, remaining, jnp))
+    free = np.asarray(state["mode"]) == cons.FREE
+    for r in LAYOUT.modality_ranges:
+      assert np.all(mask[free, r.start_id] == (budget - step >= needs[r.modality.name]))
+    masked = cons.apply(tables, state, jnp.asarray(logits, jnp.float32), remaining, jnp)
+    token = np.asarray(jax.random.categorical(jax.random.key(step), masked))
+    for i, t in enumerate(token):
+      out[i].append(int(t))
+    state = cons.advance(tables, state, jnp.asarray(token), jnp)
+  for tokens in out:
+    assert all(span.closed for span in find_spans(LAYOUT, tokens)), tokens

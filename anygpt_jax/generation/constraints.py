@@ -6,7 +6,9 @@ a frame from codebook t % codebooks, i.e. from its block of num_codes / codebook
 whole frames before `<eomu>`. Outside a span no code and no end token can be drawn; padded
 vocabulary rows never. A request that asks for a modality starts in the OPEN state, which allows
 only that modality's start token, and after its span closes only the stop ids remain.
-Open-ended spans (speech, music) are closed when the token budget would otherwise run out.
+Open-ended spans (speech, music) are closed when the token budget would otherwise run out, and
+outside a span a start token is drawn only while its shortest span still fits the budget (a chat
+answer near its end cannot open an image it has no room to finish).
 
 Everything is written against an array namespace `xp` (jax.numpy or torch) with elementwise
 ops and table lookups only, so the JAX decoder (`decoding.py`) and the transformers
@@ -46,6 +48,8 @@ class ConstraintTables:
     allowed: bool [num_classes, padded_vocab]: which ids each state class may draw.
     token_kind: int32 [padded_vocab]: _OTHER, _CODE, _START or _END.
     token_modality: int32 [padded_vocab]: modality index of codes, start and end tokens (0 else).
+    start_needs: int32 [padded_vocab]: at a start token, the fewest tokens its span takes
+      (`min_span_tokens`); 0 elsewhere.
     lengths: int32 [num_modalities]: exact code count of a span (0: open-ended).
     frames: int32 [num_modalities]: codes per frame (codebooks) of each modality.
     block_class: int32 [num_modalities, max_frame]: class of "code of codebook l".
@@ -55,6 +59,7 @@ class ConstraintTables:
   allowed: np.ndarray
   token_kind: np.ndarray
   token_modality: np.ndarray
+  start_needs: np.ndarray
   lengths: np.ndarray
   frames: np.ndarray
   block_class: np.ndarray
@@ -77,8 +82,7 @@ class ConstraintTables:
 
   def min_span_tokens(self, name: str) -> int:
     """Fewest tokens a span of `name` takes: start, the shortest legal code run, end."""
-    i = self.modality_index(name)
-    return 2 + (int(self.lengths[i]) or int(self.frames[i]))
+    return int(self.start_needs[self.layout.modality(name).start_id])
 
 
 def build_tables(layout: VocabularyLayout, stop_ids: Sequence[int],
@@ -142,7 +146,10 @@ def build_tables(layout: VocabularyLayout, stop_ids: Sequence[int],
     start[r.start_id] = True
     open_class.append(add(start))
   i32 = lambda x: np.asarray(x, np.int32)
-  return ConstraintTables(np.stack(classes), kind, modality, i32(lengths), i32(frames), block_class,
+  start_needs = np.zeros(vocab, np.int32)
+  for r, length, frame in zip(ranges, lengths, frames):
+    start_needs[r.start_id] = 2 + (length or frame)  # start, the shortest code run, end
+  return ConstraintTables(np.stack(classes), kind, modality, start_needs, i32(lengths), i32(frames), block_class,
                           i32(block0_or_end), i32(end_class), i32(open_class), free_class, close_class, layout,
                           tuple(int(s) for s in stop_ids))
 
@@ -199,9 +206,12 @@ def state_class(tables: ConstraintTables, state: dict[str, Any], remaining, xp):
 def allowed_mask(tables: ConstraintTables, state: dict[str, Any], remaining, xp, vocab: int | None = None):
   """bool [B, vocab]: the ids each row may draw next (vocab: the logits' width, <= padded)."""
   allowed = table(tables, "allowed", xp, state["mode"])
+  needs = table(tables, "start_needs", xp, state["mode"])
   if vocab is not None:
-    allowed = allowed[:, :vocab]
-  return allowed[state_class(tables, state, remaining, xp)]
+    allowed, needs = allowed[:, :vocab], needs[:vocab]
+  # Outside a span, a start token only while its shortest span fits in what is left of the budget.
+  fits = (needs[None, :] <= remaining[:, None]) | (state["mode"] != FREE)[:, None]
+  return allowed[state_class(tables, state, remaining, xp)] & fits
 
 
 def advance(tables: ConstraintTables, state: dict[str, Any], tokens, xp) -> dict[str, Any]:

@@ -132,16 +132,20 @@ class Generator:
     rules: logical axis rules (default: the gin-bound ones).
     constraints: tables of `constraints.build_tables`, or None for unconstrained decoding.
     length_bucket: prompt and output lengths are rounded up to this, so few shapes compile.
+    row_buckets: batch row counts to round up to (e.g. powers of two, for a server whose batches
+      vary), so few shapes compile; a batch larger than every bucket keeps its own size.
   """
 
   def __init__(self, model: Transformer, params: Any, mesh: Mesh | None = None, rules=None,
-               constraints: cons.ConstraintTables | None = None, length_bucket: int = 16):
+               constraints: cons.ConstraintTables | None = None, length_bucket: int = 16,
+               row_buckets: Sequence[int] = ()):
     self.model = model
     self.config = model.config
     self.mesh = mesh if mesh is not None else partitioning.create_mesh({"data": -1})
     self.rules = tuple(rules if rules is not None else partitioning.logical_axis_rules())
     self.tables = constraints
     self.length_bucket = length_bucket
+    self.row_buckets = tuple(sorted(row_buckets))
     self.batch_multiple = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     with self._context():
       self.param_shardings = partitioning.logical_to_sharding(partitioning.abstract_params(model), self.mesh,
@@ -247,7 +251,9 @@ class Generator:
   def _run(self, requests: Sequence[Request], beams: int, seed: int) -> list[Output]:
     prompts = [list(map(int, r.prompt)) for r in requests]
     expanded = [p for p in prompts for _ in range(beams)]
-    rows = round_up(len(expanded), math.lcm(beams, self.batch_multiple))
+    multiple = math.lcm(beams, self.batch_multiple)
+    rows = round_up(len(expanded), multiple)
+    rows = next((b for b in self.row_buckets if b >= rows and b % multiple == 0), rows)
     prompt_len = round_up(max(map(len, prompts)), self.length_bucket)
     steps = round_up(max(r.settings.max_new_tokens for r in requests), self.length_bucket)
     tokens, positions, segments = left_pad(expanded, prompt_len, rows)

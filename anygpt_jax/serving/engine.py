@@ -64,7 +64,9 @@ class JaxEngine(Engine):
   """The project's `Generator` on this process's devices, batched by a bounded window.
 
   Args:
-    generator: a `generation.Generator` (model, parameters, constraint tables).
+    generator: a `generation.Generator` (model, parameters, constraint tables). A batch's rows are
+      rounded up to a power of two (unless the generator has buckets of its own), so a server
+      compiles a handful of programs, not one per batch size.
     batch_size: at most this many requests are decoded together.
     window_s: after the first request of a batch arrives, wait this long for others to join.
     max_queue: requests waiting beyond this many are refused with EngineBusy.
@@ -74,6 +76,8 @@ class JaxEngine(Engine):
 
   def __init__(self, generator, batch_size: int = 8, window_s: float = 0.02, max_queue: int = 64):
     self.generator = generator
+    if hasattr(generator, "row_buckets") and not generator.row_buckets:
+      generator.row_buckets = tuple(2 ** k for k in range(max(1, batch_size - 1).bit_length() + 1))
     self.batch_size = batch_size
     self.window_s = window_s
     self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)

@@ -17,8 +17,10 @@ TEXTS = [f"a photo of {w} number {i} on a sunny day, spoken slowly" for i in ran
          for w in ("cat", "dog", "violin", "street")]
 
 
-def build(root: pathlib.Path) -> dict:
-  """{'root', 'export' (the HF directory), 'media' (photo.png, speech.wav, voice.wav, music.wav),
+def build(root: pathlib.Path, config_name: str = "tiny") -> dict:
+  """A random `config_name` model and the rest, under `root`.
+
+  Returns {'root', 'export' (the HF directory), 'media' (photo.png, speech.wav, voice.wav, music.wav),
   'models' (tokenizer paths by name), 'flags' (anygpt-generate's model flags)}."""
   import flax.linen as nn
   import jax
@@ -36,7 +38,7 @@ def build(root: pathlib.Path) -> dict:
   models = tiny.save_tiny_all(root / "tokenizers")
   spm = train_llama_like_sentencepiece(TEXTS, str(root / "spm"), vocab_size=300)
   layout = VocabularyLayout(text_vocab_size=300)
-  cfg = get_config("tiny", max_position_embeddings=1024).with_vocabulary(layout)
+  cfg = get_config(config_name, max_position_embeddings=1024).with_vocabulary(layout)
   params = nn.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   export = save_hf_checkpoint(jax.tree.map(np.asarray, params), cfg, layout, str(root / "hf"), spm_path=spm)
   media = root / "media"

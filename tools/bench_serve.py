@@ -1,0 +1,147 @@
+"""Load on `anygpt-serve`: requests/s and p50/p99 latency at several client counts, beside the same
+requests one at a time through anygpt-generate's path, in one run on one machine.
+
+  python -m tools.bench_serve --requests 64 --clients 1 --clients 8 --clients 32 --max_tokens 16
+
+Builds a random-weight model of `--config` exported as anygpt-export writes it with the tiny
+tokenizers (`anygpt_jax.testing.generation_setup`), starts the front with the JAX engine in this
+process on 127.0.0.1 (a free port; nothing else is contacted), and sends `--requests` chat requests
+(greedy, exactly `--max_tokens` new tokens each, so every row does the same work) from C client
+threads for each `--clients` C, after an untimed warm-up round of the same requests (it compiles
+the shapes that load makes). The baseline decodes the same requests one at a time with
+`anygpt-generate`'s own function (`tools.generate.generate_records`, batch 1) on the same model,
+loaded once, after the same warm-up.
+A failed request is counted, never retried. The vLLM engine's row is printed as not measured until
+that engine exists (issue 33, part 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import pathlib
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="bench_serve", description=__doc__.split("\n\n")[0])
+  p.add_argument("--config", default="tiny", help="model configuration (random weights)")
+  p.add_argument("--requests", type=int, default=64, help="requests per client count (and for the baseline)")
+  p.add_argument("--clients", type=int, action="append", default=None, help="concurrent clients (repeatable)")
+  p.add_argument("--max_tokens", type=int, default=16, help="new tokens per request (exactly)")
+  p.add_argument("--batch_window_ms", type=float, default=20)
+  return p
+
+
+def chat_body(index: int, max_tokens: int) -> dict:
+  return {"messages": [{"role": "user", "content": f"Tell me about photo number {index}."}], "temperature": 0,
+          "num_beams": 1, "max_tokens": max_tokens, "min_tokens": max_tokens}
+
+
+def post(url: str, body: dict) -> float:
+  """Seconds one request took; raises on a failed request."""
+  start = time.perf_counter()
+  request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+  with urllib.request.urlopen(request, timeout=600) as response:
+    json.load(response)
+  return time.perf_counter() - start
+
+
+def load(url: str, bodies: list[dict], clients: int) -> dict:
+  """Sends `bodies` from `clients` threads; {'rps', 'p50', 'p99', 'failed'}."""
+  latencies, failed = [], 0
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+    for future in [pool.submit(post, url, body) for body in bodies]:
+      try:
+        latencies.append(future.result())
+      except (urllib.error.URLError, OSError, ValueError):
+        failed += 1
+  return summary(latencies, time.perf_counter() - start, failed)
+
+
+def summary(latencies: list[float], wall: float, failed: int) -> dict:
+  ordered = sorted(latencies) or [float("nan")]
+  percentile = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+  return {"rps": len(latencies) / wall, "p50": statistics.median(ordered), "p99": percentile(0.99), "failed": failed}
+
+
+def sequential(setup: dict, bodies: list[dict], max_tokens: int, root: pathlib.Path) -> dict:
+  """The same chats one at a time through anygpt-generate's generate_records (batch 1)."""
+  from anygpt_jax.generation.requests import parse_chat
+
+  from . import generate
+
+  args = generate.build_parser().parse_args([f"--model={setup['export']}", f"--output_dir={root / 'generate'}",
+                                             *setup["flags"], "--do_sample=false", "--num_beams=1",
+                                             f"--max_new_tokens={max_tokens}", f"--min_new_tokens={max_tokens}"])
+  session = generate.open_session(args)
+  tasks = [parse_chat(json.dumps({"messages": body["messages"]})) for body in bodies]
+  for task in tasks:  # warm-up: compiles each prompt-length bucket
+    generate.generate_records(session, [(0, task)], args.output_dir, 1, 0)
+  latencies, failed = [], 0
+  start = time.perf_counter()
+  for index, task in enumerate(tasks):
+    begin = time.perf_counter()
+    (record,) = generate.generate_records(session, [(index, task)], args.output_dir, 1, 0)
+    latencies.append(time.perf_counter() - begin)
+    failed += "error" in record
+  return summary(latencies, time.perf_counter() - start, failed)
+
+
+def main(argv: list[str] | None = None) -> int:
+  import uvicorn
+
+  from anygpt_jax.testing import generation_setup
+
+  from . import serve
+
+  args = build_parser().parse_args(argv)
+  clients = args.clients or [1, 8, 32]
+  root = pathlib.Path(tempfile.mkdtemp(prefix="bench_serve-"))
+  setup = generation_setup.build(root, args.config)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  app = serve.build_app(serve.build_parser().parse_args([
+      f"--model={setup['export']}", f"--output_dir={root / 'serve'}", *setup["flags"],
+      f"--batch_size={max(clients)}", f"--batch_window_ms={args.batch_window_ms}", f"--max_queue={4 * args.requests}"]))
+  server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  while not server.started:
+    time.sleep(0.05)
+  url = f"http://127.0.0.1:{port}/v1/chat/completions"
+  bodies = [chat_body(i, args.max_tokens) for i in range(args.requests)]
+  rows = []
+  try:
+    for count in clients:
+      load(url, bodies, count)  # warm-up: compiles the batch and prompt-length shapes this load makes
+      rows.append((f"front + JAX engine", count, load(url, bodies, count)))
+  finally:
+    server.should_exit = True
+    thread.join(timeout=60)
+  rows.append(("anygpt-generate, one at a time", 1, sequential(setup, bodies, args.max_tokens, root)))
+  print(f"{args.requests} chat requests, {args.max_tokens} new tokens each (greedy), model {args.config!r} "
+        f"(random weights), this machine, one run:\n")
+  print("| path | clients | requests/s | p50 latency s | p99 latency s | failed |")
+  print("|---|---|---|---|---|---|")
+  for name, count, r in rows:
+    print(f"| {name} | {count} | {r['rps']:.2f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['failed']} |")
+  print("| front + vLLM engine | - | not measured: the vLLM engine is issue 33's part 2 | | | |")
+  baseline = rows[-1][2]["rps"]
+  ratios = ", ".join(f"{count} clients {r['rps'] / baseline:.2f}x" for name, count, r in rows[:-1])
+  print(f"\nfront + JAX engine over one at a time: {ratios}")
+  return 0 if not any(r["failed"] for _, _, r in rows) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

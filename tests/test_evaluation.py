@@ -101,7 +101,9 @@ def test_coco_t2i_reads_the_val2014_captions(tmp_path):
   assert [i.id for i in items] == [str(a["id"]) for a in sorted(annotations, key=lambda a: a["id"])]
   assert len(items) == 15 and items[0].task == f"text|image|{annotations[0]['caption']}" and items[0].media is None
   assert items[1].references == ("A sign reading open closed on a door.",)  # a '|' would split the task string
-  assert benchmarks.get("coco_t2i").items(str(root / "annotations")) == items  # the file's own directory too
+  image = json.loads((root / "annotations" / "captions_val2014.json").read_text())["images"][0]["file_name"]
+  assert items[0].reference_media == str(root / "val2014" / image) and os.path.exists(items[0].reference_media)
+  assert [i.task for i in benchmarks.get("coco_t2i").items(str(root / "annotations"))] == [i.task for i in items]
   with pytest.raises(benchmarks.BenchmarkDataError, match="captions_val2014.json"):
     benchmarks.get("coco_t2i").items(str(tmp_path))
 
@@ -128,6 +130,8 @@ def test_vctk_pairs_a_prompt_and_a_text_per_speaker(tmp_path):
     assert prompt == item.media and prompt.endswith("_mic1.flac") and f"/{item.id}/" in prompt
     spoken = (root / "txt" / item.id / (pathlib.Path(prompt).name[:-len("_mic1.flac")] + ".txt")).read_text().strip()
     assert item.references == (text,) and text != spoken  # the request's text is another utterance's
+    recording = pathlib.Path(item.reference_media)  # ... whose own recording the ceiling speaks again
+    assert (root / "txt" / item.id / (recording.name[:-len("_mic1.flac")] + ".txt")).read_text().strip() == text
   assert benchmarks.get("vctk_tts").items(str(root), limit=2, seed=1) == [
       i for i in items if i in benchmarks.get("vctk_tts").items(str(root), limit=2, seed=1)]
   with pytest.raises(benchmarks.BenchmarkDataError, match="txt"):
@@ -274,7 +278,7 @@ def run_readme(workdir, monkeypatch):
 
 def test_readme_commands_generate_and_score_every_benchmark(workdir, monkeypatch):
   commands = readme_commands()
-  assert [c[0] for c in commands] == ["generate"] * 6 + ["score"]
+  assert [c[0] for c in commands] == ["generate"] * 6 + ["ceiling"] * 3 + ["score"] * 2
   run_readme(workdir, monkeypatch)
   out = workdir / "eval" / "demo"
   entries = {e["benchmark"]: e for e in json.loads((out / "report.json").read_text())["benchmarks"]}
@@ -317,6 +321,24 @@ def test_readme_commands_generate_and_score_every_benchmark(workdir, monkeypatch
   assert "| coco_caption | CIDEr |" in table and "| 107.5 |" in table and "5 of 6" in table
   assert "| librispeech_asr | WER (lower is better) |" in table and "| 8.5 |" in table
   assert "| coco_t2i | CLIP |" in table and "| 0.65 |" in table and "3 of 3" in table
+  # The tokenizer ceilings: the items' own media through the tokenizers, scored as answers, beside ours.
+  ceilings = {e["benchmark"]: e for e in json.loads((workdir / "eval" / "ceiling" / "report.json").read_text())
+              ["benchmarks"]}
+  assert set(ceilings) == {"coco_t2i", "musiccaps_t2m", "vctk_tts"}
+  for name, entry in ceilings.items():
+    assert entry["items"] == entries[name]["items"] and entry["model"].startswith("tokenizer ceiling")
+    # Every item is scored but one text-to-music item, whose MusicCaps clip is not on disk.
+    assert len(entry["failed"]) == (name == "musiccaps_t2m")
+    assert all("missing_file" in f["error"] for f in entry["failed"])
+    assert entry["scored"] == entry["items"] - len(entry["failed"])
+    assert entries[name]["ceiling"] == entry["scores"] and set(entry["scores"]) == set(entries[name]["scores"])
+  from anygpt_jax.generation.media import Media
+  records = report.read_generations(str(workdir / "eval" / "ceiling"), "coco_t2i")
+  for item_id, item in t2i_items.items():
+    codes = Media(image_model=str(workdir / "tokenizers" / "seed_tokenizer")).encode("image", item.reference_media)
+    assert records[item_id]["spans"] == [{"modality": "image", "codes": [int(c) for c in codes]}]
+  ceiling_rows = [l for l in table.splitlines() if l.startswith("| coco_t2i | CLIP |")]
+  assert ceiling_rows[0].split("|")[4].strip() == f"{ceilings['coco_t2i']['scores']['CLIP']:.2f}"
   # Zero-shot TTS: the answer spoken in the prompt's voice, transcribed by Whisper, compared by WavLM.
   tts = entries["vctk_tts"]
   speech = {p.stem: str(p) for p in (out / "vctk_tts" / "media").glob("*.wav")}
@@ -412,7 +434,7 @@ def test_the_readme_bench_command_runs(capsys):
   from tools import bench_eval
   section = (REPO / "README.md").read_text().split("## Evaluation", 1)[1].split("\n## ", 1)[0]
   assert "python -m tools.bench_eval" in section
-  assert bench_eval.main(["--items", "4", "--batch", "2", "--max_new_tokens", "2", "--repeats", "1"]) == 0
+  assert bench_eval.main(["--items", "2", "--batch", "2", "--max_new_tokens", "2", "--repeats", "1"]) == 0
   out = capsys.readouterr().out
   assert "| anygpt-eval generate, batch 2 |" in out and "| one item at a time (batch 1) |" in out
   assert "scoring (WER):" in out

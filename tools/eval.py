@@ -4,6 +4,10 @@
       --output_dir eval/step_81000 --image_model seed/ [--limit 500] [--num_processes 4 --process_index 0]
   anygpt-eval score --output_dir eval/step_81000
 
+`ceiling` (no JAX) writes, for a benchmark whose answers are media, each item's own reference medium
+through the tokenizer as its answer; scored as usual, that is the best score the tokenizers allow, and
+`score --ceiling_dir` prints it beside the model's.
+
 `generate` (JAX; the model's machine) reads the benchmark's items from its published layout
 (`anygpt_jax.evaluation.benchmarks`), makes each item's request of the model with the paper's
 decoding settings (Table 9, as anygpt-generate; flags override them) and appends one JSON line per
@@ -40,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
   gen.add_argument("--num_processes", type=int, default=1, help="processes sharing the items")
   gen.add_argument("--process_index", type=int, default=0, help="this process's index among them")
   add_model_flags(gen)
+  ceiling = stages.add_parser("ceiling", help="the benchmark's own media through the tokenizer, as answers (no JAX)")
+  ceiling.add_argument("--benchmark", required=True, choices=sorted(CEILING_BENCHMARKS))
+  ceiling.add_argument("--data", required=True, help="the data set's directory, in its publisher's layout")
+  ceiling.add_argument("--limit", type=int, default=None, help="a seeded random subset of this many items")
+  ceiling.add_argument("--seed", type=int, default=0)
+  ceiling.add_argument("--output_dir", required=True, help="where the ceiling's answers go (score it there)")
+  ceiling.add_argument("--image_model", help="SEED tokenizer directory (coco_t2i)")
+  ceiling.add_argument("--speech_model", help="SpeechTokenizer directory (vctk_tts)")
+  ceiling.add_argument("--music_model", help="Encodec 32 kHz directory (musiccaps_t2m)")
   score = stages.add_parser("score", help="score what was generated and write report.json and report.md (no JAX)")
   score.add_argument("--output_dir", required=True)
   score.add_argument("--benchmark", action="append", default=None, choices=sorted(benchmarks.BENCHMARKS),
@@ -63,7 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Whisper directory in transformers' layout, e.g. whisper-medium (vctk_tts)")
   score.add_argument("--wavlm_model", help="WavLM x-vector directory, e.g. wavlm-base-plus-sv (vctk_tts)")
   score.add_argument("--seed", type=int, default=0, help="the de-tokenizers' noise seed")
+  score.add_argument("--ceiling_dir", default=None,
+                     help="an output directory of `ceiling` + `score`: its scores go beside ours in the report")
   return p
+
+
+# Benchmarks whose answers are media: their ceiling is the reference media through the tokenizer and back.
+CEILING_BENCHMARKS = ("coco_t2i", "musiccaps_t2m", "vctk_tts")
+CEILING_MODEL = "tokenizer ceiling (the benchmark's own media through the tokenizer, no language model)"
 
 
 def done_ids(path) -> set[str]:
@@ -135,6 +155,41 @@ def generate(args) -> int:
   return 0
 
 
+def ceiling(args) -> int:
+  """Writes, as the generation stage would, each item's answer as its reference medium's codes (the
+  caption's image, the caption's clip, the text's own recording): `score` then gives the best score
+  this tokenizer set allows. Resumable as `generate` is; an unreadable medium is the item's error."""
+  from anygpt_jax.generation.media import Media
+  from anygpt_jax.generation.requests import RequestError, parse_task
+
+  bench = benchmarks.get(args.benchmark)
+  items = bench.items(args.data, args.limit, args.seed)
+  out = filesystem.resolve(args.output_dir) / bench.name
+  out.mkdir(parents=True, exist_ok=True)
+  path = report.generations_file(args.output_dir, bench.name, 0, 1)
+  done = done_ids(path)
+  modality = parse_task(items[0].task).target
+  run = {"benchmark": bench.name, "model": CEILING_MODEL, "step": None, "data": str(filesystem.resolve(args.data)),
+         "limit": args.limit, "seed": args.seed, "num_processes": 1, "settings": {}}
+  filesystem.write_text(out / report.RUN_FILE, json.dumps(run, indent=1))
+  media = Media(image_model=args.image_model, speech_model=args.speech_model, music_model=args.music_model)
+  for item in items:
+    if item.id in done:
+      continue
+    try:
+      if item.reference_media is None:
+        raise RequestError(f"no {modality} beside the reference text in the data set")
+      codes = media.encode(modality, item.reference_media)
+      record = {"id": item.id, "task": item.task, "text": "",
+                "spans": [{"modality": modality, "codes": [int(c) for c in codes]}]}
+    except (RequestError, ValueError, OSError) as e:
+      record = {"id": item.id, "task": item.task, "error": str(e)}
+    filesystem.append_json_lines(path, [record])
+  print(f"anygpt-eval: {bench.name}: the tokenizer ceiling's answers in {path}; score them with "
+        f"`anygpt-eval score --output_dir {args.output_dir}`")
+  return 0
+
+
 def _step(session, step: int | None) -> int | None:
   """The checkpoint step a run directory's model came from (None for an export)."""
   source = session.loaded.source
@@ -152,7 +207,7 @@ def score(args) -> int:
                                   clap_model=args.clap_model, whisper_model=args.whisper_model,
                                   wavlm_model=args.wavlm_model)
   try:
-    entries = report.write_report(args.output_dir, args.benchmark, evaluators)
+    entries = report.write_report(args.output_dir, args.benchmark, evaluators, args.ceiling_dir)
   except scoring.EvaluatorMissing as e:
     raise SystemExit(f"anygpt-eval score: {e}") from None
   print(report.markdown(entries))
@@ -174,7 +229,7 @@ def score(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  return generate(args) if args.stage == "generate" else score(args)
+  return {"generate": generate, "ceiling": ceiling, "score": score}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,15 @@ class BenchmarkDataError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Item:
   """One benchmark example: its id in the data set, the request (an AnyGPT task string), the media
-  path it reads (or None) and the reference texts it is scored against."""
+  path it reads (or None), the reference texts it is scored against, and the medium those texts
+  belong to (the caption's image or clip, the text's own recording; None when the request's own
+  medium is it): what the tokenizer ceiling sends through the tokenizer and back."""
 
   id: str
   task: str
   media: str | None
   references: tuple[str, ...]
+  reference_media: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,14 +131,17 @@ def read_coco_captions(data_dir: str) -> list[Item]:
     raise BenchmarkDataError(f"{candidates[0]} not found: coco_t2i reads COCO's captions_val2014.json "
                              "(annotations/ as the annotations archive unpacks)")
   try:
-    annotations = json.loads(path.read_text())["annotations"]
-    captions = sorted((int(a["id"]), str(a["caption"])) for a in annotations)
+    index = json.loads(path.read_text())
+    captions = sorted((int(a["id"]), int(a["image_id"]), str(a["caption"])) for a in index["annotations"])
+    files = {int(image["id"]): str(image["file_name"]) for image in index["images"]}
   except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
     raise BenchmarkDataError(f"{path}: not COCO's caption annotations ({e})") from None
+  images = (path.parent.parent if path.parent.name == "annotations" else root) / "val2014"
   items = []
-  for annotation_id, caption in captions:
+  for annotation_id, image_id, caption in captions:
     text = _caption_text(caption)
-    items.append(Item(str(annotation_id), f"text|image|{text}", None, (text,)))
+    image = str(images / files[image_id]) if image_id in files else None
+    items.append(Item(str(annotation_id), f"text|image|{text}", None, (text,), image))
   return items
 
 
@@ -154,21 +160,25 @@ def _musiccaps_rows(data_dir: str) -> list[dict]:
   return [row for row in rows if row["is_audioset_eval"].strip().lower() == "true"]
 
 
+def _musiccaps_clip(data_dir: str, ytid: str) -> str:
+  """A row's clip, `audio/{ytid}.{wav,flac,mp3}` (the .wav path when none is on disk)."""
+  candidates = [filesystem.resolve(data_dir) / "audio" / f"{ytid}{suffix}" for suffix in MUSICCAPS_AUDIO_SUFFIXES]
+  return str(next((c for c in candidates if c.exists()), candidates[0]))
+
+
 def read_musiccaps_t2m(data_dir: str) -> list[Item]:
-  """Text to music: one item per MusicCaps evaluation row (no audio read)."""
-  return [Item(row["ytid"], f"text|music|{_caption_text(row['caption'])}", None, (_caption_text(row["caption"]),))
-          for row in _musiccaps_rows(data_dir)]
+  """Text to music: one item per MusicCaps evaluation row (its clip is only the ceiling's)."""
+  return [Item(row["ytid"], f"text|music|{_caption_text(row['caption'])}", None, (_caption_text(row["caption"]),),
+               _musiccaps_clip(data_dir, row["ytid"])) for row in _musiccaps_rows(data_dir)]
 
 
 def read_musiccaps_caption(data_dir: str) -> list[Item]:
   """Music captioning: one item per evaluation row; its clip is `audio/{ytid}.{wav,flac,mp3}` (a clip
   not on disk is an item that fails, as a missing image does)."""
-  root = filesystem.resolve(data_dir)
   items = []
   for row in _musiccaps_rows(data_dir):
-    candidates = [root / "audio" / f"{row['ytid']}{suffix}" for suffix in MUSICCAPS_AUDIO_SUFFIXES]
-    clip = next((c for c in candidates if c.exists()), candidates[0])
-    items.append(Item(row["ytid"], f"music|text|{clip}", str(clip), (_caption_text(row["caption"]),)))
+    clip = _musiccaps_clip(data_dir, row["ytid"])
+    items.append(Item(row["ytid"], f"music|text|{clip}", clip, (_caption_text(row["caption"]),)))
   return items
 
 
@@ -190,7 +200,7 @@ def read_vctk(data_dir: str) -> list[Item]:
     if len(pairs) < 2:
       continue
     prompt, target = random.Random(f"vctk/{speaker}").sample(pairs, 2)
-    items.append(Item(speaker, f"text|speech|{target[2]}|{prompt[1]}", prompt[1], (target[2],)))
+    items.append(Item(speaker, f"text|speech|{target[2]}|{prompt[1]}", prompt[1], (target[2],), target[1]))
   return items
 
 

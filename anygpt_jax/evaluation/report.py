@@ -75,17 +75,19 @@ def score_benchmark(out_dir: str, name: str,
 
 
 def markdown(entries: list[dict]) -> str:
-  """The report's table: our score beside the paper's, with N, seed and decoding settings."""
-  lines = ["| benchmark | metric | ours | AnyGPT (paper) | items scored | seed | decoding |",
-           "|---|---|---|---|---|---|---|"]
+  """The report's table: our score beside the tokenizer ceiling's and the paper's, with N, seed and
+  decoding settings."""
+  lines = ["| benchmark | metric | ours | tokenizer ceiling | AnyGPT (paper) | items scored | seed | decoding |",
+           "|---|---|---|---|---|---|---|---|"]
   for e in entries:
     decoding = ", ".join(f"{k}={v}" for k, v in e["settings"].items())
     for metric in e["metrics"]:
       ours = f"{e['scores'][metric]:.2f}" if metric in e["scores"] else "-"
       paper = f"{e['paper'][metric]}" if metric in e["paper"] else "-"
+      ceiling = f"{e['ceiling'][metric]:.2f}" if metric in e.get("ceiling", {}) else "-"
       lower = e["lower_is_better"] and metric == e["metrics"][0]  # the flag is the headline metric's
       lines.append(f"| {e['benchmark']} | {metric}{' (lower is better)' if lower else ''} | "
-                   f"{ours} | {paper} | {e['scored']} of {e['items']} | {e['seed']} | {decoding} |")
+                   f"{ours} | {ceiling} | {paper} | {e['scored']} of {e['items']} | {e['seed']} | {decoding} |")
   models = sorted({f"{e['model']} (step {e['step']})" if e["step"] is not None else e["model"] for e in entries})
   notes = [f"Model: {', '.join(models)}."]
   for e in entries:
@@ -95,16 +97,24 @@ def markdown(entries: list[dict]) -> str:
   return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def write_report(out_dir: str, names: list[str] | None = None,
-                 evaluators: scoring.Evaluators = scoring.Evaluators()) -> list[dict]:
+def write_report(out_dir: str, names: list[str] | None = None, evaluators: scoring.Evaluators = scoring.Evaluators(),
+                 ceiling_dir: str | None = None) -> list[dict]:
   """Scores every benchmark generated under `out_dir` (or `names`) with `evaluators`; writes report.json
-  and report.md."""
+  and report.md. With `ceiling_dir` (a scored `anygpt-eval ceiling` directory) each entry gets that
+  benchmark's ceiling scores as `ceiling`."""
   root = filesystem.resolve(out_dir)
   if names is None:
     names = [n for n in benchmarks.BENCHMARKS if (root / n / RUN_FILE).exists()]
   if not names:
     raise FileNotFoundError(f"no generated benchmark under {root} (expected {{benchmark}}/{RUN_FILE})")
   entries = [score_benchmark(out_dir, n, evaluators) for n in names]
+  if ceiling_dir is not None:
+    path = filesystem.resolve(ceiling_dir) / REPORT_JSON
+    if not path.exists():
+      raise FileNotFoundError(f"{path} not found: run `anygpt-eval ceiling` and `score` there first")
+    ceilings = {e["benchmark"]: e["scores"] for e in json.loads(path.read_text())["benchmarks"]}
+    for entry in entries:
+      entry["ceiling"] = ceilings.get(entry["benchmark"], {})
   filesystem.write_text(root / REPORT_JSON, json.dumps({"benchmarks": entries}, indent=1, ensure_ascii=False))
   filesystem.write_text(root / REPORT_MD, markdown(entries))
   return entries

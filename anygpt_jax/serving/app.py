@@ -143,7 +143,8 @@ def create_app(service: Service, model_name: str, media_dirs: tuple[str, ...] = 
     scratch = tempfile.mkdtemp(prefix="anygpt-serve-")
     try:
       try:
-        parsed = parse(body, MediaInputs(media_dirs, scratch, max_media_bytes))
+        # Decoding base64 media and writing them out is file work: off the event loop, as is `prepare`.
+        parsed = await run_in_threadpool(parse, body, MediaInputs(media_dirs, scratch, max_media_bytes))
         if isinstance(body, dict) and body.get("model") not in (None, model_name):
           raise BadRequest(f"model {body.get('model')!r} is not served here; this server serves {model_name!r}",
                            status=404)

@@ -7,7 +7,8 @@ data set can have one.
                              val entries too, which the benchmark must skip.
   write_coco_captions(dir)   dir/annotations/captions_val2014.json (COCO's caption annotations:
                              images[] and annotations[] with id, image_id, caption), as the
-                             annotations archive unpacks; one caption holds a '|'.
+                             annotations archive unpacks, and the images in dir/val2014/; one
+                             caption holds a '|'.
   write_musiccaps(dir)       dir/musiccaps-public.csv (MusicCaps' columns) + dir/audio/{ytid}.wav
                              (3 s clips at 32 kHz, 48 kHz and 44.1 kHz: MusicCaps' are 10 s, whose
                              2000 music tokens a tiny model cannot hold); one evaluation row's clip
@@ -63,15 +64,18 @@ def write_coco_karpathy(directory, num_test: int = 6, seed: int = 0, missing_ima
 
 
 def write_coco_captions(directory, num_images: int = 4, seed: int = 0) -> pathlib.Path:
-  """MS-COCO 2014 val caption annotations for `num_images` images, 5 captions each (no image files:
-  text-to-image reads the captions only)."""
+  """MS-COCO 2014 val caption annotations for `num_images` images, 5 captions each, and the images
+  (text-to-image reads the captions; its tokenizer ceiling, the images)."""
   root = pathlib.Path(directory)
   (root / "annotations").mkdir(parents=True, exist_ok=True)
+  (root / "val2014").mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(seed)
   images, annotations = [], []
   for i in range(num_images):
     image_id = 139 + 11 * i
-    images.append({"id": image_id, "file_name": f"COCO_val2014_{image_id:012d}.jpg", "width": 640, "height": 480})
+    name = f"COCO_val2014_{image_id:012d}.jpg"
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "val2014" / name)
+    images.append({"id": image_id, "file_name": name, "width": 64, "height": 48})
     for k in range(5):
       annotations.append({"id": 1000 + 5 * i + k, "image_id": image_id, "caption": _caption(rng)})
   annotations[1]["caption"] = "A sign reading open | closed on a door."

@@ -8,10 +8,10 @@ tokenizers (`anygpt_jax.testing.generation_setup`), starts the front with the JA
 process on 127.0.0.1 (a free port; nothing else is contacted), and sends `--requests` chat requests
 (greedy, exactly `--max_tokens` new tokens each, so every row does the same work) from C client
 threads for each `--clients` C, after an untimed warm-up round of the same requests (it compiles
-the shapes that load makes). The baseline decodes the same requests one at a time with
-`anygpt-generate`'s own function (`tools.generate.generate_records`, batch 1) on the same model,
-loaded once, after the same warm-up.
-A failed request is counted, never retried. The vLLM engine's row is printed as not measured until
+the shapes that load makes); each row is the run of median requests/s among `--repeats` timed
+runs. The baseline decodes the same requests one at a time with `anygpt-generate`'s own function
+(`tools.generate.generate_records`, batch 1) on the same model, loaded once, after the same warm-up
+and with the same repeats. A failed request is counted, never retried. The vLLM engine's row is printed as not measured until
 that engine exists (issue 33, part 2).
 """
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--clients", type=int, action="append", default=None, help="concurrent clients (repeatable)")
   p.add_argument("--max_tokens", type=int, default=16, help="new tokens per request (exactly)")
   p.add_argument("--batch_window_ms", type=float, default=20)
+  p.add_argument("--repeats", type=int, default=3, help="timed runs per row; the run of median requests/s is printed")
   return p
 
 
@@ -68,13 +69,19 @@ def load(url: str, bodies: list[dict], clients: int) -> dict:
   return summary(latencies, time.perf_counter() - start, failed)
 
 
+def median_run(runs: list[dict]) -> dict:
+  """The run whose requests/s is the median (failures of every run added up)."""
+  chosen = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+  return {**chosen, "failed": sum(r["failed"] for r in runs)}
+
+
 def summary(latencies: list[float], wall: float, failed: int) -> dict:
   ordered = sorted(latencies) or [float("nan")]
   percentile = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
   return {"rps": len(latencies) / wall, "p50": statistics.median(ordered), "p99": percentile(0.99), "failed": failed}
 
 
-def sequential(setup: dict, bodies: list[dict], max_tokens: int, root: pathlib.Path) -> dict:
+def sequential(setup: dict, bodies: list[dict], max_tokens: int, root: pathlib.Path, repeats: int) -> dict:
   """The same chats one at a time through anygpt-generate's generate_records (batch 1)."""
   from anygpt_jax.generation.requests import parse_chat
 
@@ -87,14 +94,17 @@ def sequential(setup: dict, bodies: list[dict], max_tokens: int, root: pathlib.P
   tasks = [parse_chat(json.dumps({"messages": body["messages"]})) for body in bodies]
   for task in tasks:  # warm-up: compiles each prompt-length bucket
     generate.generate_records(session, [(0, task)], args.output_dir, 1, 0)
-  latencies, failed = [], 0
-  start = time.perf_counter()
-  for index, task in enumerate(tasks):
-    begin = time.perf_counter()
-    (record,) = generate.generate_records(session, [(index, task)], args.output_dir, 1, 0)
-    latencies.append(time.perf_counter() - begin)
-    failed += "error" in record
-  return summary(latencies, time.perf_counter() - start, failed)
+  runs = []
+  for _ in range(repeats):
+    latencies, failed = [], 0
+    start = time.perf_counter()
+    for index, task in enumerate(tasks):
+      begin = time.perf_counter()
+      (record,) = generate.generate_records(session, [(index, task)], args.output_dir, 1, 0)
+      latencies.append(time.perf_counter() - begin)
+      failed += "error" in record
+    runs.append(summary(latencies, time.perf_counter() - start, failed))
+  return median_run(runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
   try:
     for count in clients:
       load(url, bodies, count)  # warm-up: compiles the batch and prompt-length shapes this load makes
-      rows.append((f"front + JAX engine", count, load(url, bodies, count)))
+      rows.append(("front + JAX engine", count, median_run([load(url, bodies, count) for _ in range(args.repeats)])))
   finally:
     server.should_exit = True
     thread.join(timeout=60)
-  rows.append(("anygpt-generate, one at a time", 1, sequential(setup, bodies, args.max_tokens, root)))
+  rows.append(("anygpt-generate, one at a time", 1, sequential(setup, bodies, args.max_tokens, root, args.repeats)))
   print(f"{args.requests} chat requests, {args.max_tokens} new tokens each (greedy), model {args.config!r} "
-        f"(random weights), this machine, one run:\n")
+        f"(random weights), this machine; each row the median of {args.repeats} timed runs:\n")
   print("| path | clients | requests/s | p50 latency s | p99 latency s | failed |")
   print("|---|---|---|---|---|---|")
   for name, count, r in rows:

@@ -14,6 +14,7 @@ compiled `while_loop` cannot be interrupted).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import dataclasses
@@ -31,26 +32,27 @@ class EngineBusy(EngineError):
   """The engine's queue is full; the front answers 429 and the client retries later."""
 
 
-class Engine:
+class Engine(abc.ABC):
   """What the front needs of an engine. Subclasses implement `submit`, `health` and `close`."""
 
   name = "engine"
 
+  @abc.abstractmethod
   def submit(self, request, seed: int) -> concurrent.futures.Future:
     """Queues `request` (`generation.Request`); the future's result is a `generation.Output`.
     Raises EngineBusy when the queue is full and EngineError when the engine is down."""
-    raise NotImplementedError
 
   async def generate(self, request, seed: int):
     """`submit`, awaited; cancelling the awaiting task cancels the engine request."""
     return await asyncio.wrap_future(self.submit(request, seed))
 
+  @abc.abstractmethod
   def health(self) -> dict[str, Any]:
     """{'ok': bool, ...} with what an operator needs to see (queue depth, the reason when not ok)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def close(self) -> None:
-    raise NotImplementedError
+    """Stops the engine; requests still queued fail."""
 
 
 @dataclasses.dataclass

@@ -146,6 +146,16 @@ def test_readme_bench_command_runs(capsys):
                               "--prompt_len", "8", "--new_tokens", "4", "--repeats", "1"]) == 0
   rows = [l for l in capsys.readouterr().out.splitlines() if l.strip().split("|")[0].strip() in ("1", "2")]
   assert len(rows) == 2 and all(len(r.split("|")[2].split()) == 3 for r in rows)
+  assert all(float(x) > 0 for r in rows for part in r.split("|")[1:] for x in part.split())
+
+
+def test_the_bench_refuses_a_rate_from_a_clock_that_did_not_advance():
+  """A decode timed as a difference of two calls once went negative and printed 6.3e10 tok/s."""
+  from tools.bench_generate import rate
+  assert rate(64, 2.0, "decode") == 32.0
+  for seconds in (0.0, -0.3, float("nan")):
+    with pytest.raises(RuntimeError, match="refusing to print a rate"):
+      rate(64, seconds, "transformers decode")
 
 
 def test_music_inputs_are_read_as_long_as_anygpt_reads_them(models, tmp_path):

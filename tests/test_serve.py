@@ -35,7 +35,9 @@ def free_port() -> int:
 
 
 def readme_section() -> str:
-  return (REPO / "README.md").read_text().split("## Serving (`anygpt-serve`)", 1)[1].split("\n## ", 1)[0]
+  """The README's serving section, up to its vLLM subsection (`test_serve_vllm.py` runs that one)."""
+  return (REPO / "README.md").read_text().split("## Serving (`anygpt-serve`)", 1)[1].split("\n## ", 1)[0] \
+      .split("\n### ", 1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +274,8 @@ def test_a_timeout_a_disconnect_and_a_dead_engine_over_http(server, tmp_path):
                     shared.overrides, str(tmp_path), seed=0)
   port = free_port()
   body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-  with running(create_app(service, "tiny", timeout_s=1.0), port):
+  log = tmp_path / "requests.jsonl"
+  with running(create_app(service, "tiny", timeout_s=1.0, log_path=str(log)), port):
     url = f"http://127.0.0.1:{port}"
     status, answer = call(url + "/v1/chat/completions", body)  # decoding, held at the gate
     assert status == 504 and "timeout of 1 s" in answer["error"]["message"]
@@ -284,6 +287,8 @@ def test_a_timeout_a_disconnect_and_a_dead_engine_over_http(server, tmp_path):
     while engine.health()["dropped"] < 1 and time.time() < deadline:
       time.sleep(0.05)
     assert engine.health()["dropped"] == 1 and gated.calls == [1]  # only the first was decoded
+    # Dropped for the hang-up (499), seen before the server's own 1 s timeout (504) would have come.
+    assert [json.loads(l)["status"] for l in log.read_text().splitlines()] == [504, 499]
     gated.fail = True
     status, answer = call(url + "/v1/chat/completions", body)
     assert status == 503 and "device lost" in answer["error"]["message"]
@@ -291,6 +296,38 @@ def test_a_timeout_a_disconnect_and_a_dead_engine_over_http(server, tmp_path):
     assert status == 503 and "device lost" in health["reason"]
     status, answer = call(url + "/v1/chat/completions", body)
     assert status == 503 and call(url + "/v1/models")[0] == 200
+
+
+def test_the_vllm_engine_maps_settings_and_an_unreachable_vllm_is_503(server, tmp_path):
+  """The vLLM engine without a vLLM (`test_serve_vllm.py` runs it against a real one): its request
+  body, beam search refused, and a vLLM that nobody serves answered 503 naming the URL."""
+  from anygpt_jax.generation import DecodingSettings, Request
+  from anygpt_jax.serving.app import create_app
+  from anygpt_jax.serving.service import Service
+  from anygpt_jax.serving.vllm_engine import VllmEngine, completion_body
+
+  greedy = completion_body("m", Request([1, 5], DecodingSettings(max_new_tokens=8, min_new_tokens=10, stop_ids=(2,)),
+                                        "image"), 7, 32, 4)
+  assert greedy["temperature"] == 0 and greedy["min_tokens"] == 8 and greedy["stop_token_ids"] == [2]
+  assert greedy["vllm_xargs"] == {"anygpt_modality": "image", "anygpt_stop_ids": [2], "anygpt_image_length": 32,
+                                  "anygpt_music_codebooks": 4}
+  sampled = completion_body("m", Request([1], DecodingSettings(do_sample=True, temperature=0.7, top_p=0.9)), 7, 32, 4)
+  assert (sampled["temperature"], sampled["top_p"], sampled["top_k"], sampled["seed"]) == (0.7, 0.9, -1, 7)
+  assert sampled["vllm_xargs"]["anygpt_modality"] == ""
+  shared = server["app"].state.service
+  nobody = free_port()
+  service = Service(shared.vocabulary, shared.media, VllmEngine(f"http://127.0.0.1:{nobody}", "export"), shared.tables,
+                    shared.max_positions, shared.stop_ids, shared.overrides, str(tmp_path), seed=0)
+  port = free_port()
+  with running(create_app(service, "tiny", media_dirs=(str(server["media"]),)), port):
+    url = f"http://127.0.0.1:{port}"
+    status, answer = call(url + "/v1/completions", {"prompt": "text|image|a cat", "temperature": 0})
+    assert status == 503 and f"127.0.0.1:{nobody} is unreachable" in answer["error"]["message"]
+    status, health = call(url + "/health")
+    assert status == 503 and "unreachable" in health["reason"] and health["engine"] == "vllm"
+    status, answer = call(url + "/v1/completions", {"prompt": f"image|text|{server['media'] / 'photo.png'}",
+                                                    "num_beams": 4})
+    assert status == 400 and "does not run beam search" in answer["error"]["message"]
 
 
 def call(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:

@@ -92,15 +92,19 @@ def modality_overrides(args) -> dict[str, dict[str, Any]]:
   return out
 
 
-def load_model(path: str, step: int | None, spm_path: str | None):
-  """A run directory (config.gin) or an exported HF directory (config.json)."""
+def load_model(path: str, step: int | None, spm_path: str | None, weights: bool = True):
+  """A run directory (config.gin) or an exported HF directory (config.json); `weights=False` reads
+  an export's configuration and vocabulary only (its model is decoded elsewhere)."""
   from anygpt_jax.generation.loading import load_hf_directory
 
   if os.path.exists(os.path.join(path, "config.gin")):
+    if not weights:
+      raise SystemExit(f"{os.path.basename(sys.argv[0])}: {path} is a run directory; a model decoded elsewhere "
+                       "(vLLM) is an anygpt-export directory: pass the one the engine serves")
     from .export_hf import load_run
     return load_run(path, spm_path, step)
   if os.path.exists(os.path.join(path, "config.json")):
-    loaded = load_hf_directory(path)
+    loaded = load_hf_directory(path, weights=weights)
     loaded.spm_path = spm_path or loaded.spm_path
     return loaded
   raise SystemExit(f"anygpt-generate: {path} is neither a run directory (config.gin) nor an exported "
@@ -166,20 +170,21 @@ class Session:
   loaded: Any
   prompts: Prompts
   media: Any
-  generator: Any
+  generator: Any  # None when the model is decoded elsewhere
   stops: tuple[int, ...]
   overrides: dict[str, dict[str, Any]]
+  tables: Any  # the modality constraints' tables (`generation.constraints`)
 
 
-def open_session(args) -> Session:
+def open_session(args, weights: bool = True) -> Session:
   """The model, vocabulary (in the model's text mode), media workers and generator that `args`
-  (`add_model_flags`) name."""
+  (`add_model_flags`) name; without `weights`, no generator (a front whose engine is vLLM)."""
   from anygpt_jax.generation import Generator, build_tables
   from anygpt_jax.model import Transformer
   from anygpt_jax.vocabulary.seqio_vocabulary import EOS_ID, AnyGPTVocabulary
 
   overrides = modality_overrides(args)
-  loaded = load_model(args.model, args.step, args.spm)
+  loaded = load_model(args.model, args.step, args.spm, weights=weights)
   if not loaded.spm_path or not os.path.exists(loaded.spm_path):
     raise SystemExit(f"{os.path.basename(sys.argv[0])}: the SentencePiece model {loaded.spm_path!r} does not "
                      "exist here; pass --spm")
@@ -189,8 +194,8 @@ def open_session(args) -> Session:
   media = media_from_args(args)
   stops = (EOS_ID, layout.eos_id)
   tables = build_tables(layout, stops, image_length=media.image_length, music_codebooks=media.music_codebooks)
-  generator = Generator(Transformer(loaded.config), loaded.params, constraints=tables)
-  return Session(loaded, Prompts(vocabulary, media, args.seed), media, generator, stops, overrides)
+  generator = Generator(Transformer(loaded.config), loaded.params, constraints=tables) if weights else None
+  return Session(loaded, Prompts(vocabulary, media, args.seed), media, generator, stops, overrides, tables)
 
 
 def generate_records(session: Session, tasks: list[tuple[int, Task | RequestError]], output_dir: str,
@@ -203,7 +208,7 @@ def generate_records(session: Session, tasks: list[tuple[int, Task | RequestErro
   anygpt-eval de-tokenizes in its scoring stage)."""
   from anygpt_jax.generation import SettingsError
 
-  tables, limit = session.generator.tables, session.loaded.config.max_position_embeddings
+  tables, limit = session.tables, session.loaded.config.max_position_embeddings
   records, pending = [], []
   for index, task in tasks:
     record = {"index": index, "task": getattr(task, "raw", None)}

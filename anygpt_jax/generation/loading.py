@@ -42,8 +42,11 @@ def model_config_from_hf(hf_config: dict, layout: VocabularyLayout) -> ModelConf
   return config.with_vocabulary(layout)
 
 
-def load_hf_directory(path: str) -> LoadedModel:
-  """An `anygpt-export` directory (safetensors shards, config.json, anygpt_vocabulary.json, tokenizer.model)."""
+def load_hf_directory(path: str, weights: bool = True) -> LoadedModel:
+  """An `anygpt-export` directory (safetensors shards, config.json, anygpt_vocabulary.json, tokenizer.model).
+
+  weights: False reads everything but the weights (params None): what a front needs whose model
+  runs elsewhere (`anygpt-serve --engine vllm`)."""
   from safetensors.numpy import load_file
 
   from anygpt_jax.model.hf_convert import params_from_hf_state_dict
@@ -55,6 +58,9 @@ def load_hf_directory(path: str) -> LoadedModel:
     layout = VocabularyLayout.from_json_dict(json.load(f))
   with open(os.path.join(path, "config.json")) as f:
     config = model_config_from_hf(json.load(f), layout)
+  spm = os.path.join(path, "tokenizer.model")
+  if not weights:
+    return LoadedModel(config, None, layout, spm if os.path.exists(spm) else None, path, exported_legacy(path))
   state = {}
   shards = sorted(glob.glob(os.path.join(path, "*.safetensors")))
   if not shards:
@@ -63,7 +69,6 @@ def load_hf_directory(path: str) -> LoadedModel:
     state.update(load_file(shard))
   state = {k: v.astype("float32") for k, v in state.items()}  # bf16/fp16 exports compute in fp32 here
   params = params_from_hf_state_dict(state, config)
-  spm = os.path.join(path, "tokenizer.model")
   return LoadedModel(config, params, layout, spm if os.path.exists(spm) else None, path, exported_legacy(path))
 
 

@@ -84,6 +84,42 @@ async def _unless_disconnected(request: Request, awaitable, timeout_s: float):
     task.cancel()
 
 
+class AuthorizeAndLog:
+  """ASGI middleware: the bearer key check, and a JSON line per request once its answer is sent.
+
+  A plain ASGI wrapper, not Starlette's `BaseHTTPMiddleware`, whose wrapped `receive` hides the
+  client's disconnect from `Request.is_disconnected` (a hung-up client's engine request would run on).
+  The route's `request.state.record` is this request's log line (`scope['state']`).
+  """
+
+  def __init__(self, app, api_key: str | None, log: RequestLog):
+    self.app, self.api_key, self.log = app, api_key, log
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    start = time.monotonic()
+    record = {"id": uuid.uuid4().hex[:16], "method": scope["method"], "path": scope["path"]}
+    scope.setdefault("state", {})["record"] = record
+    status = {"code": 500}
+
+    async def send_noting_status(message):
+      if message["type"] == "http.response.start":
+        status["code"] = message["status"]
+      await send(message)
+
+    headers = dict(scope.get("headers") or [])
+    if self.api_key and scope["path"] not in OPEN_PATHS and \
+        headers.get(b"authorization", b"").decode("latin-1") != f"Bearer {self.api_key}":
+      record["error"] = "unauthorized"
+      response = error_response(401, "a valid 'Authorization: Bearer <key>' header is required")
+      await response(scope, receive, send_noting_status)
+    else:
+      await self.app(scope, receive, send_noting_status)
+    self.log.write({"time": time.time(), **record, "status": status["code"],
+                    "latency_s": round(time.monotonic() - start, 4)})
+
+
 def create_app(service: Service, model_name: str, media_dirs: tuple[str, ...] = (), api_key: str | None = None,
                timeout_s: float = 600.0, log_path: str | None = None, max_media_bytes: int = 32 << 20) -> FastAPI:
   """The FastAPI application serving `service` as `model_name`.
@@ -98,21 +134,7 @@ def create_app(service: Service, model_name: str, media_dirs: tuple[str, ...] = 
 
   app = FastAPI(title="anygpt-serve", docs_url=None, redoc_url=None, lifespan=lifespan)
   app.state.service = service
-  log = RequestLog(log_path)
-
-  @app.middleware("http")
-  async def authorize_and_log(request: Request, call_next):
-    start = time.monotonic()
-    request.state.record = {"id": uuid.uuid4().hex[:16], "method": request.method, "path": request.url.path}
-    if api_key and request.url.path not in OPEN_PATHS and \
-        request.headers.get("authorization", "") != f"Bearer {api_key}":
-      response = error_response(401, "a valid 'Authorization: Bearer <key>' header is required")
-      request.state.record["error"] = "unauthorized"
-    else:
-      response = await call_next(request)
-    log.write({"time": time.time(), **request.state.record, "status": response.status_code,
-               "latency_s": round(time.monotonic() - start, 4)})
-    return response
+  app.add_middleware(AuthorizeAndLog, api_key=api_key, log=RequestLog(log_path))
 
   @app.exception_handler(RequestFailed)
   async def failed(request: Request, e: RequestFailed):
@@ -128,7 +150,7 @@ def create_app(service: Service, model_name: str, media_dirs: tuple[str, ...] = 
 
   @app.get("/health")
   async def health():
-    state = service.engine.health()
+    state = await run_in_threadpool(service.engine.health)  # an engine over HTTP asks its server
     return JSONResponse({**state, "model": model_name}, status_code=200 if state["ok"] else 503)
 
   @app.get("/v1/models")

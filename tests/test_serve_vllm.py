@@ -10,12 +10,10 @@ transformers compute in float32 here; the last flag wins), and to the front's a 
 short answers for this CPU.
 """
 
-import contextlib
 import json
 import os
 import pathlib
 import shlex
-import signal
 import subprocess
 import threading
 import time
@@ -26,6 +24,7 @@ import openai
 import pytest
 
 from anygpt_jax.testing import generation_setup
+from anygpt_jax.testing.vllm_server import VllmServer
 from test_serve import call, free_port, running
 from tools import serve
 
@@ -58,44 +57,18 @@ def setup(tmp_path_factory):
   return {**built, "cwd": cwd}
 
 
-class Vllm:
-  """The README's vLLM line as a process group on a free port, restartable."""
-
-  def __init__(self, cwd: pathlib.Path, log: pathlib.Path):
-    self.cwd, self.log, self.port = cwd, log, free_port()
-    line = readme_lines()[0].replace("--port 8001", f"--port {self.port}")
-    env_part, command = line.split(" python ", 1)
-    self.env = dict(os.environ, **dict(kv.split("=") for kv in env_part.split()), VLLM_CPU_KVCACHE_SPACE="1",
-                    PATH=f"{VLLM_VENV / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    self.env.pop("XLA_FLAGS", None)
-    self.argv = ["python", *shlex.split(command), "--dtype", "float32", "--max-model-len", "1024"]
-    self.process = None
-
-  @property
-  def url(self) -> str:
-    return f"http://127.0.0.1:{self.port}"
-
-  def start(self) -> None:
-    self.process = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=open(self.log, "a"),
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-      assert self.process.poll() is None, self.log.read_text()[-5000:]
-      with contextlib.suppress(OSError):
-        if urllib.request.urlopen(self.url + "/health", timeout=2).status == 200:
-          return
-      time.sleep(2)
-    raise AssertionError(f"vLLM did not start within 600 s\n{self.log.read_text()[-5000:]}")
-
-  def kill(self) -> None:
-    os.killpg(self.process.pid, signal.SIGKILL)
-    self.process.wait(timeout=60)
+def readme_vllm(cwd: pathlib.Path, log: pathlib.Path) -> VllmServer:
+  """The README's vLLM line on a free port, float32 and a 1024-token context appended."""
+  port = free_port()
+  env_part, command = readme_lines()[0].replace("--port 8001", f"--port {port}").split(" python ", 1)
+  argv = ["python", *shlex.split(command), "--dtype", "float32", "--max-model-len", "1024"]
+  return VllmServer(argv, port, VLLM_VENV, dict(kv.split("=") for kv in env_part.split()), log, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
 def stack(setup):
   """vLLM, the vLLM-engine front and a JAX-engine front on the same export, each on 127.0.0.1."""
-  vllm = Vllm(setup["cwd"], setup["root"] / "vllm.log")
+  vllm = readme_vllm(setup["cwd"], setup["root"] / "vllm.log")
   vllm.start()
   front_line = readme_lines()[1].replace("http://127.0.0.1:8001", vllm.url)
   argv = shlex.split(front_line)[1:] + [f"--media_dir={setup['media']}", "--image_steps=2", "--set=text.max_new_tokens=8",
@@ -116,8 +89,7 @@ def stack(setup):
                                      timeout=300) for engine, port in ports.items()}
     yield {"vllm": vllm, "clients": clients, "urls": {e: f"http://127.0.0.1:{p}" for e, p in ports.items()},
            "apps": apps, **setup}
-  with contextlib.suppress(ProcessLookupError):
-    vllm.kill()
+  vllm.kill()
 
 
 def ask(client, task: str, **kwargs):
@@ -239,3 +211,18 @@ def test_a_killed_vllm_is_503_with_the_reason_and_a_restarted_one_serves(stack):
   (item,) = ask(client, "text|image|a cat").choices[0].model_extra["media"]
   assert item["modality"] == "image" and item["codes"] == 32
   assert np.isfinite(json.load(urllib.request.urlopen(url + "/health"))["served"])
+
+
+def test_the_readme_vllm_load_benchmark_runs(capsys):
+  """The README's `bench_serve --vllm_venv` line, with few requests: the vLLM engine's rows, no failure."""
+  from tools import bench_serve
+  (line,) = [l for l in (REPO / "README.md").read_text().splitlines()
+             if l.startswith("python -m tools.bench_serve") and "--vllm_venv" in l]
+  argv = shlex.split(line)[3:]
+  assert argv[argv.index("--vllm_venv") + 1] == ".venv-vllm" and argv[argv.index("--config") + 1] == "demo"
+  assert bench_serve.main(["--config", "demo", "--vllm_venv", str(VLLM_VENV), "--requests", "3", "--clients", "3",
+                           "--max_tokens", "4", "--repeats", "1"]) == 0
+  rows = [l.split("|") for l in capsys.readouterr().out.splitlines() if l.startswith("| ")][1:]  # after the header
+  assert [r[1].strip() for r in rows] == ["front + JAX engine", "front + vLLM engine",
+                                          "anygpt-generate, one at a time"]
+  assert all(r[6].strip() == "0" for r in rows)

@@ -11,8 +11,14 @@ threads for each `--clients` C, after an untimed warm-up round of the same reque
 the shapes that load makes); each row is the run of median requests/s among `--repeats` timed
 runs. The baseline decodes the same requests one at a time with `anygpt-generate`'s own function
 (`tools.generate.generate_records`, batch 1) on the same model, loaded once, after the same warm-up
-and with the same repeats. A failed request is counted, never retried. The vLLM engine's row is printed as not measured until
-that engine exists (issue 33, part 2).
+and with the same repeats. A failed request is counted, never retried.
+
+  python -m tools.bench_serve --config demo --vllm_venv .venv-vllm --requests 64 --clients 1 --clients 8 --clients 32 --max_tokens 16
+
+adds the front with the vLLM engine: vLLM's CPU build from `--vllm_venv` (`make vllm-env`) started
+on the same export on 127.0.0.1 with the modality constraints (`anygpt_jax.testing.vllm_server`),
+the front in front of it, the same loads. vLLM's CPU attention needs head sizes from 32, hence
+`--config demo` (the `tiny` model's are 16).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max_tokens", type=int, default=16, help="new tokens per request (exactly)")
   p.add_argument("--batch_window_ms", type=float, default=20)
   p.add_argument("--repeats", type=int, default=3, help="timed runs per row; the run of median requests/s is printed")
+  p.add_argument("--vllm_venv", default=None, help="vLLM's environment (make vllm-env): adds the vLLM engine's rows")
   return p
 
 
@@ -107,38 +114,59 @@ def sequential(setup: dict, bodies: list[dict], max_tokens: int, root: pathlib.P
   return median_run(runs)
 
 
-def main(argv: list[str] | None = None) -> int:
-  import uvicorn
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
-  from anygpt_jax.testing import generation_setup
+
+def front_rows(name: str, serve_argv: list[str], bodies: list[dict], clients: list[int], repeats: int) -> list:
+  """(name, clients, median run) per client count, for the front `serve_argv` builds, on 127.0.0.1."""
+  import uvicorn
 
   from . import serve
 
-  args = build_parser().parse_args(argv)
-  clients = args.clients or [1, 8, 32]
-  root = pathlib.Path(tempfile.mkdtemp(prefix="bench_serve-"))
-  setup = generation_setup.build(root, args.config)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  app = serve.build_app(serve.build_parser().parse_args([
-      f"--model={setup['export']}", f"--output_dir={root / 'serve'}", *setup["flags"],
-      f"--batch_size={max(clients)}", f"--batch_window_ms={args.batch_window_ms}", f"--max_queue={4 * args.requests}"]))
+  port = free_port()
+  app = serve.build_app(serve.build_parser().parse_args(serve_argv))
   server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
   thread = threading.Thread(target=server.run, daemon=True)
   thread.start()
   while not server.started:
     time.sleep(0.05)
   url = f"http://127.0.0.1:{port}/v1/chat/completions"
-  bodies = [chat_body(i, args.max_tokens) for i in range(args.requests)]
   rows = []
   try:
     for count in clients:
       load(url, bodies, count)  # warm-up: compiles the batch and prompt-length shapes this load makes
-      rows.append(("front + JAX engine", count, median_run([load(url, bodies, count) for _ in range(args.repeats)])))
+      rows.append((name, count, median_run([load(url, bodies, count) for _ in range(repeats)])))
   finally:
     server.should_exit = True
     thread.join(timeout=60)
+  return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+  from anygpt_jax.testing import generation_setup
+
+  args = build_parser().parse_args(argv)
+  clients = args.clients or [1, 8, 32]
+  root = pathlib.Path(tempfile.mkdtemp(prefix="bench_serve-"))
+  setup = generation_setup.build(root, args.config)
+  front = [f"--model={setup['export']}", *setup["flags"], f"--max_queue={4 * args.requests}"]
+  bodies = [chat_body(i, args.max_tokens) for i in range(args.requests)]
+  rows = front_rows("front + JAX engine", front + [f"--output_dir={root / 'serve'}", f"--batch_size={max(clients)}",
+                                                   f"--batch_window_ms={args.batch_window_ms}"],
+                    bodies, clients, args.repeats)
+  if args.vllm_venv:
+    from anygpt_jax.testing.vllm_server import ENV, VllmServer, vllm_argv
+    port = free_port()
+    vllm = VllmServer(vllm_argv(setup["export"], port), port, pathlib.Path(args.vllm_venv), ENV, root / "vllm.log")
+    vllm.start()
+    try:
+      rows += front_rows("front + vLLM engine", front + [f"--output_dir={root / 'serve_vllm'}", "--engine=vllm",
+                                                         f"--vllm_url={vllm.url}"], bodies, clients, args.repeats)
+    finally:
+      vllm.kill()
   rows.append(("anygpt-generate, one at a time", 1, sequential(setup, bodies, args.max_tokens, root, args.repeats)))
   print(f"{args.requests} chat requests, {args.max_tokens} new tokens each (greedy), model {args.config!r} "
         f"(random weights), this machine; each row the median of {args.repeats} timed runs:\n")
@@ -146,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
   print("|---|---|---|---|---|---|")
   for name, count, r in rows:
     print(f"| {name} | {count} | {r['rps']:.2f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['failed']} |")
-  print("| front + vLLM engine | - | not measured: the vLLM engine is issue 33's part 2 | | | |")
   baseline = rows[-1][2]["rps"]
-  ratios = ", ".join(f"{count} clients {r['rps'] / baseline:.2f}x" for name, count, r in rows[:-1])
-  print(f"\nfront + JAX engine over one at a time: {ratios}")
+  for engine in ("front + JAX engine", "front + vLLM engine"):
+    ratios = ", ".join(f"{count} clients {r['rps'] / baseline:.2f}x" for name, count, r in rows if name == engine)
+    if ratios:
+      print(f"{engine} over one at a time: {ratios}")
   return 0 if not any(r["failed"] for _, _, r in rows) else 1
 
 

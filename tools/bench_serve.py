@@ -17,8 +17,9 @@ and with the same repeats. A failed request is counted, never retried.
 
 adds the front with the vLLM engine: vLLM's CPU build from `--vllm_venv` (`make vllm-env`) started
 on the same export on 127.0.0.1 with the modality constraints (`anygpt_jax.testing.vllm_server`),
-the front in front of it, the same loads. vLLM's CPU attention needs head sizes from 32, hence
-`--config demo` (the `tiny` model's are 16).
+the front in front of it, the same loads, then vLLM alone with the constraints processor on and off
+(the same greedy completions at 8 clients: what the processor costs). vLLM's CPU attention needs
+head sizes from 32, hence `--config demo` (the `tiny` model's are 16).
 """
 
 from __future__ import annotations
@@ -145,6 +146,24 @@ def front_rows(name: str, serve_argv: list[str], bodies: list[dict], clients: li
   return rows
 
 
+def processor_cost(vllm_url: str, clients: int, requests: int, new_tokens: int, repeats: int) -> list:
+  """vLLM alone, the same greedy completions with the modality constraints on (`vllm_xargs`, a free
+  answer: codes and end tokens masked outside spans) and off: what the logits processor costs."""
+  from anygpt_jax.serving.vllm_engine import constraint_args
+
+  rng = __import__("random").Random(0)
+  rows = []
+  for name, xargs in (("vLLM alone, constraints off", None),
+                      ("vLLM alone, constraints on", constraint_args(None, (2,), 32, 4))):
+    bodies = [{"model": "export", "prompt": [1] + [rng.randrange(3, 300) for _ in range(24)], "temperature": 0,
+               "max_tokens": new_tokens, "min_tokens": new_tokens, "ignore_eos": True,
+               **({"vllm_xargs": xargs} if xargs else {})} for _ in range(requests)]
+    url = vllm_url + "/v1/completions"
+    load(url, bodies, clients)  # warm-up
+    rows.append((name, clients, median_run([load(url, bodies, clients) for _ in range(repeats)])))
+  return rows
+
+
 def main(argv: list[str] | None = None) -> int:
   from anygpt_jax.testing import generation_setup
 
@@ -165,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
       rows += front_rows("front + vLLM engine", front + [f"--output_dir={root / 'serve_vllm'}", "--engine=vllm",
                                                          f"--vllm_url={vllm.url}"], bodies, clients, args.repeats)
+      cost = processor_cost(vllm.url, 8, args.requests, 4 * args.max_tokens, args.repeats)
     finally:
       vllm.kill()
   rows.append(("anygpt-generate, one at a time", 1, sequential(setup, bodies, args.max_tokens, root, args.repeats)))
@@ -174,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
   print("|---|---|---|---|---|---|")
   for name, count, r in rows:
     print(f"| {name} | {count} | {r['rps']:.2f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['failed']} |")
+  if args.vllm_venv:
+    off, on = (r for _, _, r in cost)
+    print(f"\nthe modality constraints inside vLLM (8 clients, {args.requests} greedy completions of "
+          f"{4 * args.max_tokens} tokens): {off['rps']:.2f} requests/s without, {on['rps']:.2f} with "
+          f"({on['rps'] / off['rps']:.2f}x the rate; p50 {off['p50']:.3f} s -> {on['p50']:.3f} s)")
   baseline = rows[-1][2]["rps"]
   for engine in ("front + JAX engine", "front + vLLM engine"):
     ratios = ", ".join(f"{count} clients {r['rps'] / baseline:.2f}x" for name, count, r in rows if name == engine)

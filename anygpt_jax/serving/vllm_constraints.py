@@ -12,8 +12,9 @@ Why a logits processor and not vLLM's structured outputs: the constraints are a 
 machine (span lengths, codebook order, the token budget) over a 49k vocabulary; as a grammar it
 would be a regular language with thousands of states per image span, compiled per request by the
 grammar backend, while the machine is one table lookup per row and token. Its cost per token is
-one gather of a [vocab] bool row and one `where` over the row's logits (measured in
-`tools/bench_serve.py`'s vLLM column against vLLM without the processor's rows active).
+one gather of a [vocab] bool row and one `where` over the row's logits, plus the Python that
+advances each row's state; `tools/bench_serve.py --vllm_venv` measures it as vLLM's rate with the
+processor on and off (README, "Serving on a GPU box").
 
 Requests opt in through `vllm_xargs` (the completions API's extension field), set by the front's
 `VllmEngine` (`vllm_engine.constraint_args`): the modality the answer must be ('' for a free

@@ -28,6 +28,7 @@ import argparse
 import concurrent.futures
 import json
 import pathlib
+import random
 import socket
 import statistics
 import sys
@@ -151,7 +152,7 @@ def processor_cost(vllm_url: str, clients: int, requests: int, new_tokens: int, 
   answer: codes and end tokens masked outside spans) and off: what the logits processor costs."""
   from anygpt_jax.serving.vllm_engine import constraint_args
 
-  rng = __import__("random").Random(0)
+  rng = random.Random(0)
   rows = []
   for name, xargs in (("vLLM alone, constraints off", None),
                       ("vLLM alone, constraints on", constraint_args(None, (2,), 32, 4))):

@@ -8,8 +8,8 @@
 by the JAX engine (CPU, GPU or TPU), which batches the requests that arrive within
 --batch_window_ms (at most --batch_size). With --engine vllm, --model is the export that a vLLM
 server at --vllm_url serves (started with the project's logits processor, README "Serving on a GPU
-box"): this process then loads no weights, and vLLM batches and decodes. Clients speak OpenAI's API (the `openai` package works as
-it is): chat messages whose parts are text, images and audio, `modalities` for the answer's
+box"): this process then loads no weights, and vLLM batches and decodes. Clients speak OpenAI's
+API (the `openai` package works as it is): chat messages whose parts are text, images and audio, `modalities` for the answer's
 modality, decoding fields as request fields; `POST /v1/completions` takes the base model's task
 strings. `anygpt_jax.serving.protocol` documents the fields. The server binds to 127.0.0.1 unless
 --host says otherwise; --api_key (or $ANYGPT_SERVE_API_KEY) requires a bearer key; requests may

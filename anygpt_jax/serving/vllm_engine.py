@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import http.client
 import json
+import socket
 import threading
 import time
 import urllib.parse
@@ -66,6 +67,11 @@ BEAMS_REFUSED = ("the vLLM engine does not run beam search (vLLM's beam search a
                  "so the modality constraints would not hold): send num_beams=1")
 
 
+def _connection(url: urllib.parse.SplitResult, timeout_s: float) -> http.client.HTTPConnection:
+  kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+  return kind(url.hostname, url.port, timeout=timeout_s)
+
+
 class _Call:
   """One HTTP request to vLLM, abortable from another thread by closing its connection."""
 
@@ -77,11 +83,10 @@ class _Call:
     self._lock = threading.Lock()
 
   def post(self, path: str, body: dict) -> tuple[int, dict]:
-    conn_class = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
     with self._lock:
       if self.aborted:
         raise concurrent.futures.CancelledError()
-      self._conn = conn_class(self.url.hostname, self.url.port, timeout=self.timeout_s)
+      self._conn = _connection(self.url, self.timeout_s)
     try:
       self._conn.request("POST", self.url.path.rstrip("/") + path, json.dumps(body),
                          {"Content-Type": "application/json"})
@@ -99,7 +104,7 @@ class _Call:
       self.aborted = True
       if self._conn is not None and self._conn.sock is not None:
         try:
-          self._conn.sock.shutdown(2)  # wakes the reading thread; vLLM sees its client go away
+          self._conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the reading thread; vLLM sees its client go away
         except OSError:
           pass
 
@@ -189,8 +194,6 @@ class VllmEngine(Engine):
   def _post(self, call: _Call, path: str, body: dict) -> tuple[int, dict]:
     try:
       return call.post(path, body)
-    except concurrent.futures.CancelledError:
-      raise
     except (OSError, http.client.HTTPException) as e:
       if call.aborted:
         raise concurrent.futures.CancelledError() from None
@@ -205,8 +208,7 @@ class VllmEngine(Engine):
     return self.model
 
   def _get(self, path: str, timeout_s: float = 5.0) -> dict:
-    conn_class = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
-    conn = conn_class(self.url.hostname, self.url.port, timeout=timeout_s)
+    conn = _connection(self.url, timeout_s)
     try:
       conn.request("GET", self.url.path.rstrip("/") + path)
       response = conn.getresponse()

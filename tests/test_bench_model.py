@@ -10,8 +10,8 @@ from tools import bench_model
 # Slow: compiling the Trainer's step costs about 10 s of CPU, over the fast suite's budget.
 @pytest.mark.slow
 def test_bench_model_times_the_shipped_trainer_step(capsys):
-  bench_model.main(["--config=tiny", "--batch=2", "--seq-len=32", "--steps=1", "--skip-torch", "--matmul-size=64",
-                    "--devices=1", "--text-vocab=100"])
+  bench_model.main(["--config=tiny", "--batch=2", "--seq_len=32", "--steps=1", "--skip_torch", "--matmul_size=64",
+                    "--devices=1", "--text_vocab=100"])
   out = capsys.readouterr().out
   line = next(l for l in out.splitlines() if l.startswith("Trainer.train_step:"))
   # One warm-up call and one timed call advanced the Trainer's own state, on the mesh asked for.

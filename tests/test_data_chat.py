@@ -13,7 +13,7 @@ and `labels` (here 1 where a label is kept, 0 where it is -100). No record hit A
 "tokenization mismatch" branch. The pair strings are `prompter.py`'s two templates.
 
 Our path is the real one: the record -> `anygpt_data.record_to_sample` (what `anygpt-tokenize
---anygpt-data` stores) -> shard bytes -> the SeqIO renderer in TensorFlow.
+--anygpt_data` stores) -> shard bytes -> the SeqIO renderer in TensorFlow.
 """
 
 import json

@@ -115,7 +115,7 @@ def test_every_record_is_written_and_renderable_or_rejected_with_a_category(tmp_
   data = tmp_path / f"{shape}.jsonl"
   data.write_bytes(lines(rng, make))
   out = tmp_path / "out"
-  rc = tokenize_media.main(["--anygpt-data", str(data), "--corpus", shape, "--output-dir", str(out), "--no-progress"])
+  rc = tokenize_media.main(["--anygpt_data", str(data), "--corpus", shape, "--output_dir", str(out), "--no_progress"])
   assert rc in (tokenize_media.EXIT_OK, tokenize_media.EXIT_REJECTS)  # never 1: bad data is never a crash
   stats = json.loads(next(out.glob("*.stats.json")).read_text())
   rejects = [json.loads(l) for l in next(out.glob("*.rejects.jsonl")).read_text().splitlines()]

@@ -27,8 +27,8 @@ def _tokenize(raw: pathlib.Path, data: pathlib.Path, split: str, records: int, r
   lines.append({"text": "rejected", "speech": "<sosp><\U0001F5E3\uFE0F4096><eosp>"})  # out of range
   path = raw / f"pairs.{split}.jsonl"
   path.write_text("\n".join(json.dumps(l, ensure_ascii=False) for l in lines) + "\n", encoding="utf-8")
-  result = subprocess.run([sys.executable, "-m", "tools.tokenize_media", "--anygpt-data", str(path), "--corpus",
-                           "pairs", "--split", split, "--output-dir", str(data / "pairs"), "--no-progress"],
+  result = subprocess.run([sys.executable, "-m", "tools.tokenize_media", "--anygpt_data", str(path), "--corpus",
+                           "pairs", "--split", split, "--output_dir", str(data / "pairs"), "--no_progress"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 3, result.stderr[-2000:]  # 3: records were rejected
 

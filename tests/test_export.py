@@ -86,7 +86,7 @@ def test_export_command_on_a_trained_run(tmp_path):
   from test_train_cli import run_gin_text, write_run_inputs
   from tools import export_hf
   from tools import train as train_cli
-  from tools.export_hf import load_run
+  from anygpt_jax.cli.runs import load_run
 
   inputs = write_run_inputs(tmp_path)
   run_file = tmp_path / "run.gin"

@@ -15,7 +15,7 @@ def test_report_arithmetic(tmp_path, capsys):
                                        str(tmp_path / "spm" / "m"), 600)
   synthetic_corpus.write_corpus(str(tmp_path), "rep_image", "image_text", 20, seed=1)
   synthetic_corpus.write_corpus(str(tmp_path), "rep_music", "music_text", 10, seed=2)
-  args = ["custom_mixture", "--steps", "100", "--batch", "4", "--length", "2048", "--data-dir", str(tmp_path),
+  args = ["custom_mixture", "--steps", "100", "--batch", "4", "--length", "2048", "--data_dir", str(tmp_path),
           "--spm", spm, "--corpus", "rep_image:image_text:{name}/{name}-{split}-*:0.5",
           "--corpus", "rep_music:music_text:{name}/{name}-{split}-*"]
   assert mixture_report.main(args) == 0

@@ -113,14 +113,14 @@ def test_each_role_resolves_without_the_other_stack(wheel):
 def test_run_files_and_their_includes_resolve_from_any_directory(run_file, tmp_path, monkeypatch):
   """This (editable) install: the packaged gin files are the sources' gin/, found from elsewhere."""
   import gin
-  from tools import train as train_cli
+  from anygpt_jax.cli import gin_config
 
-  assert train_cli.packaged_gin_directory() == REPO / "gin"
-  train_cli.import_configurables()
+  assert gin_config.packaged_gin_directory() == REPO / "gin"
+  gin_config.import_configurables()
   monkeypatch.chdir(tmp_path)
   gin.clear_config()
   try:
-    train_cli.parse_gin([run_file], ["MODEL_DIR = 'run'"], finalize=False)
+    gin_config.parse_gin([run_file], ["MODEL_DIR = 'run'"], finalize=False)
     # demo.gin's own settings, and those of the files it includes (models/demo.gin, runs/base.gin)
     assert gin.query_parameter("%TRAIN_STEPS") == 120 and gin.query_parameter("model_config.name") == "demo"
     assert gin.query_parameter("make_optimizer.clip_global_norm") == 1.0
@@ -161,9 +161,9 @@ def _run(command: list, cwd: pathlib.Path, timeout: int = 900) -> subprocess.Com
 _WHERE = """
 import importlib.util, json
 import anygpt_jax
-from anygpt_jax.tools import train
+from anygpt_jax.cli import gin_config
 from anygpt_jax.data import rendering
-print(json.dumps({"package": anygpt_jax.__file__, "gin": str(train.packaged_gin_directory()),
+print(json.dumps({"package": anygpt_jax.__file__, "gin": str(gin_config.packaged_gin_directory()),
                   "pools": str(rendering.INSTRUCTIONS_DIR), "pool": len(rendering.load_instructions("music", "to_text")),
                   "top_level": [n for n in ("tools", "tasks", "torch") if importlib.util.find_spec(n)]}))
 """
@@ -201,8 +201,8 @@ def test_installed_wheel_tokenizes_without_jax(wheel, tmp_path):
   venv = _scratch_environment(tmp_path, wheel, "tokenize")
   record = {"id": "a", "text": "hi", "music": "<somu><🎶3><🎶9><eomu>"}
   (tmp_path / "a.jsonl").write_text(json.dumps(record) + "\n")
-  _run([venv / "bin" / "anygpt-tokenize", "--anygpt-data", "a.jsonl", "--corpus", "c", "--output-dir", "shards",
-        "--no-progress"], tmp_path)
+  _run([venv / "bin" / "anygpt-tokenize", "--anygpt_data", "a.jsonl", "--corpus", "c", "--output_dir", "shards",
+        "--no_progress"], tmp_path)
   assert (tmp_path / "shards" / "c-train-00000-of-00001").stat().st_size > 0
   python = [venv / "bin" / "python", "-c", "import importlib.util as u; print(u.find_spec('jax'), u.find_spec('seqio'))"]
   assert _run(python, tmp_path).stdout.split() == ["None", "None"]

@@ -65,8 +65,8 @@ def _read_shard(path):
 
 
 def _model_args(models):
-  return ["--speech-model", models["speech"], "--music-model", models["music"], "--image-model", models["image"],
-          "--no-progress", "--torch-threads", "1", "--batch-size", "3", "--window", "5"]
+  return ["--speech_model", models["speech"], "--music_model", models["music"], "--image_model", models["image"],
+          "--no_progress", "--torch_threads", "1", "--batch_size", "3", "--window", "5"]
 
 
 def test_shards_hold_pairs_with_local_codes_and_stats(models, tmp_path):
@@ -77,8 +77,8 @@ def test_shards_hold_pairs_with_local_codes_and_stats(models, tmp_path):
       {"id": "c1", "conversation": [[{"role": "user", "message": "draw <soim><👀9><eoim>"},
                                      {"role": "assistant", "message": "done"}]]}) + "\n")
   out = tmp_path / "out"
-  rc = tokenize_media.main(["--manifest", manifest, "--anygpt-data", str(anygpt), "--corpus", "demo",
-                            "--output-dir", str(out)] + _model_args(models))
+  rc = tokenize_media.main(["--manifest", manifest, "--anygpt_data", str(anygpt), "--corpus", "demo",
+                            "--output_dir", str(out)] + _model_args(models))
   assert rc == 0
   name = shard_filename("demo", "train", 0, 1)
   samples = _read_shard(out / name)
@@ -169,8 +169,8 @@ def test_bad_input_is_rejected_with_reasons_and_good_records_survive(models, tmp
                     json.dumps({"id": "good_tokens", "text": "t", "image": "<soim><👀8191><eoim>"}) + "\n")
   expect["bad_tokens"] = "bad_token_string"
   out = tmp_path / "out"
-  rc = tokenize_media.main(["--manifest", manifest, "--anygpt-data", str(anygpt), "--corpus", "demo",
-                            "--output-dir", str(out), "--max-speech-seconds", "3"] + _model_args(models))
+  rc = tokenize_media.main(["--manifest", manifest, "--anygpt_data", str(anygpt), "--corpus", "demo",
+                            "--output_dir", str(out), "--max_speech_seconds", "3"] + _model_args(models))
   assert rc == tokenize_media.EXIT_REJECTS
   name = shard_filename("demo", "train", 0, 1)
   rejects = [json.loads(l) for l in (out / f"{name}.rejects.jsonl").read_text().splitlines()]
@@ -198,7 +198,7 @@ def test_bad_input_is_rejected_with_reasons_and_good_records_survive(models, tmp
 def test_code_strings_have_the_media_limits_and_duplicate_ids_are_counted(tmp_path):
   """A code string longer than the job takes that medium is too_long (the same --max-*-seconds), an
   empty span in a chat is rejected as in a pair, and a repeated id is counted in the stats, or
-  rejected with --drop-duplicate-ids."""
+  rejected with --drop_duplicate_ids."""
   speech = lambda n: "<sosp>" + "<🗣️7>" * n + "<eosp>"  # 50 codes per second
   records = [{"id": "ok", "text": "fine", "speech": speech(100)},
              {"id": "long", "text": "an hour", "speech": speech(3 * 50 + 1)},
@@ -208,14 +208,14 @@ def test_code_strings_have_the_media_limits_and_duplicate_ids_are_counted(tmp_pa
   data = tmp_path / "data.jsonl"
   data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
   name = shard_filename("demo", "train", 0, 1)
-  for flags, kept in (([], 2), (["--drop-duplicate-ids"], 1)):
+  for flags, kept in (([], 2), (["--drop_duplicate_ids"], 1)):
     out = tmp_path / f"out{len(flags)}"
-    rc = tokenize_media.main(["--anygpt-data", str(data), "--corpus", "demo", "--output-dir", str(out),
-                              "--max-speech-seconds", "3"] + flags)
+    rc = tokenize_media.main(["--anygpt_data", str(data), "--corpus", "demo", "--output_dir", str(out),
+                              "--max_speech_seconds", "3"] + flags)
     assert rc == tokenize_media.EXIT_REJECTS
     rejects = {r["id"]: r for r in map(json.loads, (out / f"{name}.rejects.jsonl").read_text().splitlines())}
     assert rejects["long"]["reason"] == "too_long"
-    assert "151 codes (3.02 s) is over --max-speech-seconds 3" in rejects["long"]["detail"]
+    assert "151 codes (3.02 s) is over --max_speech_seconds 3" in rejects["long"]["detail"]
     assert rejects["empty_chat_span"]["reason"] == "bad_token_string"
     assert "an empty <sosp><eosp> span" in rejects["empty_chat_span"]["detail"]
     stats = json.loads((out / f"{name}.stats.json").read_text())
@@ -224,8 +224,8 @@ def test_code_strings_have_the_media_limits_and_duplicate_ids_are_counted(tmp_pa
     assert ("ok" in rejects) == bool(flags)
   # Across the shards one run writes: the two "ok" records (records 0 and 3) land in shards 0 and 3 of 4.
   two = tmp_path / "two_shards"
-  assert tokenize_media.main(["--anygpt-data", str(data), "--corpus", "demo", "--output-dir", str(two),
-                              "--max-speech-seconds", "3", "--num-shards", "4"]) == tokenize_media.EXIT_REJECTS
+  assert tokenize_media.main(["--anygpt_data", str(data), "--corpus", "demo", "--output_dir", str(two),
+                              "--max_speech_seconds", "3", "--num_shards", "4"]) == tokenize_media.EXIT_REJECTS
   counted = [json.loads(p.read_text())["duplicate_ids"] for p in sorted(two.glob("*.stats.json"))]
   assert sum(counted) == 1 and counted[3] == 1  # the later "ok" is record 3: shard 3 of 4
 
@@ -238,7 +238,7 @@ def test_a_rerun_after_the_input_or_settings_changed_refuses_unless_asked_to_reb
   data.write_text(record(0, "first") + record(1, "second"), encoding="utf-8")
   out = tmp_path / "out"
   shard = out / shard_filename("demo", "train", 0, 1)
-  args = ["--anygpt-data", str(data), "--corpus", "demo", "--output-dir", str(out)]
+  args = ["--anygpt_data", str(data), "--corpus", "demo", "--output_dir", str(out)]
   assert tokenize_media.main(args) == 0
   made = json.loads(pathlib.Path(f"{shard}.stats.json").read_text())["provenance"]
   assert made["inputs"][0]["path"] == str(data) and len(made["inputs"][0]["sha256"]) == 64
@@ -251,7 +251,7 @@ def test_a_rerun_after_the_input_or_settings_changed_refuses_unless_asked_to_reb
   assert f"{shard} was made from other inputs or settings" in error and f"input {data} changed" in error
   assert "--rebuild" in error and len(_read_shard(shard)) == 2  # nothing touched
 
-  assert tokenize_media.main(args + ["--max-speech-seconds", "30"]) == tokenize_media.EXIT_USAGE
+  assert tokenize_media.main(args + ["--max_speech_seconds", "30"]) == tokenize_media.EXIT_USAGE
   assert "setting max_speech_seconds: 60.0 -> 30.0" in capsys.readouterr().err
 
   assert tokenize_media.main(args + ["--rebuild"]) == 0
@@ -259,7 +259,7 @@ def test_a_rerun_after_the_input_or_settings_changed_refuses_unless_asked_to_reb
   assert json.loads(pathlib.Path(f"{shard}.stats.json").read_text())["records_out"] == 3
   assert tokenize_media.main(args) == 0  # and now it is current
   fresh = tmp_path / "fresh"
-  assert tokenize_media.main(["--anygpt-data", str(data), "--corpus", "demo", "--output-dir", str(fresh)]) == 0
+  assert tokenize_media.main(["--anygpt_data", str(data), "--corpus", "demo", "--output_dir", str(fresh)]) == 0
   assert (fresh / shard.name).read_bytes() == shard.read_bytes()  # the rebuild is what a fresh run writes
 
 
@@ -273,18 +273,18 @@ def test_strict_formats_rejects_conversions(models, tmp_path):
 
 
 def test_usage_errors_exit_2(models, tmp_path, capsys):
-  assert tokenize_media.main(["--corpus", "c", "--output-dir", str(tmp_path)]) == tokenize_media.EXIT_USAGE
+  assert tokenize_media.main(["--corpus", "c", "--output_dir", str(tmp_path)]) == tokenize_media.EXIT_USAGE
   capsys.readouterr()
-  assert tokenize_media.main(["--anygpt-data", str(tmp_path), "--corpus", "c",
-                              "--output-dir", str(tmp_path / "out")]) == tokenize_media.EXIT_USAGE
-  assert f"--anygpt-data {tmp_path} is a directory; it takes a JSONL file" in capsys.readouterr().err
+  assert tokenize_media.main(["--anygpt_data", str(tmp_path), "--corpus", "c",
+                              "--output_dir", str(tmp_path / "out")]) == tokenize_media.EXIT_USAGE
+  assert f"--anygpt_data {tmp_path} is a directory; it takes a JSONL file" in capsys.readouterr().err
   assert tokenize_media.main(["--manifest", str(tmp_path / "none.jsonl"), "--corpus", "c",
-                              "--output-dir", str(tmp_path)]) == tokenize_media.EXIT_USAGE
+                              "--output_dir", str(tmp_path)]) == tokenize_media.EXIT_USAGE
   manifest = _write_manifest(tmp_path, [])
-  assert tokenize_media.main(["--manifest", manifest, "--corpus", "c", "--output-dir", str(tmp_path),
-                              "--speech-model", str(tmp_path / "nope")]) == tokenize_media.EXIT_USAGE
-  assert tokenize_media.main(["--manifest", manifest, "--corpus", "c", "--output-dir", str(tmp_path),
-                              "--num-shards", "2", "--shard-index", "2"]) == tokenize_media.EXIT_USAGE
+  assert tokenize_media.main(["--manifest", manifest, "--corpus", "c", "--output_dir", str(tmp_path),
+                              "--speech_model", str(tmp_path / "nope")]) == tokenize_media.EXIT_USAGE
+  assert tokenize_media.main(["--manifest", manifest, "--corpus", "c", "--output_dir", str(tmp_path),
+                              "--num_shards", "2", "--shard_index", "2"]) == tokenize_media.EXIT_USAGE
 
 
 def test_shards_partition_the_records(models, tmp_path):
@@ -342,10 +342,10 @@ def test_rerun_after_a_crash_is_byte_identical_and_skips_done_shards(models, tmp
 def test_kill_9_then_rerun_is_byte_identical(models, tmp_path):
   rows = _good_corpus(tmp_path, n_each=12)
   manifest = _write_manifest(tmp_path, rows)
-  args = ["--manifest", manifest, "--corpus", "demo", "--num-shards", "6", "--workers", "1"] + _model_args(models)
+  args = ["--manifest", manifest, "--corpus", "demo", "--num_shards", "6", "--workers", "1"] + _model_args(models)
   reference, killed = tmp_path / "reference", tmp_path / "killed"
-  assert tokenize_media.main(args + ["--output-dir", str(reference)]) == 0
-  cmd = [sys.executable, "-m", "tools.tokenize_media"] + args + ["--output-dir", str(killed)]
+  assert tokenize_media.main(args + ["--output_dir", str(reference)]) == 0
+  cmd = [sys.executable, "-m", "tools.tokenize_media"] + args + ["--output_dir", str(killed)]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = killed / shard_filename("demo", "train", 0, 6)
   deadline = time.time() + 120
@@ -362,10 +362,10 @@ def test_kill_9_then_rerun_is_byte_identical(models, tmp_path):
 def test_ray_engine_writes_the_same_shards_as_local(models, tmp_path):
   rows = _good_corpus(tmp_path, n_each=4)
   manifest = _write_manifest(tmp_path, rows, ["{broken\n"])
-  base = ["--manifest", manifest, "--corpus", "demo", "--num-shards", "2"] + _model_args(models)
-  assert tokenize_media.main(base + ["--output-dir", str(tmp_path / "local")]) == 3
-  assert tokenize_media.main(base + ["--output-dir", str(tmp_path / "ray"), "--engine", "ray", "--ray-num-cpus", "2",
-                                     "--ray-actors", "2"]) == 3
+  base = ["--manifest", manifest, "--corpus", "demo", "--num_shards", "2"] + _model_args(models)
+  assert tokenize_media.main(base + ["--output_dir", str(tmp_path / "local")]) == 3
+  assert tokenize_media.main(base + ["--output_dir", str(tmp_path / "ray"), "--engine", "ray", "--ray_num_cpus", "2",
+                                     "--ray_actors", "2"]) == 3
   local, ray_out = _all_bytes(tmp_path / "local"), _all_bytes(tmp_path / "ray")
   assert len(local) == 6 and local == ray_out
 
@@ -382,8 +382,8 @@ def test_folder_input_uses_sidecar_captions(models, tmp_path):
   assert [(r.id, r.kind, r.text) for r in records] == [("b.png", "image", "a noisy picture"),
                                                         ("sub/a.wav", "music", "a hum")]
   out = tmp_path / "out"
-  assert tokenize_media.main(["--folder", str(d), "--folder-audio-kind", "music", "--corpus", "demo",
-                              "--output-dir", str(out)] + _model_args(models)) == 0
+  assert tokenize_media.main(["--folder", str(d), "--folder_audio_kind", "music", "--corpus", "demo",
+                              "--output_dir", str(out)] + _model_args(models)) == 0
   samples = _read_shard(out / shard_filename("demo", "train", 0, 1))
   assert [(s.id, s.parts[0].kind, len(s.parts[0].codes)) for s in samples] == [("b.png", "image", 32),
                                                                                ("sub/a.wav", "music", 200)]
@@ -400,7 +400,7 @@ def test_a_bug_in_our_code_stops_the_job_with_its_traceback(models, tmp_path, mo
   from anygpt_jax.tokenizers import image as image_lib
   monkeypatch.setattr(image_lib, "preprocess", broken)
   out = tmp_path / "out"
-  rc = tokenize_media.main(["--manifest", manifest, "--corpus", "demo", "--output-dir", str(out)] + _model_args(models))
+  rc = tokenize_media.main(["--manifest", manifest, "--corpus", "demo", "--output_dir", str(out)] + _model_args(models))
   assert rc == tokenize_media.EXIT_FAILURE
   err = capsys.readouterr().err
   assert "Traceback" in err and "simulated bug in preprocess" in err and "not bad data" in err
@@ -452,17 +452,17 @@ def test_prefetching_windows_changes_no_byte(models, tmp_path):
 
 @pytest.mark.slow  # three job processes; the fast suite keeps within its 15 minutes
 def test_a_gs_output_dir_gets_the_same_files_and_reruns_skip(gcs, tmp_path):
-  """`--output-dir gs://...` (a local GCS emulator): the local run's files, byte for byte, no `.tmp`,
+  """`--output_dir gs://...` (a local GCS emulator): the local run's files, byte for byte, no `.tmp`,
   and a rerun rewrites nothing."""
   anygpt = tmp_path / "anygpt.jsonl"
   anygpt.write_text("".join(json.dumps({"text": f"hi {i}", "speech": f"<sosp><🗣️{i}><🗣️6><eosp>"}) + "\n"
                             for i in range(4)) + json.dumps({"text": "open", "speech": "<sosp><🗣️1>"}) + "\n")
-  args = ["--anygpt-data", str(anygpt), "--corpus", "demo", "--num-shards", "2", "--no-progress"]
-  assert tokenize_media.main(args + ["--output-dir", str(tmp_path / "local")]) == 3  # one rejected record
+  args = ["--anygpt_data", str(anygpt), "--corpus", "demo", "--num_shards", "2", "--no_progress"]
+  assert tokenize_media.main(args + ["--output_dir", str(tmp_path / "local")]) == 3  # one rejected record
   local = {p.name: p.read_bytes() for p in (tmp_path / "local").glob("demo-*")}
   assert len(local) == 6
   bucket, gcs_env = gcs
-  cmd = [sys.executable, "-m", "tools.tokenize_media", *args, "--output-dir", f"gs://{bucket.name}/shards/demo"]
+  cmd = [sys.executable, "-m", "tools.tokenize_media", *args, "--output_dir", f"gs://{bucket.name}/shards/demo"]
   env = dict(os.environ, PYTHONPATH=str(REPO), **gcs_env)
   first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert first.returncode == 3, first.stderr[-3000:]
@@ -486,8 +486,8 @@ def test_an_undecodable_line_is_one_rejection_and_the_rest_of_the_file_is_kept(t
   anygpt.write_bytes(lines[0] + b"\n" + b'{"text": "caf\xe9", "speech": "<sosp><\xf0\x9f><eosp>"}\n' + lines[1] + b"\n"
                      + lines[2] + b"\n")
   out = tmp_path / "out"
-  assert tokenize_media.main(["--anygpt-data", str(anygpt), "--corpus", "demo", "--output-dir", str(out),
-                              "--no-progress"]) == 3  # some records rejected
+  assert tokenize_media.main(["--anygpt_data", str(anygpt), "--corpus", "demo", "--output_dir", str(out),
+                              "--no_progress"]) == 3  # some records rejected
   stats = json.loads((out / "demo-train-00000-of-00001.stats.json").read_text())
   assert stats["records_out"] == 3
   reject, = [json.loads(l) for l in (out / "demo-train-00000-of-00001.rejects.jsonl").read_text().splitlines()]

@@ -27,8 +27,8 @@ speech.speechtokenizer_class()  # the speechtokenizer package is where TensorFlo
 out = sys.argv[1]
 rec = {"id": "a", "text": "hi", "speech": "<sosp><🗣️5><eosp>"}
 open(out + "/a.jsonl", "w").write(json.dumps(rec) + "\n")
-rc = tokenize_media.main(["--anygpt-data", out + "/a.jsonl", "--corpus", "c", "--output-dir", out, "--no-progress"])
-rc_vocab = vocab.main(["--text-vocab-size", "32000"])
+rc = tokenize_media.main(["--anygpt_data", out + "/a.jsonl", "--corpus", "c", "--output_dir", out, "--no_progress"])
+rc_vocab = vocab.main(["--text_vocab_size", "32000"])
 loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in
                 ("jax", "jaxlib", "flax", "tensorflow", "seqio"))
 print(json.dumps({"rc": rc, "rc_vocab": rc_vocab, "loaded": loaded}))
@@ -36,8 +36,8 @@ print(json.dumps({"rc": rc, "rc_vocab": rc_vocab, "loaded": loaded}))
 
 _TRAIN_PROBE = r"""
 import contextlib, io, json, sys
-from anygpt_jax.tools import train
-train.import_configurables()  # the trainer's whole import graph: model, SeqIO pipeline, checkpoints
+from anygpt_jax.cli import gin_config
+gin_config.import_configurables()  # the trainer's whole import graph: model, SeqIO pipeline, checkpoints
 codes = {}
 for name, module in COMMANDS.items():
   command = __import__("anygpt_jax.tools." + module, fromlist=["main"])

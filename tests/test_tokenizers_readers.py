@@ -25,8 +25,8 @@ torch.set_num_threads(1)
 
 
 def _model_args(models):
-  return ["--speech-model", models["speech"], "--music-model", models["music"], "--image-model", models["image"],
-          "--no-progress", "--torch-threads", "1", "--batch-size", "3", "--window", "4"]
+  return ["--speech_model", models["speech"], "--music_model", models["music"], "--image_model", models["image"],
+          "--no_progress", "--torch_threads", "1", "--batch_size", "3", "--window", "4"]
 
 
 def _jpeg(seed, size=(48, 40)) -> bytes:
@@ -106,7 +106,7 @@ def test_webdataset_tars_tokenize_in_place_with_member_rejections(models, tmp_pa
   src.mkdir()
   keys = _img2dataset_shard(src, "00000", seed=0)
   out = tmp_path / "out"
-  assert _run(["--input", str(src / "*.tar"), "--corpus", "laion2b", "--output-dir", str(out)], models) == 3
+  assert _run(["--input", str(src / "*.tar"), "--corpus", "laion2b", "--output_dir", str(out)], models) == 3
   samples = _samples(out, "laion2b")
   assert [s.id for s in samples] == keys[:2]
   assert [(p.kind, p.text) for p in samples[1].parts] == [("image", ""), ("text", "from json")]
@@ -155,16 +155,16 @@ def test_input_shards_are_the_unit_of_work(models, tmp_path):
     _img2dataset_shard(src, f"{i:05d}", seed=10 * i, with_parquet=False)
   base = ["--input", str(src), "--format", "webdataset", "--corpus", "laion_coco"]
   whole, split = tmp_path / "whole", tmp_path / "split"
-  assert _run(base + ["--output-dir", str(whole)], models) == 3
+  assert _run(base + ["--output_dir", str(whole)], models) == 3
   for i in (2, 0, 1):  # three machines, each given only its index: no manifest, the same sorted inputs
-    assert _run(base + ["--output-dir", str(split), "--shard-index", str(i)], models) == 3
+    assert _run(base + ["--output_dir", str(split), "--shard_index", str(i)], models) == 3
   assert _files(whole) == _files(split)
   for i in range(3):
     assert _stats(split, "laion_coco", i, 3)["inputs"] == [f"{src}/{i:05d}.tar"]  # traceable to its input
     assert [s.id for s in _samples(split, "laion_coco", i, 3)] == [f"{i:05d}0000", f"{i:05d}0001"]
   shard = split / shard_filename("laion_coco", "train", 1, 3)
   mtime = shard.stat().st_mtime_ns
-  assert _run(base + ["--output-dir", str(split)], models) == 3  # a rerun skips finished work
+  assert _run(base + ["--output_dir", str(split)], models) == 3  # a rerun skips finished work
   assert shard.stat().st_mtime_ns == mtime
 
 
@@ -173,8 +173,8 @@ def test_webdataset_audio_clips_with_captions(models, tmp_path):
              "c1.mp3": _audio_bytes(_tone(1.5, 32000, 440), 32000, *MP3), "c1.txt": b"upbeat drums"}
   _write_tar(tmp_path / "music-000.tar", members)
   out = tmp_path / "out"
-  assert _run(["--input", str(tmp_path / "music-000.tar"), "--media-kind", "music", "--corpus", "music",
-               "--output-dir", str(out)], models) == 0
+  assert _run(["--input", str(tmp_path / "music-000.tar"), "--media_kind", "music", "--corpus", "music",
+               "--output_dir", str(out)], models) == 0
   samples = _samples(out, "music")
   assert [(s.id, s.parts[0].kind, s.parts[1].text) for s in samples] == [("c0", "music", "calm piano"),
                                                                          ("c1", "music", "upbeat drums")]
@@ -183,15 +183,15 @@ def test_webdataset_audio_clips_with_captions(models, tmp_path):
 
 def test_usage_errors_for_inputs(models, tmp_path):
   out = str(tmp_path / "out")
-  assert tokenize_media.main(["--input", str(tmp_path / "none*.tar"), "--corpus", "c", "--output-dir", out]) == 2
+  assert tokenize_media.main(["--input", str(tmp_path / "none*.tar"), "--corpus", "c", "--output_dir", out]) == 2
   (tmp_path / "x.tar.gz").write_bytes(b"\x1f\x8b\x08\x00rest")
   assert tokenize_media.main(["--input", str(tmp_path / "x.tar.gz"), "--format", "webdataset", "--corpus", "c",
-                              "--output-dir", out]) == 2
+                              "--output_dir", out]) == 2
   (tmp_path / "notes.txt").write_text("hello")
-  assert tokenize_media.main(["--input", str(tmp_path / "notes.txt"), "--corpus", "c", "--output-dir", out]) == 2
+  assert tokenize_media.main(["--input", str(tmp_path / "notes.txt"), "--corpus", "c", "--output_dir", out]) == 2
   _write_tar(tmp_path / "a.tar", {"k.jpg": _jpeg(0), "k.txt": b"x"})
-  assert tokenize_media.main(["--input", str(tmp_path / "a.tar"), "--num-shards", "4", "--corpus", "c",
-                              "--output-dir", out]) == 2
+  assert tokenize_media.main(["--input", str(tmp_path / "a.tar"), "--num_shards", "4", "--corpus", "c",
+                              "--output_dir", out]) == 2
 
 
 # --- MMC4 ---------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_mmc4_documents_keep_images_in_place_and_drop_bad_ones(models, tmp_path,
     docs.unlink()
     docs = tmp_path / "docs_shard_00000_v2.jsonl.zip"
   out = tmp_path / "out"
-  assert _run(["--input", str(docs), "--images", str(location), "--corpus", "mmc4", "--output-dir", str(out)],
+  assert _run(["--input", str(docs), "--images", str(location), "--corpus", "mmc4", "--output_dir", str(out)],
               models) == 3
   samples = _samples(out, "mmc4")
   assert [s.id for s in samples] == [f"{docs.name}:1", f"{docs.name}:2"]
@@ -275,7 +275,7 @@ def test_anyinstruct_conversations_tokenize_every_medium_in_its_turn(models, tmp
   ]
   (part / "metadata.json").write_text(json.dumps(chats))
   out = tmp_path / "out"
-  assert _run(["--input", str(part / "metadata.json"), "--corpus", "anyinstruct", "--output-dir", str(out)],
+  assert _run(["--input", str(part / "metadata.json"), "--corpus", "anyinstruct", "--output_dir", str(out)],
               models) == 3
   (sample,) = _samples(out, "anyinstruct")
   assert sample.id == "c1"
@@ -300,7 +300,7 @@ def test_mls_transcripts_with_flac_and_opus(models, tmp_path):
   (split / "transcripts.txt").write_text("10_20_000001\tthe first line\n10_20_000002\tthe second line\n"
                                         "10_20_000003\tno audio here\nbroken line without tab\n")
   out = tmp_path / "out"
-  assert _run(["--input", str(split / "transcripts.txt"), "--corpus", "mls", "--output-dir", str(out)], models) == 3
+  assert _run(["--input", str(split / "transcripts.txt"), "--corpus", "mls", "--output_dir", str(out)], models) == 3
   samples = _samples(out, "mls")
   assert [(s.id, s.parts[1].text, len(s.parts[0].codes)) for s in samples] == [
       ("10_20_000001", "the first line", 50), ("10_20_000002", "the second line", 30)]
@@ -321,7 +321,7 @@ def test_common_voice_tsv_with_mp3_clips(models, tmp_path):
           "c\tcommon_voice_en_2.mp3\tA broken clip.\t1\t0"]
   (lang / "train.tsv").write_text("\n".join(rows) + "\n")
   out = tmp_path / "out"
-  assert _run(["--input", str(lang / "train.tsv"), "--corpus", "commonvoice", "--output-dir", str(out)], models) == 3
+  assert _run(["--input", str(lang / "train.tsv"), "--corpus", "commonvoice", "--output_dir", str(out)], models) == 3
   samples = _samples(out, "commonvoice")
   assert [(s.id, s.parts[1].text) for s in samples] == [("common_voice_en_0", 'He said "hello" twice.'),
                                                         ("common_voice_en_1", "A second sentence.")]
@@ -346,7 +346,7 @@ def test_gigaspeech_segments_are_cut_from_long_opus_files(models, tmp_path):
                            "text_tn": "PAST THE END"}]}]}
   (root / "GigaSpeech.json").write_text(json.dumps(meta))
   out = tmp_path / "out"
-  assert _run(["--input", str(root / "GigaSpeech.json"), "--corpus", "gigaspeech", "--output-dir", str(out)],
+  assert _run(["--input", str(root / "GigaSpeech.json"), "--corpus", "gigaspeech", "--output_dir", str(out)],
               models) == 3
   samples = _samples(out, "gigaspeech")
   assert [(s.id, s.parts[1].text, len(s.parts[0].codes)) for s in samples] == [
@@ -417,7 +417,7 @@ def _all_formats(root: pathlib.Path) -> dict[str, list[str]]:
   return {"laion2b": ["--input", str(root / "wds" / "*.tar")],
           "mmc4": ["--input", str(root / "docs.jsonl"), "--images", str(root / "images.tar")],
           "anyinstruct": ["--input", str(root / "part1" / "metadata.json")],
-          "gigaspeech": ["--input", str(root / "giga" / "g.json"), "--format", "gigaspeech", "--shards-per-input", "2"]}
+          "gigaspeech": ["--input", str(root / "giga" / "g.json"), "--format", "gigaspeech", "--shards_per_input", "2"]}
 
 
 @pytest.mark.slow
@@ -429,8 +429,8 @@ def test_ray_engine_writes_the_same_bytes_for_every_reader(models, tmp_path):
     for corpus, args in corpora.items():
       base = args + ["--corpus", corpus]
       local, on_ray = tmp_path / "local" / corpus, tmp_path / "ray" / corpus
-      rc_local = _run(base + ["--output-dir", str(local)], models)
-      rc_ray = _run(base + ["--output-dir", str(on_ray), "--engine", "ray", "--ray-actors", "2"], models)
+      rc_local = _run(base + ["--output_dir", str(local)], models)
+      rc_ray = _run(base + ["--output_dir", str(on_ray), "--engine", "ray", "--ray_actors", "2"], models)
       assert rc_local == rc_ray == 3, corpus
       files = _files(local)
       assert files and files == _files(on_ray), corpus
@@ -453,8 +453,8 @@ def test_ray_engine_streams_webdataset_tars_through_ray_data(models, tmp_path, m
     tar.add(src / "00000.parquet", arcname="x.json")
   local = {n: tmp_path / f"local{n}" for n in (1, 2)}
   for n in (1, 2):
-    assert _run(["--input", str(src / "*.tar"), "--corpus", "laion2b", "--shards-per-input", str(n),
-                 "--output-dir", str(local[n])], models) == 3
+    assert _run(["--input", str(src / "*.tar"), "--corpus", "laion2b", "--shards_per_input", str(n),
+                 "--output_dir", str(local[n])], models) == 3
 
   def no_scan(path):
     raise AssertionError(f"the driver scanned {path}")
@@ -464,8 +464,8 @@ def test_ray_engine_streams_webdataset_tars_through_ray_data(models, tmp_path, m
   try:
     for n in (1, 2):
       out = tmp_path / f"ray{n}"
-      assert _run(["--input", str(src / "*.tar"), "--corpus", "laion2b", "--shards-per-input", str(n),
-                   "--output-dir", str(out), "--engine", "ray", "--ray-actors", "2"], models) == 3
+      assert _run(["--input", str(src / "*.tar"), "--corpus", "laion2b", "--shards_per_input", str(n),
+                   "--output_dir", str(out), "--engine", "ray", "--ray_actors", "2"], models) == 3
       assert len(_files(local[n])) == 12 * n and _files(out) == _files(local[n]), n
   finally:
     ray.shutdown()
@@ -507,17 +507,17 @@ def test_gs_inputs_tokenize_like_local_files_with_both_engines(models, gcs, tmp_
 
   def on_gs(args, out, *extra):
     cmd = [sys.executable, "-m", "tools.tokenize_media", *[a.replace(str(root), url) for a in args], "--corpus", "c",
-           "--output-dir", str(out), *extra, *_model_args(models)]
+           "--output_dir", str(out), *extra, *_model_args(models)]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 3, done.stderr[-3000:]
 
   for corpus, args in corpora.items():
     local, remote = tmp_path / "local" / corpus, tmp_path / "gs" / corpus
-    assert _run(args + ["--corpus", "c", "--output-dir", str(local)], models) == 3
+    assert _run(args + ["--corpus", "c", "--output_dir", str(local)], models) == 3
     on_gs(args, remote)
     assert _content(local) and _content(remote) == _content(local), corpus
     assert url in _stats(remote, "c", 0, len(_content(remote)))["inputs"][0]
-  on_gs(corpora["laion2b"], tmp_path / "gs-ray" / "laion2b", "--engine", "ray", "--ray-num-cpus", "2")
+  on_gs(corpora["laion2b"], tmp_path / "gs-ray" / "laion2b", "--engine", "ray", "--ray_num_cpus", "2")
   assert _files(tmp_path / "gs-ray" / "laion2b") == _files(tmp_path / "gs" / "laion2b")
   assert not list(tmp_path.glob("gs:*"))
 
@@ -596,7 +596,7 @@ def test_readme_commands_run_verbatim_for_every_table7_corpus(models, tmp_path, 
 def test_webdataset_benchmark_runs(tmp_path, capsys, kind):
   """The throughput benchmark's path (tiny models, a few records): the job and the encoder on the same media."""
   from tools import bench_tokenize
-  assert bench_tokenize.main(["--webdataset", kind, "--files", "4", "--model", "tiny", "--batch-size", "2",
+  assert bench_tokenize.main(["--webdataset", kind, "--files", "4", "--model", "tiny", "--batch_size", "2",
                               "--threads", "1", "--repeats", "1", "--workdir", str(tmp_path)]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[-3].startswith("encoder alone") and lines[-2].startswith("job over the tar, prefetch 1")

@@ -8,6 +8,7 @@ import gin
 import numpy as np
 import pytest
 
+from anygpt_jax.cli import gin_config
 from tools import train as train_cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -70,14 +71,14 @@ def clean_gin():
 
 
 def test_gin_flags_become_bindings():
-  bindings, rest = train_cli.split_gin_flags(
+  bindings, rest = gin_config.split_gin_flags(
       ["--gin_file=a.gin", "--gin.MODEL_DIR=/tmp/run x", "--gin.BATCH_SIZE=8", "--gin.train.z_loss=1e-4",
        "--gin.TASK_FEATURE_LENGTHS={'targets': 64}", "--gin.MODEL_DIR2='/q'", "--gin.train.model=@model_config()"])
   assert rest == ["--gin_file=a.gin"]
   assert bindings == ["MODEL_DIR = '/tmp/run x'", "BATCH_SIZE = 8", "train.z_loss = 1e-4",
                       "TASK_FEATURE_LENGTHS = {'targets': 64}", "MODEL_DIR2 = '/q'", "train.model = @model_config()"]
-  with pytest.raises(train_cli.GinConfigError, match="--gin.NAME=VALUE"):
-    train_cli.split_gin_flags(["--gin.MODEL_DIR"])
+  with pytest.raises(gin_config.GinConfigError, match="--gin.NAME=VALUE"):
+    gin_config.split_gin_flags(["--gin.MODEL_DIR"])
 
 
 @pytest.mark.parametrize("flag, named", [
@@ -112,20 +113,20 @@ def test_bad_gin_file_is_named(tmp_path, capsys, clean_gin):
 
 def test_run_files_parse(clean_gin):
   """Every shipped run file, with each mesh file, parses against the real configurables."""
-  train_cli.import_configurables()
+  gin_config.import_configurables()
   required = ["MODEL_DIR = '/r'", "SENTENCEPIECE_MODEL = '/t.model'", "DATA_DIR = '/d'", "LLAMA2_DIR = '/h'",
               "PRETRAIN_DIR = '/p'", "BASE_DIR = '/b'"]
   for run in sorted(p for p in (REPO / "gin" / "runs").glob("*.gin") if p.name != "base.gin"):
     for mesh in [None, *sorted((REPO / "gin" / "mesh").glob("*.gin"))]:
       gin.clear_config()
       text = run.read_text()
-      train_cli.parse_gin([str(run)] + ([str(mesh)] if mesh else []),
+      gin_config.parse_gin([str(run)] + ([str(mesh)] if mesh else []),
                           [b for b in required if b.split(" ")[0] in text or b.startswith(("MODEL_DIR", "SENT"))])
   gin.clear_config()
-  with pytest.raises(train_cli.GinConfigError, match="LLAMA2_DIR"):
-    train_cli.parse_gin([str(REPO / "gin/runs/pretrain_llama2_7b.gin")], required[:2])
+  with pytest.raises(gin_config.GinConfigError, match="LLAMA2_DIR"):
+    gin_config.parse_gin([str(REPO / "gin/runs/pretrain_llama2_7b.gin")], required[:2])
   gin.clear_config()
-  train_cli.parse_gin([str(REPO / "gin/runs/pretrain_llama2_7b.gin")], required[:4])
+  gin_config.parse_gin([str(REPO / "gin/runs/pretrain_llama2_7b.gin")], required[:4])
   assert gin.query_parameter("%BATCH_SIZE") == 480
   assert gin.query_parameter("%TRAIN_STEPS") == 81000
   assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"targets": 4500}
@@ -133,7 +134,7 @@ def test_run_files_parse(clean_gin):
   assert gin.query_parameter("learning_rate_schedule.warmup_fraction") == 0.03
   assert gin.query_parameter("make_optimizer.clip_global_norm") == 1.0
   gin.clear_config()
-  train_cli.parse_gin([str(REPO / "gin/runs/sft_anyinstruct.gin")], required[:2] + ["BASE_DIR = '/b'"])
+  gin_config.parse_gin([str(REPO / "gin/runs/sft_anyinstruct.gin")], required[:2] + ["BASE_DIR = '/b'"])
   assert gin.query_parameter("%BATCH_SIZE") == 64 and gin.query_parameter("%TRAIN_STEPS") == 5000
   assert gin.query_parameter("learning_rate_schedule.peak_learning_rate") == 2e-5
 

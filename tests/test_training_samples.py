@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from anygpt_jax.cli import gin_config
 from anygpt_jax.testing import tiny_tokenizers as tiny
 from anygpt_jax.tokenizers import audio_io
 from anygpt_jax.training.samples import SamplesConfigError, TrainingSamples
@@ -115,8 +116,8 @@ def test_real_run_files_sample_block_works_uncommented(run_file, tmp_path, clean
   head, block = text.split("# Evaluator.samples", 1)
   uncommented = tmp_path / run_file
   uncommented.write_text(head + "\n".join(l[2:] for l in ("# Evaluator.samples" + block).splitlines()) + "\n")
-  train_cli.import_configurables()
-  train_cli.parse_gin([str(uncommented)], ["MODEL_DIR = '/r'", "SENTENCEPIECE_MODEL = '/t.model'", "DATA_DIR = '/d'",
+  gin_config.import_configurables()
+  gin_config.parse_gin([str(uncommented)], ["MODEL_DIR = '/r'", "SENTENCEPIECE_MODEL = '/t.model'", "DATA_DIR = '/d'",
                                            "LLAMA2_DIR = '/h'", "PRETRAIN_DIR = '/p'"])
   samples = gin.get_bindings("Evaluator")["samples"]  # gin calls @TrainingSamples() here
   assert isinstance(samples, TrainingSamples) and samples.sentencepiece_model == "/t.model"

@@ -114,11 +114,11 @@ def test_bad_sizes_and_json_round_trip():
 
 
 def test_anygpt_vocab_prints_the_layout(capsys):
-  assert vocab_tool.main(["--text-vocab-size", "32000", "--chat-tokens", "--pad-multiple", "256"]) == 0
+  assert vocab_tool.main(["--text_vocab_size", "32000", "--chat_tokens", "--pad_multiple", "256"]) == 0
   printed = json.loads(capsys.readouterr().out)
   assert printed["vocab_size"] == 49420 and printed["padded_vocab_size"] == 49664
   assert printed["groups"]["image_codes"] == {"first": 32004, "last": 40195}
   assert printed["groups"]["<-Res->"] == {"first": 49418, "last": 49418}
   assert printed["groups"]["<-Ins->"] == {"first": 49419, "last": 49419}
   assert printed["groups"]["padding"] == {"first": 49420, "last": 49663}
-  assert vocab_tool.main(["--text-vocab-size", "1"]) == 2
+  assert vocab_tool.main(["--text_vocab_size", "1"]) == 2

@@ -12,13 +12,14 @@ that block. Target (issue 5): asynchronous saving costs <= 5 % of the step time.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import tempfile
 import time
 
 import jax
+
+from anygpt_jax.cli.flags import ArgumentParser
 
 
 def build(model_name: str, batch: int, length: int, text_vocab_size: int):
@@ -83,7 +84,7 @@ def run_block(mode, steps, state, step_fn, iterator, trainer, checkpoints, save_
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", default="demo")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--length", type=int, default=512)

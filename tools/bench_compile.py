@@ -26,6 +26,8 @@ import os
 import sys
 import time
 
+from anygpt_jax.cli.flags import ArgumentParser
+
 from . import compile as compile_cli
 
 BASE_FILES = ["gin/runs/pretrain_llama2_7b.gin", "gin/mesh/tpu_v5p_pod.gin"]
@@ -87,7 +89,7 @@ def run_variant(name: str, bindings: list[str], topology: str, output_dir: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--variants", default=",".join(VARIANTS))
   parser.add_argument("--output_dir", default="/tmp/anygpt_bench_compile")
   parser.add_argument("--no_cost", action="store_true", help="memory only (one compile per variant)")

@@ -22,9 +22,11 @@ import sys
 import tempfile
 import time
 
+from anygpt_jax.cli.flags import ArgumentParser
+
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="bench_eval", description=__doc__.split("\n\n")[0])
+  p = ArgumentParser(prog="bench_eval", description=__doc__.split("\n\n")[0])
   p.add_argument("--benchmark", default="librispeech_asr", choices=("coco_caption", "librispeech_asr"))
   p.add_argument("--config", default="tiny", help="model configuration (random weights)")
   p.add_argument("--items", type=int, default=32)

@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 
+from anygpt_jax.cli.flags import ArgumentParser
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GB = 1e9
 
@@ -157,8 +159,8 @@ def series(args, work: pathlib.Path, layer_counts: list[int]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="bench_export", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ArgumentParser(prog="bench_export", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="1b")
   parser.add_argument("--layers", type=int, default=None, help="override the config's layer count")
   parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))

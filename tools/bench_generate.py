@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anygpt_jax.cli.flags import ArgumentParser
 from anygpt_jax.export import save_hf_checkpoint
 from anygpt_jax.generation import DecodingSettings, Generator, Request
 from anygpt_jax.model import Transformer, get_config
@@ -34,7 +35,7 @@ from anygpt_jax.vocabulary import VocabularyLayout
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="bench_generate", description=__doc__.split("\n\n")[0])
+  p = ArgumentParser(prog="bench_generate", description=__doc__.split("\n\n")[0])
   p.add_argument("--config", default="bench", help="model config name (anygpt_jax.model.config)")
   p.add_argument("--text_vocab_size", type=int, default=32000, help="32000: AnyGPT's 49418-row vocabulary")
   p.add_argument("--batch", type=int, action="append", help="batch sizes (default 1 and 8)")

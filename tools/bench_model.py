@@ -10,7 +10,7 @@ It prints tokens/s for 2 and 3, their ratio, and our achieved FLOP/s against 1. 
 also prints MFU against the card's bf16 peak (and skips the CPU-only PyTorch reference).
 
   python -m tools.bench_model                       # the issue's CPU configuration
-  python -m tools.bench_model --config 1b --seq-len 4096 --batch 8 --dtype bfloat16 --attention cudnn
+  python -m tools.bench_model --config 1b --seq_len 4096 --batch 8 --dtype bfloat16 --attention cudnn
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anygpt_jax.cli.flags import ArgumentParser
 from anygpt_jax.hardware import GPU_PEAK_FLOPS
 from anygpt_jax.model import get_config
 
@@ -101,19 +102,19 @@ def torch_train_step_seconds(cfg, batch: int, seq_len: int, steps: int, threads:
 
 def main(argv=None) -> None:
   """Prints the figures; see the module docstring."""
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="bench")
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--seq-len", type=int, default=512)
+  parser.add_argument("--seq_len", type=int, default=512)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--dtype", default=None, help="compute dtype (default: float32 on CPU, bfloat16 on GPU)")
   parser.add_argument("--attention", default=None, help="xla | dot_product | cudnn (default: xla on CPU, cudnn on GPU)")
   parser.add_argument("--remat", default=None, help="remat policy (default: the config's)")
-  parser.add_argument("--matmul-size", type=int, default=2048)
-  parser.add_argument("--torch-threads", type=int, default=2)
-  parser.add_argument("--skip-torch", action="store_true")
+  parser.add_argument("--matmul_size", type=int, default=2048)
+  parser.add_argument("--torch_threads", type=int, default=2)
+  parser.add_argument("--skip_torch", action="store_true")
   parser.add_argument("--devices", type=int, default=None, help="mesh over the first N devices (default: all)")
-  parser.add_argument("--text-vocab", type=int, default=32000, help="text pieces (LLaMA-2: 32000)")
+  parser.add_argument("--text_vocab", type=int, default=32000, help="text pieces (LLaMA-2: 32000)")
   args = parser.parse_args(argv)
 
   device = jax.devices()[0]

@@ -9,16 +9,15 @@ measures in one run, one after the other:
   2. packed: `get_dataset('anygpt_pretrain', length, batch)` non-padding tokens/s, the packing
      efficiency (non-padding fraction) overall and per row modality, and the peak RSS.
 
-  python -m tools.bench_pipeline [--records-scale 1.0] [--batches 400] [--length 4500] [--batch 8]
+  python -m tools.bench_pipeline [--records_scale 1.0] [--batches 400] [--length 4500] [--batch 8]
 
 The packed rate includes rendering (SentencePiece, templates) and packing, measured over
-enough batches to pass several packing windows (a window is `--rows-per-window` rows of one
+enough batches to pass several packing windows (a window is `--rows_per_window` rows of one
 corpus, rendered before its first row comes out: the warm-up time shows that latency).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shutil
@@ -27,6 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from anygpt_jax.cli.flags import ArgumentParser
 from anygpt_jax.data import pipeline
 from anygpt_jax.testing import synthetic_corpus
 from anygpt_jax.data.preprocessors import parse_batch, read_shard_file
@@ -108,15 +108,15 @@ def add_row_fills(by_modality: dict, b: dict, layout, length: int) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--data-dir", default="/tmp/anygpt_bench_pipeline")
-  parser.add_argument("--records-scale", type=float, default=1.0)
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data_dir", default="/tmp/anygpt_bench_pipeline")
+  parser.add_argument("--records_scale", type=float, default=1.0)
   parser.add_argument("--length", type=int, default=4500)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--batches", type=int, default=400,
                       help="measured batches: enough to pass several packing windows of every corpus")
-  parser.add_argument("--rows-per-window", type=int, default=64)
-  parser.add_argument("--trainer-tokens-per-s", type=float, default=0.0,
+  parser.add_argument("--rows_per_window", type=int, default=64)
+  parser.add_argument("--trainer_tokens_per_s", type=float, default=0.0,
                       help="the trainer's measured tokens/s, to print the pipeline's headroom")
   parser.add_argument("--seconds", type=float, default=10.0, help="duration of the raw-read reference")
   args = parser.parse_args(argv)

@@ -20,26 +20,27 @@ import subprocess
 import sys
 import tempfile
 
-from . import command as tool_command
+from anygpt_jax.cli.flags import ArgumentParser, command
+
 
 _DONE = re.compile(r"step (\d+) done ([0-9.]+) s after start")
 
 
 def _first_step_seconds(flags: list[str], model_dir: str, cache: str | None, stop: int) -> float:
   extra = [f"--gin.train.compilation_cache_dir={cache}"] if cache else ["--gin.train.compilation_cache=False"]
-  command = [*tool_command("train"), *flags, f"--gin.MODEL_DIR={model_dir}",
-             f"--gin.train.stop_after_steps={stop}", *extra]
-  result = subprocess.run(command, capture_output=True, text=True)
+  argv = [*command("train"), *flags, f"--gin.MODEL_DIR={model_dir}",
+          f"--gin.train.stop_after_steps={stop}", *extra]
+  result = subprocess.run(argv, capture_output=True, text=True)
   if result.returncode != 0:
-    raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}")
   match = _DONE.search(result.stdout)
   if match is None:
-    raise RuntimeError(f"no 'step N done' line in the output of {' '.join(command)}:\n{result.stdout[-2000:]}")
+    raise RuntimeError(f"no 'step N done' line in the output of {' '.join(argv)}:\n{result.stdout[-2000:]}")
   return float(match.group(2))
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--work_dir", default=None, help="where the runs and the cache go (default: a temp dir)")
   args, flags = parser.parse_known_args(argv)
   work = args.work_dir or tempfile.mkdtemp(prefix="anygpt-bench-restart-")

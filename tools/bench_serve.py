@@ -10,7 +10,7 @@ process on 127.0.0.1 (a free port; nothing else is contacted), and sends `--requ
 threads for each `--clients` C, after an untimed warm-up round of the same requests (it compiles
 the shapes that load makes); each row is the run of median requests/s among `--repeats` timed
 runs. The baseline decodes the same requests one at a time with `anygpt-generate`'s own function
-(`tools.generate.generate_records`, batch 1) on the same model, loaded once, after the same warm-up
+(`generation.session.generate_records`, batch 1) on the same model, loaded once, after the same warm-up
 and with the same repeats. A failed request is counted, never retried.
 
   python -m tools.bench_serve --config demo --vllm_venv .venv-vllm --requests 64 --clients 1 --clients 8 --clients 32 --max_tokens 16
@@ -38,9 +38,11 @@ import time
 import urllib.error
 import urllib.request
 
+from anygpt_jax.cli.flags import ArgumentParser
+
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="bench_serve", description=__doc__.split("\n\n")[0])
+  p = ArgumentParser(prog="bench_serve", description=__doc__.split("\n\n")[0])
   p.add_argument("--config", default="tiny", help="model configuration (random weights)")
   p.add_argument("--requests", type=int, default=64, help="requests per client count (and for the baseline)")
   p.add_argument("--clients", type=int, action="append", default=None, help="concurrent clients (repeatable)")
@@ -92,24 +94,26 @@ def summary(latencies: list[float], wall: float, failed: int) -> dict:
 
 def sequential(setup: dict, bodies: list[dict], max_tokens: int, root: pathlib.Path, repeats: int) -> dict:
   """The same chats one at a time through anygpt-generate's generate_records (batch 1)."""
+  from anygpt_jax.cli.generation_flags import session_from_args
   from anygpt_jax.generation.requests import parse_chat
+  from anygpt_jax.generation.session import generate_records
 
   from . import generate
 
   args = generate.build_parser().parse_args([f"--model={setup['export']}", f"--output_dir={root / 'generate'}",
                                              *setup["flags"], "--do_sample=false", "--num_beams=1",
                                              f"--max_new_tokens={max_tokens}", f"--min_new_tokens={max_tokens}"])
-  session = generate.open_session(args)
+  session = session_from_args(args)
   tasks = [parse_chat(json.dumps({"messages": body["messages"]})) for body in bodies]
   for task in tasks:  # warm-up: compiles each prompt-length bucket
-    generate.generate_records(session, [(0, task)], args.output_dir, 1, 0)
+    generate_records(session, [(0, task)], args.output_dir, 1, 0)
   runs = []
   for _ in range(repeats):
     latencies, failed = [], 0
     start = time.perf_counter()
     for index, task in enumerate(tasks):
       begin = time.perf_counter()
-      (record,) = generate.generate_records(session, [(index, task)], args.output_dir, 1, 0)
+      (record,) = generate_records(session, [(index, task)], args.output_dir, 1, 0)
       latencies.append(time.perf_counter() - begin)
       failed += "error" in record
     runs.append(summary(latencies, time.perf_counter() - start, failed))

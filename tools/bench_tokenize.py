@@ -28,7 +28,8 @@ import sys
 import tempfile
 import time
 
-from . import command
+from anygpt_jax.cli.flags import ArgumentParser, command
+
 
 
 def _peak_rss_mb() -> float:
@@ -220,10 +221,10 @@ def _timed(fn) -> float:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--files", type=int, default=48)
   p.add_argument("--model", choices=("released-size", "tiny"), default="released-size")
-  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--workers", type=int, default=2)
   p.add_argument("--threads", type=int, default=2, help="torch threads, the same for both")
   p.add_argument("--scale", type=int, default=3, help="corpus multiple for the streaming (memory) check")
@@ -233,7 +234,7 @@ def main(argv=None) -> int:
                  help="measure the job over a webdataset tar against the encoder on in-memory batches")
   p.add_argument("--child", choices=("single", "batched", "bfloat16"), help=argparse.SUPPRESS)
   p.add_argument("--manifest", help=argparse.SUPPRESS)
-  p.add_argument("--model-dir", help=argparse.SUPPRESS)
+  p.add_argument("--model_dir", help=argparse.SUPPRESS)
   p.add_argument("--out", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.child == "single":
@@ -259,13 +260,13 @@ def main(argv=None) -> int:
   config = tiny.RELEASED_SPEECH_CONFIG if args.model == "released-size" else tiny.SPEECH_CONFIG
   tiny.save_tiny_speech_tokenizer(model_dir, config=config)
   manifest = build_demo_corpus(work / "corpus", num_images=0, num_speech=args.files, num_music=0, seed=0)
-  common = ["--model-dir", str(model_dir), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+  common = ["--model_dir", str(model_dir), "--threads", str(args.threads), "--repeats", str(args.repeats)]
   single = _run_child(["--child", "single", "--manifest", str(manifest)] + common)
   batched = _run_child(["--child", "batched", "--manifest", str(manifest), "--out", str(work / "out1"),
-                        "--batch-size", str(args.batch_size), "--workers", str(args.workers)] + common)
+                        "--batch_size", str(args.batch_size), "--workers", str(args.workers)] + common)
   big = _repeat_manifest(manifest, args.scale)
   batched_big = _run_child(["--child", "batched", "--manifest", str(big), "--out", str(work / "out2"),
-                            "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--model-dir",
+                            "--batch_size", str(args.batch_size), "--workers", str(args.workers), "--model_dir",
                             str(model_dir), "--threads", str(args.threads), "--repeats", "1"])
   rate = lambda r: r["audio_s"] / r["seconds"]
   print(f"speech tokenization, {args.model} SpeechTokenizer (random weights), {args.files} files, "
@@ -282,7 +283,7 @@ def main(argv=None) -> int:
         f"machine's float32 matmul rate ({single['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s) that is at most "
         f"{bound:.1f} audio s/s, {bound / rate(single):.2f}x the one-at-a-time rate; the batched job reaches "
         f"{rate(batched) * single['encoder_flops_per_audio_s'] / single['matmul_flops_per_s']:.0%} of it")
-  bf16 = _run_child(["--child", "bfloat16", "--manifest", str(manifest), "--batch-size", str(args.batch_size)] + common)
+  bf16 = _run_child(["--child", "bfloat16", "--manifest", str(manifest), "--batch_size", str(args.batch_size)] + common)
   print(f"not used by the job: the batch encoder in bfloat16 runs {bf16['speed_ratio']:.2f}x its float32 rate, "
         f"and {bf16['equal_codes']:.1%} of its level-1 codes equal the float32 ones")
   return 0

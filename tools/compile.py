@@ -24,7 +24,8 @@ import re
 import sys
 from typing import Any
 
-from .train import GinConfigError, import_configurables, parse_command_line, parse_gin
+from anygpt_jax.cli.flags import ArgumentParser
+from anygpt_jax.cli.gin_config import GinConfigError, import_configurables, parse_command_line, parse_gin
 
 LLAMA2_TEXT_VOCAB_SIZE = 32000
 _REQUIRED_MACRO = re.compile(r"(\w+)/macro\.value set to `%gin\.REQUIRED`")
@@ -114,8 +115,8 @@ def spec_from_gin(text_vocab_size: int = LLAMA2_TEXT_VOCAB_SIZE):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="anygpt-compile", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ArgumentParser(prog="anygpt-compile", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
   parser.add_argument("--gin_search_path", action="append", default=[])
   parser.add_argument("--topology", required=True, help="TPU topology, e.g. v5p:4x4x2, v5e:4x4, v6e:8x8")

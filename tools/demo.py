@@ -28,9 +28,9 @@ import subprocess
 import sys
 import time
 
+from anygpt_jax.cli.flags import ArgumentParser, command
 from anygpt_jax.vocabulary.layout import CONTENT_KINDS, MODALITY_NAMES
 
-from . import child_env, command
 
 KINDS = MODALITY_NAMES
 MODALITIES = CONTENT_KINDS
@@ -41,7 +41,7 @@ def _log(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="anygpt-demo", description=__doc__.split("\n\n")[0])
+  p = ArgumentParser(prog="anygpt-demo", description=__doc__.split("\n\n")[0])
   p.add_argument("--out_dir", default="demo_out", help="everything goes here (default ./demo_out)")
   p.add_argument("--items", type=int, default=48, help="raw items per modality (train + validation)")
   p.add_argument("--validation_items", type=int, default=4, help="of those, held out per modality")
@@ -58,14 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(cmd: list[str], what: str, log_path: pathlib.Path | None = None) -> None:
   """Runs a step of the pipeline as its own command; raises with the command's tail on failure."""
-  env = child_env()
   if log_path is None:
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True)
     output = result.stdout + result.stderr
   else:
     with open(log_path, "w") as log:
-      process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
+      process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       lines = []
       for line in process.stdout:
         log.write(line)
@@ -130,8 +128,8 @@ def tokenize(out: pathlib.Path, manifests, models) -> dict[str, dict]:
       stats_path = shard_dir / f"{corpus}-{split}-00000-of-00001.stats.json"
       if not stats_path.exists():
         _run([*command("tokenize_media"), "--manifest", str(manifest), "--corpus", corpus,
-              "--split", split, "--output-dir", str(shard_dir), f"--{kind}-model", str(models[kind]),
-              "--no-progress", "--torch-threads", "1"], f"tokenizing {corpus} ({split})")
+              "--split", split, "--output_dir", str(shard_dir), f"--{kind}_model", str(models[kind]),
+              "--no_progress", "--torch_threads", "1"], f"tokenizing {corpus} ({split})")
       stats[f"{corpus}/{split}"] = json.loads(stats_path.read_text())
   return stats
 

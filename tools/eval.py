@@ -28,14 +28,14 @@ import sys
 import time
 
 from anygpt_jax import filesystem
+from anygpt_jax.cli.flags import ArgumentParser
+from anygpt_jax.cli.generation_flags import add_model_flags
 from anygpt_jax.evaluation import benchmarks, report, scoring
-
-from .generate import add_model_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="anygpt-eval", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  p = ArgumentParser(prog="anygpt-eval", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
   stages = p.add_subparsers(dest="stage", required=True)
   gen = stages.add_parser("generate", help="generate the answers of a benchmark's items (JAX)")
   gen.add_argument("--benchmark", required=True, choices=sorted(benchmarks.BENCHMARKS))
@@ -111,10 +111,10 @@ def run_description(args, model_step, settings) -> dict:
 
 
 def generate(args) -> int:
+  from anygpt_jax.cli.generation_flags import session_from_args
   from anygpt_jax.generation import defaults_for
   from anygpt_jax.generation.requests import parse_task
-
-  from .generate import generate_records, open_session
+  from anygpt_jax.generation.session import generate_records
 
   if not 0 <= args.process_index < args.num_processes:
     raise SystemExit(f"anygpt-eval: --process_index {args.process_index} not in [0, {args.num_processes})")
@@ -128,7 +128,7 @@ def generate(args) -> int:
   todo = [pair for pair in mine if pair[1].id not in done]
   print(f"anygpt-eval: {bench.name}: {len(items)} items, {len(mine)} for process {args.process_index} of "
         f"{args.num_processes}, {len(mine) - len(todo)} already generated", flush=True)
-  session = open_session(args)
+  session = session_from_args(args)
   target = parse_task(items[0].task).target
   settings = defaults_for(target, session.stops, **session.overrides[target])
   run = run_description(args, _step(session, args.step),

@@ -19,9 +19,11 @@ import ast
 import os
 import sys
 
+from anygpt_jax.cli.flags import ArgumentParser
+
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="anygpt-import", description=__doc__,
+  parser = ArgumentParser(prog="anygpt-import", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--source", required=True, help="the checkpoint directory (any layout above)")
   parser.add_argument("--output_dir", required=True, help="the run directory to write (must hold no checkpoint)")

@@ -3,7 +3,7 @@
   anygpt-mixture-report --gin_file=gin/runs/pretrain_llama2_7b.gin --gin.DATA_DIR=/data/shards \
       --gin.SENTENCEPIECE_MODEL=/models/llama2/tokenizer.model
   anygpt-mixture-report anygpt_pretrain --steps 81000 --batch 480 --length 4500 \
-      --data-dir /data/shards --spm tokenizer.model
+      --data_dir /data/shards --spm tokenizer.model
 
 With run files (the first form) the data is registered exactly as `anygpt-train` registers it
 (the run's `register_corpora` bindings) and the mixture, steps, batch and length are the run's
@@ -17,9 +17,9 @@ consumes and how many epochs of the corpus that is; then totals per modality.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from anygpt_jax.cli.flags import ArgumentParser
 from anygpt_jax.data import mixing, pipeline
 from anygpt_jax.vocabulary.layout import CONTENT_KINDS
 
@@ -72,22 +72,22 @@ def format_report(name: str, rows: list[dict], steps: int, batch: int, length: i
 
 
 def parse_args(argv=None):
-  from .train import split_gin_flags
+  from anygpt_jax.cli.gin_config import split_gin_flags
   bindings, rest = split_gin_flags(list(sys.argv[1:] if argv is None else argv))
-  parser = argparse.ArgumentParser(prog="anygpt-mixture-report", description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog="anygpt-mixture-report", description=__doc__.splitlines()[0])
   parser.add_argument("mixture", nargs="?", help="default: the run files' MIXTURE_OR_TASK_NAME")
   parser.add_argument("--gin_file", action="append", default=[], help="the run's gin files (repeatable)")
   parser.add_argument("--steps", type=int, help="default: the run files' TRAIN_STEPS")
   parser.add_argument("--batch", type=int, help="default: the run files' BATCH_SIZE")
   parser.add_argument("--length", type=int, help="default: the run files' TASK_FEATURE_LENGTHS")
-  parser.add_argument("--data-dir", help="root of the shards (without run files)")
+  parser.add_argument("--data_dir", help="root of the shards (without run files)")
   parser.add_argument("--spm", help="the SentencePiece model (without run files)")
   parser.add_argument("--corpus", action="append", default=None,
                       help="NAME:KIND:PATTERN[:P_TO_TEXT[:GROUP]] (repeatable, without run files); default: the "
                            "default corpora")
-  parser.add_argument("--chat-tokens", action="store_true")
+  parser.add_argument("--chat_tokens", action="store_true")
   parser.add_argument("--temperature", type=float, default=1.0)
-  parser.add_argument("--packing-efficiency", type=float, default=1.0,
+  parser.add_argument("--packing_efficiency", type=float, default=1.0,
                       help="non-padding fraction of rows (tools/bench_pipeline.py measures it)")
   args = parser.parse_args(rest)
   args.bindings = bindings
@@ -98,7 +98,7 @@ def parse_args(argv=None):
     if bindings:
       parser.error("--gin.NAME=value flags need the run's --gin_file")
     missing = [f for f, v in (("mixture", args.mixture), ("--steps", args.steps), ("--batch", args.batch),
-                              ("--length", args.length), ("--data-dir", args.data_dir), ("--spm", args.spm)) if not v]
+                              ("--length", args.length), ("--data_dir", args.data_dir), ("--spm", args.spm)) if not v]
     if missing:
       parser.error(f"without --gin_file, {', '.join(missing)} are required (or give the run's --gin_file)")
   return args
@@ -109,7 +109,7 @@ def _register_from_run_files(args) -> None:
   import gin
 
   from anygpt_jax.training.input import sequence_length_of
-  from .train import import_configurables, parse_gin
+  from anygpt_jax.cli.gin_config import import_configurables, parse_gin
   import_configurables()
   # Parsed as anygpt-train parses them; the report calls no configurable that needs MODEL_DIR.
   parse_gin(args.gin_file, args.bindings, finalize=False)

@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from anygpt_jax.cli.flags import ArgumentParser
+
 
 def _force_host_devices(n: int) -> None:
   # Must run before jax is imported anywhere in the process.
@@ -101,7 +103,7 @@ def check_sharded(cfg, mesh_shape: dict[str, int]) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="tiny", help="model configuration name (default: tiny)")
   args = parser.parse_args(argv)
   _force_host_devices(8)

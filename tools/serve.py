@@ -22,12 +22,13 @@ import argparse
 import os
 import sys
 
-from .generate import add_model_flags, open_session
+from anygpt_jax.cli.flags import ArgumentParser
+from anygpt_jax.cli.generation_flags import add_model_flags, session_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="anygpt-serve", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  p = ArgumentParser(prog="anygpt-serve", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
   add_model_flags(p)
   p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
   p.add_argument("--port", type=int, default=8000)
@@ -64,7 +65,7 @@ def build_app(args):
   from anygpt_jax.serving.app import create_app
   from anygpt_jax.serving.service import Service
 
-  session = open_session(args, weights=args.engine == "jax")
+  session = session_from_args(args, weights=args.engine == "jax")
   if args.engine == "vllm":  # text answers default to greedy: the vLLM engine runs no beam search
     session.overrides["text"].setdefault("num_beams", 1)
   session.media.load_all()

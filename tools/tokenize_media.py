@@ -1,14 +1,14 @@
 """`anygpt-tokenize`: raw images / speech / music (or AnyGPT data files) -> pretokenized shards.
 
-  anygpt-tokenize --input 'laion2b/*.tar' --corpus laion2b --output-dir shards/laion2b \
-      --image-model models/seed_tokenizer --shard-index 3
-  anygpt-tokenize --manifest data.jsonl --corpus demo --output-dir shards/ \
-      --image-model models/seed_tokenizer --speech-model models/speechtokenizer \
-      --music-model models/encodec_32khz --num-shards 64 --shard-index 3
+  anygpt-tokenize --input 'laion2b/*.tar' --corpus laion2b --output_dir shards/laion2b \
+      --image_model models/seed_tokenizer --shard_index 3
+  anygpt-tokenize --manifest data.jsonl --corpus demo --output_dir shards/ \
+      --image_model models/seed_tokenizer --speech_model models/speechtokenizer \
+      --music_model models/encodec_32khz --num_shards 64 --shard_index 3
 
 With `--input`, each input shard (a tar, a JSONL part, a TSV, a transcripts or metadata file;
-globs and folders expand to the sorted list) becomes `--shards-per-input` output shards, so a
-job splits across machines by `--shard-index` with no manifest. The format is detected from
+globs and folders expand to the sorted list) becomes `--shards_per_input` output shards, so a
+job splits across machines by `--shard_index` with no manifest. The format is detected from
 each file or given with `--format`.
 
 Exit status: 0 all records written, 3 some records rejected (see the `.rejects.jsonl` files),
@@ -25,6 +25,7 @@ import time
 import traceback
 
 from anygpt_jax import filesystem
+from anygpt_jax.cli.flags import ArgumentParser
 from anygpt_jax.tokenizers.readers import FORMATS
 from anygpt_jax.vocabulary.layout import MODALITY_NAMES
 
@@ -32,57 +33,57 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REJECTS = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="anygpt-tokenize", description=__doc__.split("\n\n")[0])
+  p = ArgumentParser(prog="anygpt-tokenize", description=__doc__.split("\n\n")[0])
   src = p.add_argument_group("inputs (any number, read in this order)")
   src.add_argument("--manifest", action="append", default=[], help='JSONL of {"id","kind","path","text"}')
   src.add_argument("--folder", action="append", default=[], help="media folder with <stem>.txt sidecar captions")
-  src.add_argument("--folder-audio-kind", choices=("speech", "music"), default="speech")
-  src.add_argument("--anygpt-data", action="append", default=[], help="AnyGPT pair/chat/interleaved JSONL")
+  src.add_argument("--folder_audio_kind", choices=("speech", "music"), default="speech")
+  src.add_argument("--anygpt_data", action="append", default=[], help="AnyGPT pair/chat/interleaved JSONL")
   src.add_argument("--input", action="append", default=[],
                    help="an input shard, a glob of them or a folder (repeatable); one output shard per input")
   src.add_argument("--format", default="auto", choices=("auto",) + FORMATS,
                    help="format of the --input files (auto: detected from each file's name and first record)")
-  src.add_argument("--media-kind", choices=MODALITY_NAMES, default="image",
+  src.add_argument("--media_kind", choices=MODALITY_NAMES, default="image",
                    help="kind of the media in webdataset tars")
   src.add_argument("--images", action="append", default=[],
                    help="MMC4 image folders or plain tars (repeatable); default: beside each JSONL")
-  src.add_argument("--shards-per-input", type=int, default=1, help="output shards per --input file")
+  src.add_argument("--shards_per_input", type=int, default=1, help="output shards per --input file")
   out = p.add_argument_group("output")
-  out.add_argument("--output-dir", required=True)
+  out.add_argument("--output_dir", required=True)
   out.add_argument("--corpus", required=True, help="corpus name in the shard file names")
   out.add_argument("--split", default="train")
-  out.add_argument("--num-shards", type=int, help="with --manifest/--folder/--anygpt-data (default 1); "
-                   "with --input the count is inputs x --shards-per-input")
-  out.add_argument("--shard-index", type=int, action="append", help="only these shards (repeatable); default all")
+  out.add_argument("--num_shards", type=int, help="with --manifest/--folder/--anygpt_data (default 1); "
+                   "with --input the count is inputs x --shards_per_input")
+  out.add_argument("--shard_index", type=int, action="append", help="only these shards (repeatable); default all")
   models = p.add_argument_group("models (local paths in the published layouts)")
-  models.add_argument("--speech-model", help="SpeechTokenizer dir: config.json + SpeechTokenizer.pt")
-  models.add_argument("--music-model", help="Encodec 32 kHz dir (facebook/encodec_32khz layout)")
-  models.add_argument("--image-model", help="SEED dir (seed_quantizer.pt [+ eva_vit_g.pth]) or the .pt")
+  models.add_argument("--speech_model", help="SpeechTokenizer dir: config.json + SpeechTokenizer.pt")
+  models.add_argument("--music_model", help="Encodec 32 kHz dir (facebook/encodec_32khz layout)")
+  models.add_argument("--image_model", help="SEED dir (seed_quantizer.pt [+ eva_vit_g.pth]) or the .pt")
   run = p.add_argument_group("execution")
   run.add_argument("--engine", choices=("local", "ray"), default="local")
   run.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
-  run.add_argument("--batch-size", type=int, default=16)
+  run.add_argument("--batch_size", type=int, default=16)
   run.add_argument("--window", type=int, default=256, help="records read, sorted by length and batched at a time")
   run.add_argument("--workers", type=int, default=2, help="threads decoding and resampling media")
   run.add_argument("--prefetch", type=int, default=1,
                    help="windows decoded ahead of the one being encoded (memory: prefetch + 1 windows)")
-  run.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default; 1 is faster on a busy machine)")
-  run.add_argument("--max-speech-seconds", type=float, default=60.0)
-  run.add_argument("--max-music-seconds", type=float, default=1800.0)
-  run.add_argument("--music-clip-seconds", type=float, default=5.0)
+  run.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: torch's default; 1 is faster on a busy machine)")
+  run.add_argument("--max_speech_seconds", type=float, default=60.0)
+  run.add_argument("--max_music_seconds", type=float, default=1800.0)
+  run.add_argument("--music_clip_seconds", type=float, default=5.0)
   run.add_argument("--rebuild", action="store_true",
                    help="remake finished shards whose inputs, settings or tokenizer checkpoints changed (without "
                         "it such a rerun stops, naming what changed; unchanged finished shards are always kept)")
-  run.add_argument("--drop-duplicate-ids", action="store_true",
+  run.add_argument("--drop_duplicate_ids", action="store_true",
                    help="reject a record whose id a shard of this run already holds (duplicates are counted in the stats "
                         "either way)")
-  run.add_argument("--strict-formats", action="store_true",
+  run.add_argument("--strict_formats", action="store_true",
                    help="reject non-RGB images and non-mono audio instead of converting them")
-  run.add_argument("--ray-address", help="an existing Ray cluster; default: a local instance")
-  run.add_argument("--ray-num-cpus", type=int, default=2)
-  run.add_argument("--ray-actors", type=int, default=1)
-  run.add_argument("--ray-gpus-per-actor", type=float, default=0.0)
-  run.add_argument("--no-progress", action="store_true")
+  run.add_argument("--ray_address", help="an existing Ray cluster; default: a local instance")
+  run.add_argument("--ray_num_cpus", type=int, default=2)
+  run.add_argument("--ray_actors", type=int, default=1)
+  run.add_argument("--ray_gpus_per_actor", type=float, default=0.0)
+  run.add_argument("--no_progress", action="store_true")
   return p
 
 
@@ -111,13 +112,13 @@ def _usage_errors(args) -> list[str]:
   errors = []
   legacy = args.manifest or args.folder or args.anygpt_data
   if not (legacy or args.input):
-    errors.append("no inputs: give --input, --manifest, --folder or --anygpt-data")
+    errors.append("no inputs: give --input, --manifest, --folder or --anygpt_data")
   if legacy and args.input:
-    errors.append("--input cannot be mixed with --manifest/--folder/--anygpt-data")
+    errors.append("--input cannot be mixed with --manifest/--folder/--anygpt_data")
   if args.input and args.num_shards is not None:
-    errors.append("with --input the shard count is the number of inputs x --shards-per-input; drop --num-shards")
+    errors.append("with --input the shard count is the number of inputs x --shards_per_input; drop --num_shards")
   if args.shards_per_input < 1:
-    errors.append("--shards-per-input must be >= 1")
+    errors.append("--shards_per_input must be >= 1")
   if args.input:
     try:
       files, _ = _plan_inputs(args)
@@ -127,7 +128,7 @@ def _usage_errors(args) -> list[str]:
       return errors
   elif args.num_shards is None:
     args.num_shards = 1
-  for flag, paths in (("--manifest", args.manifest), ("--anygpt-data", args.anygpt_data)):
+  for flag, paths in (("--manifest", args.manifest), ("--anygpt_data", args.anygpt_data)):
     for path in paths:
       if filesystem.resolve(path).is_dir():
         errors.append(f"{flag} {path} is a directory; it takes a JSONL file (repeat the flag for several, "
@@ -142,14 +143,14 @@ def _usage_errors(args) -> list[str]:
   for flag in (f"{kind}_model" for kind in MODALITY_NAMES):
     path = getattr(args, flag)
     if path and not os.path.exists(path):
-      errors.append(f"--{flag.replace('_', '-')} not found: {path}")
+      errors.append(f"--{flag} not found: {path}")
   if args.num_shards < 1:
-    errors.append("--num-shards must be >= 1")
+    errors.append("--num_shards must be >= 1")
   for i in args.shard_index or ():
     if not 0 <= i < args.num_shards:
-      errors.append(f"--shard-index {i} outside [0, {args.num_shards})")
+      errors.append(f"--shard_index {i} outside [0, {args.num_shards})")
   if args.batch_size < 1 or args.window < 1 or args.prefetch < 0:
-    errors.append("--batch-size and --window must be >= 1, --prefetch >= 0")
+    errors.append("--batch_size and --window must be >= 1, --prefetch >= 0")
   return errors
 
 

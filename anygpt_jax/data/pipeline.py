@@ -292,7 +292,7 @@ def _missing_message(mixture_name: str, missing: Sequence[CorpusSpec], data_dir:
   where = "; ".join(f"{s.name}: {s.split_pattern(data_dir, 'train')}" for s in missing)
   hint = "" if epath.Path(data_dir).exists() else f" (the data directory {data_dir} does not exist)"
   return (f"mixture {mixture_name!r}: {len(missing)} corpora have no train shards{hint}: {where}. Tokenize them "
-          f"(anygpt-tokenize --corpus NAME --output-dir DATA_DIR/NAME), list only the corpora you have in "
+          f"(anygpt-tokenize --corpus NAME --output_dir DATA_DIR/NAME), list only the corpora you have in "
           f"register_corpora.corpora, or set register_corpora.allow_missing_corpora=True to mix the others "
           f"with renormalised shares")
 

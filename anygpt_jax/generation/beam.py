@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from anygpt_jax.generation import constraints as cons
+from anygpt_jax.generation import sampling
 
 
 def _gather_rows(tree, rows: jax.Array, scanned: bool):
@@ -49,8 +50,7 @@ def search(gen, params, cache, logits, positions, rows, seen, cstate, *, steps: 
 
   def body(carry):
     step, done, alive_score, alive_seq, fin_score, fin_seq, logits, cache, seen, cstate = carry
-    from anygpt_jax.generation.decoding import process_logits
-    processed = process_logits(logits, step, rows, seen, cstate, gen.tables)
+    processed = sampling.process_logits(logits, step, rows, seen, cstate, gen.tables)
     logp = jax.nn.log_softmax(processed, axis=-1).reshape(n, beams, vocab)
     flat = (alive_score[:, :, None] + logp).reshape(n, beams * vocab)
     values, index = jax.lax.top_k(flat, 2 * beams)

@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from anygpt_jax import partitioning
+from anygpt_jax.generation import beam
 from anygpt_jax.generation import constraints as cons
 from anygpt_jax.generation import sampling
 from anygpt_jax.generation.settings import DecodingSettings, SettingsError
@@ -102,16 +103,6 @@ def seen_ids(prompts: Sequence[Sequence[int]], rows: int, vocab: int) -> np.ndar
   for i, p in enumerate(prompts):
     seen[i, np.asarray(p, np.int64)] = True
   return seen
-
-
-def process_logits(logits, step, rows: dict, seen, cstate, tables):
-  """Constraints, repetition penalty and min-new-tokens on float32 logits [B, V] at `step`."""
-  if tables is not None:
-    logits = cons.apply(tables, cstate, logits, rows["max_new_tokens"] - step, jnp)
-  logits = sampling.repetition_penalty(logits, seen, rows["repetition_penalty"])
-  masked = sampling.mask_stop_ids(logits, rows["stop_ids"], step < rows["min_new_tokens"])
-  # A closed answer span allows only stop ids: there min_new_tokens yields to the constraints.
-  return jnp.where(jnp.any(masked > jnp.finfo(jnp.float32).min, axis=-1, keepdims=True), masked, logits)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -193,7 +184,7 @@ class Generator:
     def body(carry):
       step, out, done, logits, cache, positions, seen, cstate, rng = carry
       rng, key = jax.random.split(rng)
-      processed = process_logits(logits, step, rows, seen, cstate, self.tables)
+      processed = sampling.process_logits(logits, step, rows, seen, cstate, self.tables)
       token = sampling.choose(processed, key, rows["do_sample"], rows["temperature"], rows["top_k"], rows["top_p"])
       token = jnp.where(done, 0, token)
       out = out.at[:, step].set(jnp.where(done, -1, token))
@@ -211,7 +202,6 @@ class Generator:
 
   # --- beam search ----------------------------------------------------------------------------
   def _beam_fn(self, params, cache, logits, positions, rows, seen, cstate, *, steps: int, beams: int):
-    from anygpt_jax.generation import beam
     return beam.search(self, params, cache, logits, positions, rows, seen, cstate, steps=steps, beams=beams)
 
   # --- requests -------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from anygpt_jax.generation import constraints as cons
+
 NEG_INF = -jnp.inf
 
 
@@ -26,6 +28,18 @@ def mask_stop_ids(logits: jax.Array, stop_ids: jax.Array, active: jax.Array) -> 
   rows = jnp.broadcast_to(jnp.arange(batch)[:, None], ids.shape)
   is_stop = jnp.zeros((batch, vocab), bool).at[rows, ids].set(True, mode="drop")
   return jnp.where(is_stop & active[:, None], NEG_INF, logits)
+
+
+def process_logits(logits, step, rows: dict, seen, cstate, tables):
+  """Constraints, repetition penalty and min-new-tokens on float32 logits [B, V] at decoding `step`
+  (int32 scalar); `rows` holds the batch's per-row settings, `seen` bool [B, V] the ids so far,
+  `cstate` the constraints' state (None tables: unconstrained). Shared by sampling and beam search."""
+  if tables is not None:
+    logits = cons.apply(tables, cstate, logits, rows["max_new_tokens"] - step, jnp)
+  logits = repetition_penalty(logits, seen, rows["repetition_penalty"])
+  masked = mask_stop_ids(logits, rows["stop_ids"], step < rows["min_new_tokens"])
+  # A closed answer span allows only stop ids: there min_new_tokens yields to the constraints.
+  return jnp.where(jnp.any(masked > jnp.finfo(jnp.float32).min, axis=-1, keepdims=True), masked, logits)
 
 
 def top_k_top_p(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:

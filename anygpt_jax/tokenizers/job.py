@@ -131,7 +131,7 @@ class Tokenizers:
         self._workers[kind] = image_lib.SeedImageWorker(path, self.cfg.device)
     worker = self._workers[kind]
     if worker is None:
-      raise MediaError("no_tokenizer", f"no --{kind}-model given")
+      raise MediaError("no_tokenizer", f"no --{kind}_model given")
     return worker
 
 
@@ -195,13 +195,13 @@ def _anygpt_result(record: InputRecord, cfg: JobConfig) -> RecordResult:
 
 
 def _overlong_span(sample: Sample, cfg: JobConfig) -> str:
-  """Why a code string is longer than the job takes the same medium (`--max-{speech,music}-seconds`), or ''."""
+  """Why a code string is longer than the job takes the same medium (`--max_{speech,music}_seconds`), or ''."""
   limits = {"speech": cfg.max_speech_seconds, "music": cfg.max_music_seconds}
   rates = {m.name: m.codes_per_second for m in MODALITIES}
   for k, part in enumerate(sample.parts):
     if part.kind in limits and len(part.codes) > limits[part.kind] * rates[part.kind]:
       return (f"part {k}: a {part.kind} span of {len(part.codes)} codes ({len(part.codes) / rates[part.kind]:g} s) "
-              f"is over --max-{part.kind}-seconds {limits[part.kind]:g}")
+              f"is over --max_{part.kind}_seconds {limits[part.kind]:g}")
   return ""
 
 
@@ -356,7 +356,7 @@ class InputShardPlan:
   """One input shard (a tar, a JSONL part, a TSV) -> `per_input` output shards, with no manifest.
 
   Output shard i reads only input `i // per_input` (keeping every `per_input`-th of its
-  records from `i % per_input`), so machines split a job by `--shard-index` alone and each
+  records from `i % per_input`), so machines split a job by `--shard_index` alone and each
   output shard's stats name its input. Inputs are taken in the sorted order given.
   """
 
@@ -538,7 +538,7 @@ def finished_stats(cfg: JobConfig, plan, index: int) -> dict | None:
   raise provenance.StaleShardError(
       f"{paths['shard']} was made from other inputs or settings than this run's: {'; '.join(changed)}. "
       f"Pass --rebuild to remake it (each file is replaced atomically, the shard last), or write to "
-      f"another --output-dir")
+      f"another --output_dir")
 
 
 def run_local(cfg: JobConfig, records_or_plan, on_progress: Callable[[RecordResult], None] | None = None,

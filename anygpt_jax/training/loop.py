@@ -2,7 +2,8 @@
 
 `train()` is what `anygpt-train` runs; every argument is bound in gin (see `gin/runs/*.gin`). It
 builds the run (`build_run`), its first state (`initial_state`), writes the run files
-(`write_run_files`) and steps (`run_loop`). A restart is compared with the run's record first
+(`write_run_files`) and steps (`run_loop`), calling its hooks between steps (`hooks.py`: profiling,
+evaluation and samples, the run file's own, preemption, checkpointing). A restart is compared with the run's record first
 (`run_record`): settings that break exact resume are refused unless accepted on purpose.
 A run directory (`model_dir`, local or a URL) holds `config.gin` (the operative config),
 `checkpoints/`, `tensorboard/` (event files and `metrics.jsonl`), `compilation_cache/`, while a
@@ -22,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import jax
@@ -35,6 +36,7 @@ from anygpt_jax import partitioning
 from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
 from anygpt_jax.errors import UserError
 from anygpt_jax.model import ModelConfig, get_config
+from anygpt_jax.training import hooks as hooks_lib
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training import optimizer as optimizer_lib
 from anygpt_jax.training import run_lock, run_record
@@ -244,6 +246,12 @@ class Preemption:
       return multihost_utils.reached_preemption_sync_point(step)
     return self._received.is_set()
 
+  def __call__(self, info: hooks_lib.StepInfo) -> hooks_lib.Stop | None:
+    """The loop's hook: called at every step (every process must reach each sync point)."""
+    if self.should_stop(info.step) and info.step < info.last_step:
+      return hooks_lib.Stop("on SIGTERM")
+    return None
+
   def close(self) -> None:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
@@ -302,13 +310,13 @@ class Profile:
       self._staging = filesystem.LocalStaging(self.directory, prefix="anygpt-profile-")
       jax.profiler.start_trace(self._staging.local)
 
-  def after_step(self, step: int, outputs: Any) -> None:
-    """Call after dispatching `step` with its outputs; ends the trace once they are ready."""
-    if self._staging is not None and step >= self.steps[1]:
-      jax.block_until_ready(outputs)
-      self.stop()
+  def __call__(self, info: hooks_lib.StepInfo) -> None:
+    """After `info.step` is dispatched: ends the trace once the last traced step is done."""
+    if self._staging is not None and info.step >= self.steps[1]:
+      jax.block_until_ready(info.state)
+      self.close()
 
-  def stop(self) -> None:
+  def close(self) -> None:
     if self._staging is not None:
       jax.profiler.stop_trace()
       self._staging.close()
@@ -323,22 +331,21 @@ class _Pending:
   metrics: Any
 
 
-def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, operative: str,
-             evaluator: Evaluator | None, eval_every_steps: int | None, log_every_steps: int,
-             max_nonfinite_streak: int, watchdog: distributed.StepWatchdog, preemption: Preemption,
-             profile: Profile, writer: metrics_lib.MetricsWriter) -> dict[str, float]:
-  """Steps from the state's step to `last_step`; returns the last step's scalars.
+def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, hooks: hooks_lib.Hooks,
+             log_every_steps: int, max_nonfinite_streak: int, watchdog: distributed.StepWatchdog,
+             writer: metrics_lib.MetricsWriter, operative: str) -> dict[str, float]:
+  """Steps from the state's step to `last_step`, calling `hooks` after each; returns the last
+  step's scalars.
 
   The host never waits for a step before dispatching the next: step N's metrics are read
   after step N+1 is dispatched, so logging, the non-finite check and the decision to save are
-  one step late. A step is saved when the step before it was finite (a skipped step leaves the
-  parameters unchanged, so the saved state is still a good one); the last step is saved when it
-  is itself finite. The data iterator is not advanced between a step and its save, so a saved
-  step resumes exactly.
+  one step late. A step is saved (`hooks_lib.CheckpointHook`) when the step before it was finite
+  (a skipped step leaves the parameters unchanged, so the saved state is still a good one); the
+  last step, or the one a hook stopped at, is saved here when it is itself finite. The data
+  iterator is not advanced between a step and its save, so a saved step resumes exactly.
   """
   data, checkpoints = run.data, run.checkpoints
   step_fn = run.sharded.trainer.jit_train_step(run.sharded.state_shardings)
-  eval_fn = run.sharded.trainer.jit_eval_sums(run.sharded.param_shardings) if evaluator is not None else None
   throughput = metrics_lib.Throughput(run.config.flops_per_token(data.sequence_length), metrics_lib.peak_flops())
   eta = metrics_lib.Eta(last_step)
   step = first_step = int(jax.device_get(state.step))
@@ -376,9 +383,9 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, ope
 
   pending: _Pending | None = None
   last_scalars: dict[str, float] = {}
-  stopped_by_signal = False
+  stop = None
   while step < last_step:
-    profile.before_step(step + 1)
+    hooks.before_step(step + 1)
     batch = to_global_batch(data.next_local_batch(), run.sharded.trainer.batch_sharding)
     state, step_metrics = step_fn(state, batch)
     step += 1
@@ -386,37 +393,24 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, ope
       jax.block_until_ready(step_metrics)  # once: the time to the first step is worth knowing
       _console(f"[anygpt-train] step {step} done {time.perf_counter() - started:.1f} s after start "
                f"(set-up, {'restore, ' if first_step else ''}compilation and the step)")
-    profile.after_step(step, step_metrics)
     checkpoints.raise_if_save_failed()  # a background save that failed stops the run now
     previous_finite = True  # the state a run starts or resumes from is a good one
     if pending is not None:
       last_scalars = report(pending)
       previous_finite = last_scalars["train/nonfinite_streak"] == 0
     pending = _Pending(step, step_metrics)
-    if evaluator is not None and eval_every_steps and (step % eval_every_steps == 0 or step == last_step):
-      watchdog.pause()
-      eval_scalars = evaluator.evaluate(eval_fn, state.params, run.sharded.trainer.batch_sharding)
-      writer.write(step, eval_scalars)
-      for line in metrics_lib.eval_console_lines(step, eval_scalars):
-        _console(line)
-      if evaluator.samples is not None:  # generated samples to TensorBoard (training/samples.py)
-        evaluator.samples.write(run, step, state.params, writer, final=step == last_step)
-      watchdog.resume()
-    if preemption.should_stop(step) and step < last_step:
-      stopped_by_signal = True
+    stop = hooks.after_step(hooks_lib.StepInfo(step, last_step, state, run, writer, previous_finite))
+    if stop is not None:
       break
-    # Never save inside a streak of skipped steps: the last checkpoint stays a good one.
-    if step < last_step and previous_finite and checkpoints.should_save(step):
-      checkpoints.save(step, state, data.iterators, operative, run.layout)
   if pending is not None:
     last_scalars = report(pending)
     if last_scalars["train/nonfinite_streak"] == 0 and pending.step not in checkpoints.all_steps():
       checkpoints.save(pending.step, state, data.iterators, operative, run.layout, force=True)
-  profile.stop()
+  hooks.close()
   watchdog.pause()
   checkpoints.wait_until_finished()
-  if stopped_by_signal:
-    _console(f"[anygpt-train] stopped at step {step} on SIGTERM after saving it; run the same command to resume")
+  if stop is not None:
+    _console(f"[anygpt-train] stopped at step {step} {stop.reason} after saving it; run the same command to resume")
   return last_scalars
 
 
@@ -446,6 +440,7 @@ def train(
     compilation_cache_dir: str | None = None,
     stop_on_sigterm: bool = True,
     accept_changes: bool = False,
+    hooks: Sequence[Callable[[hooks_lib.StepInfo], Any]] = (),
 ) -> dict[str, float]:
   """Trains to `train_steps`, resuming from `model_dir` when it holds a checkpoint.
 
@@ -483,6 +478,8 @@ def train(
     stop_on_sigterm: on SIGTERM, save the current step and return (the same command resumes).
     accept_changes: resume although settings that break exact resume changed (`run_record`): the
       change is recorded from the resumed step, and a changed data stream starts anew there.
+    hooks: more hooks (`training/hooks.py`), each called with a `StepInfo` after every `every`-th
+      step (its attribute; default 1), after evaluation and before preemption and checkpointing.
 
   Returns:
     The last logged scalars.
@@ -514,10 +511,16 @@ def train(
     writer = metrics_lib.MetricsWriter(model_dir / "tensorboard")
     closing.callback(writer.close)  # after flushing: callbacks run last-in first-out
     closing.callback(writer.flush, sync=True)
-    profile = Profile(model_dir / "profile", tuple(profile_steps) if profile_steps else None)
-    closing.callback(profile.stop)  # a trace cut short by an error is still written
+    scheduled = hooks_lib.Hooks()
+    closing.callback(scheduled.close)  # a trace cut short by an error is still written
+    scheduled.add_hook(Profile(model_dir / "profile", tuple(profile_steps) if profile_steps else None))
+    if the_evaluator is not None and eval_every_steps:
+      scheduled.add_hook(hooks_lib.EvaluationHook(the_evaluator, eval_every_steps, watchdog, _console))
+    for hook in hooks:
+      scheduled.add_hook(hook)
+    scheduled.add_hook(preemption)
+    scheduled.add_hook(hooks_lib.CheckpointHook(run.checkpoints, operative))
     last_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
-    return run_loop(run, state, last_step=last_step, started=started, operative=operative,
-                    evaluator=the_evaluator, eval_every_steps=eval_every_steps, log_every_steps=log_every_steps,
-                    max_nonfinite_streak=max_nonfinite_streak, watchdog=watchdog, preemption=preemption,
-                    profile=profile, writer=writer)
+    return run_loop(run, state, last_step=last_step, started=started, hooks=scheduled,
+                    log_every_steps=log_every_steps, max_nonfinite_streak=max_nonfinite_streak, watchdog=watchdog,
+                    writer=writer, operative=operative)

@@ -34,6 +34,7 @@ TEXTS = [f"a photo of {w} number {i} on a sunny day, spoken slowly" for i in ran
 def readme_commands() -> list[list[str]]:
   """The `anygpt-eval` lines of README's '## Evaluation' section, split as a shell would."""
   section = (REPO / "README.md").read_text().split("## Evaluation", 1)[1].split("\n## ", 1)[0]
+  section = section.split("\n### Benchmarks during training", 1)[0]  # test_training_hooks.py runs those
   return [shlex.split(l)[1:] for l in section.splitlines() if l.startswith("anygpt-eval ")]
 
 
@@ -392,6 +393,47 @@ def test_two_processes_generate_disjoint_items_whose_union_is_the_set(workdir, m
   assert not ids[0] & ids[1]
   assert ids[0] | ids[1] == {i.id for i in benchmarks.get("coco_caption").items(str(workdir / "data" / "coco"))}
   assert report.score_benchmark(str(tmp_path), "coco_caption")["scored"] == 5
+
+
+def test_prompts_carry_the_media_as_token_strings_that_render_the_same_prompts(workdir, monkeypatch, tmp_path):
+  """`anygpt-eval prompts`: each request with its input medium tokenized; rendered without a
+  tokenizer, it gives the ids the medium's file gives through the tokenizer. A missing image keeps
+  its error; a text request is kept as it is."""
+  from anygpt_jax.evaluation.prompts import PromptsFileError, read_prompts
+  from anygpt_jax.generation.media import Media
+  from anygpt_jax.generation.requests import Prompts, parse_task
+  from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
+
+  monkeypatch.chdir(workdir)
+  runs = (("coco_caption", "coco", ["--image_model=tokenizers/seed_tokenizer"]),  # all 5: the missing image too
+          ("librispeech_asr", "LibriSpeech", ["--speech_model=tokenizers/speechtokenizer", "--limit=3"]),
+          ("coco_t2i", "coco", ["--limit=3"]))
+  for benchmark, data, flags in runs:
+    assert eval_cli.main(["prompts", f"--benchmark={benchmark}", f"--data=data/{data}", f"--output_dir={tmp_path}",
+                          *flags]) == 0
+  coco = read_prompts(str(tmp_path / "coco_caption" / "prompts.json"))
+  items = benchmarks.get("coco_caption").items(str(workdir / "data" / "coco"))
+  assert coco.data == str(workdir / "data" / "coco") and (coco.limit, coco.seed) == (None, 0)
+  assert [i for i, _, _ in coco.items] == [item.id for item in items]
+  errors = {i: e for i, _, e in coco.items if e is not None}
+  assert list(errors) == [items[-1].id] and "missing" in errors[items[-1].id]  # the one image not on disk
+  vocabulary = AnyGPTVocabulary(str(workdir / "exports" / "demo" / "tokenizer.model"))
+  media = Media(image_model="tokenizers/seed_tokenizer", speech_model="tokenizers/speechtokenizer")
+  asr = read_prompts(str(tmp_path / "librispeech_asr" / "prompts.json"))
+  for prompts, data in ((coco, "coco"), (asr, "LibriSpeech")):
+    by_id = {item.id: item for item in benchmarks.get(prompts.benchmark).items(str(workdir / "data" / data),
+                                                                                prompts.limit, 0)}
+    for item_id, task, error in prompts.items:
+      if error is None:
+        assert task.split("|")[2].startswith(("<soim>", "<sosp>"))
+        from_codes = Prompts(vocabulary, None, seed=0).base(parse_task(task))[1]
+        assert from_codes == Prompts(vocabulary, media, seed=0).base(parse_task(by_id[item_id].task))[1]
+  assert len(asr.items) == 3 and all(e is None for _, _, e in asr.items)
+  t2i = read_prompts(str(tmp_path / "coco_t2i" / "prompts.json"))
+  assert [t for _, t, _ in t2i.items] == [i.task for i in benchmarks.get("coco_t2i").items(str(workdir / "data" / "coco"), 3, 0)]
+  (tmp_path / "bad.json").write_text("{}")
+  with pytest.raises(PromptsFileError, match="not a prompts file"):
+    read_prompts(str(tmp_path / "bad.json"))
 
 
 def test_scores_go_to_the_runs_tensorboard_at_its_step(workdir, monkeypatch, tmp_path):

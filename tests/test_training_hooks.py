@@ -3,6 +3,9 @@ hooks that a run file adds without editing the loop (the short run of test_train
 
 import json
 import math
+import pathlib
+import re
+import shlex
 
 import gin
 import pytest
@@ -10,6 +13,8 @@ import pytest
 from anygpt_jax.training import hooks as hooks_lib
 from test_train_cli import run_gin_text, write_run_inputs
 from tools import train as train_cli
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _info(step, last_step=10):
@@ -97,22 +102,54 @@ class StopAtStep:
     return hooks_lib.Stop("by StopAtStep") if info.step == self.step else None
 
 
-def test_a_run_file_adds_hooks_and_one_of_them_stops_the_run(tmp_path, capsys):
+def readme_during_training() -> tuple[list[list[str]], str]:
+  """README's '### Benchmarks during training': its `anygpt-eval` lines (split as a shell would) and
+  its gin block."""
+  section = (REPO / "README.md").read_text().split("### Benchmarks during training", 1)[1].split("\n## ", 1)[0]
+  commands = [shlex.split(line)[1:] for line in section.splitlines() if line.startswith("anygpt-eval ")]
+  gin_block = re.search(r"```\n(train\.hooks.*?)```", section, re.S).group(1)
+  return commands, gin_block
+
+
+def test_a_run_file_adds_hooks_and_one_of_them_stops_the_run(tmp_path, monkeypatch, capsys):
+  """ParameterNorms, BenchmarkGenerations (README's lines: the paper's ASR and text-to-image requests,
+  their media tokenized beforehand by `anygpt-eval prompts`) and a stopping hook written here, all
+  from the run file; the answers score as `anygpt-eval score` scores them, into the run's TensorBoard.
+  README's lines run as written but for 2 items, this run's step and the period."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  from anygpt_jax.testing import benchmark_data
+  from anygpt_jax.testing import tiny_tokenizers as tiny
+  from tools import eval as eval_cli
+
   inputs = write_run_inputs(tmp_path, records=48)
+  monkeypatch.chdir(tmp_path)  # README's relative layout: data/, tokenizers/, eval_prompts/
+  benchmark_data.write_librispeech(tmp_path / "data" / "LibriSpeech")
+  benchmark_data.write_coco_captions(tmp_path / "data" / "coco")
+  tiny.save_tiny_speech_tokenizer(tmp_path / "tokenizers" / "speechtokenizer")
+  commands, gin_block = readme_during_training()
+  assert [c[0] for c in commands] == ["prompts", "prompts", "score"]
+  for argv in commands[:2]:
+    argv[argv.index("--limit") + 1] = "2"
+    assert eval_cli.main(argv) == 0
   run_file = tmp_path / "hooks.gin"
-  run_file.write_text(run_gin_text(inputs, steps=4, extra="""
-train.hooks = [@ParameterNorms(), @StopAtStep()]
+  run_file.write_text(run_gin_text(inputs, steps=4, extra=gin_block + """
+train.hooks = [@ParameterNorms(), @BenchmarkGenerations(), @StopAtStep()]
 ParameterNorms.every = 1
+BenchmarkGenerations.every = 2
+BenchmarkGenerations.settings = {'text': {'max_new_tokens': 6, 'num_beams': 1}, 'image': {'max_new_tokens': 40}}
 StopAtStep.step = 2
 CheckpointConfig.save_every_steps = 10
 """))
   model_dir = tmp_path / "run"
   gin.clear_config()
   try:
-    assert train_cli.main([f"--gin_file={run_file}", f"--gin.MODEL_DIR={model_dir}"]) == 0
+    assert train_cli.main([f"--gin_file={run_file}", "--gin.MODEL_DIR=run"]) == 0
   finally:
     gin.clear_config()
-  assert "stopped at step 2 by StopAtStep after saving it" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "stopped at step 2 by StopAtStep after saving it" in out
+  assert "benchmark answers at step 2: librispeech_asr, coco_t2i" in out
   assert sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2]
   entries = [json.loads(line) for line in (model_dir / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
   norms = {e["step"]: e for e in entries if "params/norm" in e}
@@ -121,3 +158,22 @@ CheckpointConfig.save_every_steps = 10
     parts = [v for k, v in entry.items() if k.startswith("params/norm/")]
     assert len(parts) >= 3 and entry["params/norm"] == pytest.approx(math.sqrt(sum(v * v for v in parts)))
   assert norms[1]["params/norm"] != norms[2]["params/norm"]  # a step changed the parameters
+
+  step_dir = model_dir / "benchmarks" / "step_00000002"
+  assert sorted(p.name for p in step_dir.iterdir()) == ["coco_t2i", "librispeech_asr"]  # only the due step
+  for benchmark in ("librispeech_asr", "coco_t2i"):
+    run = json.loads((step_dir / benchmark / "run.json").read_text())
+    assert (run["model"], run["step"], run["limit"]) == (str(model_dir), 2, 2)
+    records = [json.loads(l) for l in (step_dir / benchmark / "generations-00000-of-00001.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["prompt_ids"] and r["output_ids"] for r in records), records
+  images = [json.loads(l) for l in (step_dir / "coco_t2i" / "generations-00000-of-00001.jsonl").read_text().splitlines()]
+  assert all(len(r["spans"][0]["codes"]) == 32 for r in images if "error" not in r)
+  score = commands[2]
+  score[score.index("--output_dir") + 1] = "run/benchmarks/step_00000002"
+  assert eval_cli.main(score) == 0
+  (entry,) = json.loads((step_dir / "report.json").read_text())["benchmarks"]
+  assert entry["step"] == 2 and entry["scored"] == 2 and entry["scores"]["WER"] >= 0
+  events = EventAccumulator(str(model_dir / "tensorboard"))
+  events.Reload()
+  scalar, = events.Scalars("benchmarks/librispeech_asr/WER")
+  assert scalar.step == 2 and scalar.value == pytest.approx(entry["scores"]["WER"])

@@ -195,3 +195,37 @@ def test_a_role_token_inside_a_message_is_refused_everywhere(export, text, token
   assert apply(tokenizer, [{"role": "user", "content": "<-Ins-> <sosp><🗣️3><eosp> is fine"}])
   with pytest.raises(RequestError, match=re.escape(f"{token!r} is a control token")):  # a base model's text->X
     Prompts(vocabulary, None, seed=0).base(Task(f"text|image|{text}", "text", "image", text))
+
+
+def test_a_medium_given_as_its_token_string_needs_no_tokenizer(export):
+  """`image|text|<soim><👀5>...<eoim>` (as anygpt-tokenize and `anygpt-eval prompts` write media): the
+  prompt holds exactly those codes, in base tasks and chat items alike, with no tokenizer loaded."""
+  from anygpt_jax.data import rendering
+  from anygpt_jax.generation.requests import Prompts, RequestError, Task, parse_task
+  _, vocabulary, _ = export
+  layout, prompts = vocabulary.layout, Prompts(vocabulary, None, seed=0)
+  for kind, codes in (("image", [5, 0, 17]), ("speech", [3, 3, 1023]), ("music", [7, 8, 9, 10])):
+    item = rendering.modality_string(layout, kind, codes)
+    text, ids, target = prompts.base(parse_task(f"{kind}|text|{item}"))
+    span = layout.modality(kind)
+    assert [i - span.first_code_id for i in ids if span.contains_code_id(i)] == codes
+    assert item in text and text.endswith("[MMGPT]:") and target is None
+    chat = Task("", source="chat", target="chat", messages=[{"role": "user", "content": [{kind: item}]}])
+    _, chat_ids, _ = prompts.chat(chat)
+    assert [i - span.first_code_id for i in chat_ids if span.contains_code_id(i)] == codes
+  speech = rendering.modality_string(layout, "speech", [3])
+  with pytest.raises(RequestError, match="is not a image code"):
+    prompts.base(parse_task(f"image|text|<soim>{speech[len('<sosp>'):-len('<eosp>')]}<eoim>"))
+  with pytest.raises(RequestError, match="needs the image tokenizer"):
+    prompts.base(parse_task("image|text|cat.jpg"))
+
+
+def test_a_vocabulary_for_another_runs_layout_is_refused(export):
+  """What the trainer's samples and benchmark answers check: the SentencePiece model gives the run's layout."""
+  from anygpt_jax.vocabulary import VocabularyLayout
+  from anygpt_jax.vocabulary.seqio_vocabulary import AnyGPTVocabulary
+  _, vocabulary, _ = export
+  layout = vocabulary.layout
+  assert AnyGPTVocabulary.for_layout(vocabulary.spm_path, layout, vocabulary.legacy).layout == layout
+  with pytest.raises(ValueError, match="the run trains"):
+    AnyGPTVocabulary.for_layout(vocabulary.spm_path, VocabularyLayout(text_vocab_size=layout.text_vocab_size + 1))

@@ -4,6 +4,9 @@
       --output_dir eval/step_81000 --image_model seed/ [--limit 500] [--num_processes 4 --process_index 0]
   anygpt-eval score --output_dir eval/step_81000
 
+`prompts` (no JAX) writes a subset's requests with their input media as token strings, which the
+trainer reads to generate benchmark answers during training without torch (`BenchmarkGenerations`).
+
 `ceiling` (no JAX) writes, for a benchmark whose answers are media, each item's own reference medium
 through the tokenizer as its answer; scored as usual, that is the best score the tokenizers allow, and
 `score --ceiling_dir` prints it beside the model's.
@@ -20,12 +23,9 @@ every benchmark generated there and writes `report.json` and `report.md`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import random
 import sys
-import time
 
 from anygpt_jax import filesystem
 from anygpt_jax.cli.flags import ArgumentParser
@@ -44,15 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
   gen.add_argument("--num_processes", type=int, default=1, help="processes sharing the items")
   gen.add_argument("--process_index", type=int, default=0, help="this process's index among them")
   add_model_flags(gen)
-  ceiling = stages.add_parser("ceiling", help="the benchmark's own media through the tokenizer, as answers (no JAX)")
-  ceiling.add_argument("--benchmark", required=True, choices=sorted(CEILING_BENCHMARKS))
-  ceiling.add_argument("--data", required=True, help="the data set's directory, in its publisher's layout")
-  ceiling.add_argument("--limit", type=int, default=None, help="a seeded random subset of this many items")
-  ceiling.add_argument("--seed", type=int, default=0)
-  ceiling.add_argument("--output_dir", required=True, help="where the ceiling's answers go (score it there)")
-  ceiling.add_argument("--image_model", help="SEED tokenizer directory (coco_t2i)")
-  ceiling.add_argument("--speech_model", help="SpeechTokenizer directory (vctk_tts)")
-  ceiling.add_argument("--music_model", help="Encodec 32 kHz directory (musiccaps_t2m)")
+  _add_tokenizing_stage(stages, "ceiling", "the benchmark's own media through the tokenizer, as answers (no JAX)",
+                        CEILING_BENCHMARKS, "where the ceiling's answers go (score it there)",
+                        ("coco_t2i", "vctk_tts", "musiccaps_t2m"))
+  _add_tokenizing_stage(stages, "prompts", "a subset's requests with their media tokenized, for generation during "
+                        "training (no JAX)", benchmarks.BENCHMARKS, "writes {output_dir}/{benchmark}/prompts.json",
+                        ("coco_caption", "librispeech_asr", "musiccaps_caption"))
   score = stages.add_parser("score", help="score what was generated and write report.json and report.md (no JAX)")
   score.add_argument("--output_dir", required=True)
   score.add_argument("--benchmark", action="append", default=None, choices=sorted(benchmarks.BENCHMARKS),
@@ -81,77 +78,47 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def _add_tokenizing_stage(stages, name: str, help: str, choices, output_help: str, uses: tuple[str, str, str]) -> None:
+  """A stage that reads a benchmark subset and tokenizes its media (no JAX): `ceiling` or `prompts`;
+  `uses` names the benchmark that needs each of the image, speech and music tokenizers."""
+  stage = stages.add_parser(name, help=help)
+  stage.add_argument("--benchmark", required=True, choices=sorted(choices))
+  stage.add_argument("--data", required=True, help="the data set's directory, in its publisher's layout")
+  stage.add_argument("--limit", type=int, default=None, help="a seeded random subset of this many items")
+  stage.add_argument("--seed", type=int, default=0)
+  stage.add_argument("--output_dir", required=True, help=output_help)
+  stage.add_argument("--image_model", help=f"SEED tokenizer directory ({uses[0]})")
+  stage.add_argument("--speech_model", help=f"SpeechTokenizer directory ({uses[1]})")
+  stage.add_argument("--music_model", help=f"Encodec 32 kHz directory ({uses[2]})")
+
+
 # Benchmarks whose answers are media: their ceiling is the reference media through the tokenizer and back.
 CEILING_BENCHMARKS = ("coco_t2i", "musiccaps_t2m", "vctk_tts")
 CEILING_MODEL = "tokenizer ceiling (the benchmark's own media through the tokenizer, no language model)"
 
 
-def done_ids(path) -> set[str]:
-  """Ids of the items a generations file already holds. A last line cut by a kill is removed from the
-  file (its item is generated again), so the next append starts on a line of its own."""
-  if not path.exists():
-    return set()
-  text = path.read_text()
-  if text and not text.endswith("\n"):
-    text = text[:text.rfind("\n") + 1]
-    path.write_text(text)
-  done = set()
-  for line in text.splitlines():
-    try:
-      done.add(json.loads(line)["id"])
-    except (json.JSONDecodeError, KeyError):
-      continue
-  return done
-
-
-def run_description(args, model_step, settings) -> dict:
-  return {"benchmark": args.benchmark, "model": str(filesystem.resolve(args.model)), "step": model_step,
-          "data": str(filesystem.resolve(args.data)),  # the scoring stage may run from another directory
-          "limit": args.limit, "seed": args.seed, "num_processes": args.num_processes, "settings": settings}
-
-
 def generate(args) -> int:
   from anygpt_jax.cli.generation_flags import session_from_args
-  from anygpt_jax.generation import defaults_for
-  from anygpt_jax.generation.requests import parse_task
-  from anygpt_jax.generation.session import generate_records
+  from anygpt_jax.evaluation.generation import Request, decoding_settings, done_ids, generate_benchmark
 
   if not 0 <= args.process_index < args.num_processes:
     raise SystemExit(f"anygpt-eval: --process_index {args.process_index} not in [0, {args.num_processes})")
   bench = benchmarks.get(args.benchmark)
   items = bench.items(args.data, args.limit, args.seed)
-  mine = list(enumerate(items))[args.process_index::args.num_processes]
-  out = filesystem.resolve(args.output_dir) / bench.name
-  out.mkdir(parents=True, exist_ok=True)
-  path = report.generations_file(args.output_dir, bench.name, args.process_index, args.num_processes)
-  done = done_ids(path)
-  todo = [pair for pair in mine if pair[1].id not in done]
+  mine = [Request(position, item.id, item.task) for position, item in enumerate(items)]
+  mine = mine[args.process_index::args.num_processes]
+  done = done_ids(report.generations_file(args.output_dir, bench.name, args.process_index, args.num_processes))
   print(f"anygpt-eval: {bench.name}: {len(items)} items, {len(mine)} for process {args.process_index} of "
-        f"{args.num_processes}, {len(mine) - len(todo)} already generated", flush=True)
+        f"{args.num_processes}, {len({r.id for r in mine} & done)} already generated", flush=True)
   session = session_from_args(args)
-  target = parse_task(items[0].task).target
-  settings = defaults_for(target, session.stops, **session.overrides[target])
-  run = run_description(args, _step(session, args.step),
-                        {k: v for k, v in dataclasses.asdict(settings).items() if k != "stop_ids"})
-  if args.process_index == 0:
-    filesystem.write_text(out / report.RUN_FILE, json.dumps(run, indent=1))
-  started, generated = time.perf_counter(), 0
-  # Fixed batches of this process's items: a rerun regenerates an unfinished batch whole, with the
-  # same instruction draws and decoding seed, and writes only its items not yet on file.
-  for batch_index in range(0, len(mine), args.batch_size):
-    batch = mine[batch_index:batch_index + args.batch_size]
-    if all(item.id in done for _, item in batch):
-      continue
-    session.prompts.rng = random.Random(f"{args.seed}/{batch[0][1].id}")
-    records = generate_records(session, [(position, parse_task(item.task)) for position, item in batch],
-                               str(out / "outputs"), args.batch_size, args.seed + batch_index, detokenize=False)
-    new = [{"id": item.id, **record} for (_, item), record in zip(batch, records) if item.id not in done]
-    filesystem.append_json_lines(path, new)
-    generated += len(new)
-    elapsed = time.perf_counter() - started
-    print(f"anygpt-eval: {bench.name}: {len(done) + generated} of {len(mine)} items "
-          f"({generated / elapsed:.2f} items/s)", flush=True)
-  print(f"anygpt-eval: {bench.name}: generations in {path}")
+  run = {"benchmark": bench.name, "model": str(filesystem.resolve(args.model)), "step": _step(session, args.step),
+         "data": str(filesystem.resolve(args.data)),  # the scoring stage may run from another directory
+         "limit": args.limit, "seed": args.seed, "num_processes": args.num_processes,
+         "settings": decoding_settings(session, mine)}
+  generate_benchmark(session, bench.name, mine, args.output_dir, run, args.process_index, args.num_processes,
+                     args.batch_size, args.seed, log=lambda line: print(f"anygpt-eval: {line}", flush=True))
+  print(f"anygpt-eval: {bench.name}: generations in "
+        f"{report.generations_file(args.output_dir, bench.name, args.process_index, args.num_processes)}")
   return 0
 
 
@@ -159,6 +126,7 @@ def ceiling(args) -> int:
   """Writes, as the generation stage would, each item's answer as its reference medium's codes (the
   caption's image, the caption's clip, the text's own recording): `score` then gives the best score
   this tokenizer set allows. Resumable as `generate` is; an unreadable medium is the item's error."""
+  from anygpt_jax.evaluation.generation import done_ids
   from anygpt_jax.generation.media import Media
   from anygpt_jax.generation.requests import RequestError, parse_task
 
@@ -187,6 +155,21 @@ def ceiling(args) -> int:
     filesystem.append_json_lines(path, [record])
   print(f"anygpt-eval: {bench.name}: the tokenizer ceiling's answers in {path}; score them with "
         f"`anygpt-eval score --output_dir {args.output_dir}`")
+  return 0
+
+
+def prompts(args) -> int:
+  """Writes the subset's requests with their input media as token strings (`evaluation.prompts`)."""
+  from anygpt_jax.evaluation.prompts import write_prompts
+  from anygpt_jax.generation.media import Media
+
+  media = Media(image_model=args.image_model, speech_model=args.speech_model, music_model=args.music_model)
+  written = write_prompts(args.benchmark, args.data, args.limit, args.seed, media, args.output_dir)
+  failed = [(i, e) for i, _, e in written.items if e is not None]
+  for item_id, error in failed:
+    print(f"anygpt-eval: {args.benchmark}: item {item_id}: {error}", file=sys.stderr)
+  print(f"anygpt-eval: {args.benchmark}: {len(written.items) - len(failed)} of {len(written.items)} requests in "
+        f"{os.path.join(args.output_dir, args.benchmark, 'prompts.json')}")
   return 0
 
 
@@ -229,7 +212,7 @@ def score(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  return {"generate": generate, "ceiling": ceiling, "score": score}[args.stage](args)
+  return {"generate": generate, "ceiling": ceiling, "prompts": prompts, "score": score}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """AnyGPT's requests: base-model task strings, chat requests, their prompts and their answers.
 
-A base task string is `{input modality}|{output modality}|{text or media path}[|{voice prompt wav}]`
+A base task string is `{input modality}|{output modality}|{text or media}[|{voice prompt wav}]`
 as AnyGPT's CLI takes it (`text|image|a dog`, `image|text|cat.jpg`, `text|speech|hello|voice.wav`,
-`speech|text|a.wav`, `text|music|calm piano`, `music|text|song.wav`). `Prompts` renders a request
+`speech|text|a.wav`, `text|music|calm piano`, `music|text|song.wav`); a medium is a file path or its
+own token string (`image|text|<soim><👀12>...<eoim>`), which needs no tokenizer. `Prompts` renders a request
 into prompt ids with the data pipeline's own templates (`anygpt_jax.data.rendering`), so a prompt
 is exactly the training string up to where the answer starts. `answer_text` is what a user reads
 of an answer: AnyGPT's CLI decodes with special tokens skipped and keeps what lies between
@@ -22,7 +23,8 @@ from typing import Sequence
 
 from anygpt_jax.generation import constraints as cons
 from anygpt_jax.vocabulary import chat_format
-from anygpt_jax.vocabulary.layout import CONTENT_KINDS, control_token_in_text
+from anygpt_jax.vocabulary.layout import (CONTENT_KINDS, VocabularyError, control_token_in_text,
+                                         modality_codes_from_string)
 
 TASK_MODALITIES = CONTENT_KINDS  # text and every modality of the vocabulary's table
 PLACEHOLDER = "\x00"  # marks where the answer starts in a rendered training string
@@ -97,10 +99,19 @@ class Prompts:
     from anygpt_jax.vocabulary.seqio_vocabulary import BOS_ID
     return [BOS_ID] + list(self.vocabulary.encode(text))
 
-  def _media_codes(self, kind: str, path: str, chat: bool = False):
+  def _media_codes(self, kind: str, value: str, chat: bool = False) -> list[int]:
+    """Local codes of a media input: `value` is a file (tokenized by `media`) or the medium's own token
+    string (`<soim><👀12>...<eoim>`, as anygpt-tokenize and `anygpt-eval prompts` write it), which
+    needs no tokenizer, so a process without torch can make the request."""
+    modality = self.layout.modality(kind).modality
+    if value.lstrip().startswith(modality.start_token):
+      try:
+        return modality_codes_from_string(self.layout, kind, value)
+      except VocabularyError as e:
+        raise RequestError(f"{kind} input {value[:60]!r}...: {e}") from None
     if self.media is None:
-      raise RequestError(f"a {kind} input needs the {kind} tokenizer")
-    return self.media.encode(kind, path, chat=chat)
+      raise RequestError(f"a {kind} input needs the {kind} tokenizer (or its token string)")
+    return [int(c) for c in self.media.encode(kind, value, chat=chat)]
 
   def base(self, task: Task) -> tuple[str, list[int], str | None]:
     """(prompt string, ids, the modality the answer must be or None)."""
@@ -141,7 +152,7 @@ class Prompts:
           except AnyGPTDataError as e:
             raise RequestError(f"chat request: {e}") from None
         elif kind in TASK_MODALITIES:
-          parts.append(Part(kind, codes=[int(c) for c in self._media_codes(kind, value, chat=True)], role=role))
+          parts.append(Part(kind, codes=self._media_codes(kind, value, chat=True), role=role))
         else:
           raise RequestError(f"chat content item {item!r}: expected text, image, speech or music")
     parts.append(Part("text", text=PLACEHOLDER, role="assistant"))

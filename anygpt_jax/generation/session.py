@@ -52,33 +52,34 @@ def open_session(loaded, media, overrides: dict[str, dict[str, Any]], seed: int,
   return Session(loaded, Prompts(vocabulary, media, seed), media, generator, stops, overrides, tables)
 
 
-def write_outputs(task: Task, tokens: list[int], stem: str, prompts: Prompts, media, stop_ids,
+def write_outputs(task: Task, tokens: list[int], stem: str | None, prompts: Prompts, media, stop_ids,
                   detokenize: bool = True) -> dict:
-  """Text and every media span of an answer (its codes, and the media written to files when
-  `detokenize`); raises RequestError if malformed.
+  """Text and every media span of an answer (its codes, and the media written to files `{stem}.*`
+  when `detokenize`; no files when `stem` is None); raises RequestError if malformed.
 
   `text` is the answer as a user reads it (`requests.answer_text`: no role or modality tokens)."""
   spans = checked_spans(prompts.layout, task.target, tokens, media.music_codebooks)
   files = []
-  for i, span in enumerate(spans if detokenize else ()):
+  for i, span in enumerate(spans if detokenize and stem is not None else ()):
     suffix = "" if i == 0 else f"-{i}"
     files.append(media.write(span.modality, list(span.codes), f"{stem}{suffix}", task.voice_prompt))
   text = answer_text(prompts.vocabulary, tokens, stop_ids)
-  if task.target in ("text", "chat"):
+  if task.target in ("text", "chat") and stem is not None:
     with open(stem + ".txt", "w", encoding="utf-8") as f:
       f.write(text + "\n")
     files.insert(0, {"file": stem + ".txt"})
   return {"files": files, "text": text, "spans": [{"modality": s.modality, "codes": list(s.codes)} for s in spans]}
 
 
-def generate_records(session: Session, tasks: list[tuple[int, Task | RequestError]], output_dir: str,
-                     batch_size: int, seed: int, detokenize: bool = True) -> list[dict]:
+def generate_records(session: Session, tasks: list[tuple[int, Task | RequestError]], output_dir: str | None,
+                     batch_size: int, seed: int, detokenize: bool = True, params: Any = None) -> list[dict]:
   """One record per (index, task): prompt, ids, settings, output ids, spans (modality and codes),
   files and timings, or the error.
 
   Requests are decoded `batch_size` at a time, chunk k with seed `seed + k * batch_size`; each
   answer's files are written to `output_dir/{index:04d}-{output}.*` (media only when `detokenize`:
-  anygpt-eval de-tokenizes in its scoring stage)."""
+  anygpt-eval de-tokenizes in its scoring stage; none when `output_dir` is None). `params`: decode with these parameters of the
+  session's model (the trainer's, as they change) instead of its own."""
   from anygpt_jax.generation import SettingsError
 
   tables, limit = session.tables, session.loaded.config.max_position_embeddings
@@ -99,15 +100,16 @@ def generate_records(session: Session, tasks: list[tuple[int, Task | RequestErro
                   timings={"tokenize_s": time.perf_counter() - start})
     pending.append((task, record, request))
 
-  os.makedirs(output_dir, exist_ok=True)
+  if output_dir is not None:
+    os.makedirs(output_dir, exist_ok=True)
   for chunk_start in range(0, len(pending), batch_size):
     chunk = pending[chunk_start:chunk_start + batch_size]
-    outputs = session.generator.generate([r for _, _, r in chunk], seed=seed + chunk_start)
+    outputs = session.generator.generate([r for _, _, r in chunk], seed=seed + chunk_start, params=params)
     for (task, record, _), out in zip(chunk, outputs):
       record.update(output_ids=out.tokens, finish_reason=out.finish_reason, score=out.score)
       record["timings"].update(prefill_s=out.prefill_s, decode_s=out.decode_s)
       start = time.perf_counter()
-      stem = os.path.join(output_dir, f"{record['index']:04d}-{task.target}")
+      stem = os.path.join(output_dir, f"{record['index']:04d}-{task.target}") if output_dir is not None else None
       try:
         record.update(write_outputs(task, out.tokens, stem, session.prompts, session.media, session.stops,
                                     detokenize))

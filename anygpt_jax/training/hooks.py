@@ -1,10 +1,13 @@
 """What the training loop runs between steps: hooks, each with an `every` (Levanter's `add_hook` shape).
 
 The loop dispatches steps and reads their metrics; everything else is a hook. After each
-dispatched step it calls every due hook in order with a `StepInfo`:
+dispatched step it calls every due hook in order with a `StepInfo`, with the step watchdog paused
+(a hook is not a training step, and an evaluation or generation may take minutes):
 
   profiling (`Profile`), held-out evaluation and samples (`EvaluationHook`), the run file's own
-  hooks (`train.hooks`), preemption (`Preemption`), checkpointing (`CheckpointHook`).
+  hooks (`train.hooks`: e.g. `ParameterNorms` here, benchmark answers with
+  `benchmark_generations.BenchmarkGenerations`), preemption (`Preemption`), checkpointing
+  (`CheckpointHook`).
 
 A run file adds a hook without editing the loop: any gin-configurable callable taking a `StepInfo`,
 its period in an `every` attribute (default 1) and `at_last = True` to be called at the last step
@@ -124,13 +127,12 @@ def _name(fn: Any) -> str:
 
 
 class EvaluationHook:
-  """Held-out losses per task (`training.evaluation.Evaluator`) and its generated samples, with the
-  step watchdog paused (evaluation is not a training step)."""
+  """Held-out losses per task (`training.evaluation.Evaluator`) and its generated samples."""
 
   at_last = True
 
-  def __init__(self, evaluator, every: int, watchdog, console: Callable[[str], None]):
-    self.evaluator, self.every, self.watchdog, self.console = evaluator, every, watchdog, console
+  def __init__(self, evaluator, every: int, console: Callable[[str], None]):
+    self.evaluator, self.every, self.console = evaluator, every, console
     self._eval_fn = None
 
   def __call__(self, info: StepInfo) -> None:
@@ -139,14 +141,12 @@ class EvaluationHook:
     trainer = info.run.sharded.trainer
     if self._eval_fn is None:
       self._eval_fn = trainer.jit_eval_sums(info.run.sharded.param_shardings)
-    self.watchdog.pause()
     scalars = self.evaluator.evaluate(self._eval_fn, info.state.params, trainer.batch_sharding)
     info.writer.write(info.step, scalars)
     for line in metrics_lib.eval_console_lines(info.step, scalars):
       self.console(line)
     if self.evaluator.samples is not None:  # generated samples to TensorBoard (training/samples.py)
       self.evaluator.samples.write(info.run, info.step, info.state.params, info.writer, final=info.is_last)
-    self.watchdog.resume()
 
 
 class CheckpointHook:

@@ -36,6 +36,7 @@ from anygpt_jax import partitioning
 from anygpt_jax.checkpoints import CheckpointConfig, Checkpoints
 from anygpt_jax.errors import UserError
 from anygpt_jax.model import ModelConfig, get_config
+from anygpt_jax.training import benchmark_generations  # noqa: F401  (registers the gin configurable)
 from anygpt_jax.training import hooks as hooks_lib
 from anygpt_jax.training import metrics as metrics_lib
 from anygpt_jax.training import optimizer as optimizer_lib
@@ -399,7 +400,9 @@ def run_loop(run: Run, state: TrainState, *, last_step: int, started: float, hoo
       last_scalars = report(pending)
       previous_finite = last_scalars["train/nonfinite_streak"] == 0
     pending = _Pending(step, step_metrics)
+    watchdog.pause()
     stop = hooks.after_step(hooks_lib.StepInfo(step, last_step, state, run, writer, previous_finite))
+    watchdog.resume()
     if stop is not None:
       break
   if pending is not None:
@@ -515,7 +518,7 @@ def train(
     closing.callback(scheduled.close)  # a trace cut short by an error is still written
     scheduled.add_hook(Profile(model_dir / "profile", tuple(profile_steps) if profile_steps else None))
     if the_evaluator is not None and eval_every_steps:
-      scheduled.add_hook(hooks_lib.EvaluationHook(the_evaluator, eval_every_steps, watchdog, _console))
+      scheduled.add_hook(hooks_lib.EvaluationHook(the_evaluator, eval_every_steps, _console))
     for hook in hooks:
       scheduled.add_hook(hook)
     scheduled.add_hook(preemption)

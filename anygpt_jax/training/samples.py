@@ -128,11 +128,10 @@ class TrainingSamples:
     from anygpt_jax.vocabulary.seqio_vocabulary import EOS_ID, AnyGPTVocabulary
 
     layout = run.layout
-    vocabulary = AnyGPTVocabulary(self.sentencepiece_model, chat_tokens=layout.chat_tokens,
-                                  pad_multiple=layout.pad_multiple, legacy=self.legacy)
-    if vocabulary.layout != layout:
-      raise SamplesConfigError(f"TrainingSamples.sentencepiece_model={self.sentencepiece_model!r} gives the "
-                               f"layout {vocabulary.layout}, the run trains {layout}")
+    try:
+      vocabulary = AnyGPTVocabulary.for_layout(self.sentencepiece_model, layout, self.legacy)
+    except ValueError as e:
+      raise SamplesConfigError(f"TrainingSamples.sentencepiece_model: {e}") from None
     stop_ids = (EOS_ID, layout.eos_id)
     tables = cons.build_tables(layout, stop_ids, image_length=self.media.image_length,
                                music_codebooks=self.media.music_codebooks)

@@ -77,6 +77,16 @@ class AnyGPTVocabulary(seqio.Vocabulary):
     self._layout = None
     super().__init__(extra_ids=0)
 
+  @classmethod
+  def for_layout(cls, spm_path: str, layout, legacy: bool = True) -> "AnyGPTVocabulary":
+    """The vocabulary of `spm_path` with `layout`'s chat tokens and padding; raises ValueError when the
+    SentencePiece model gives another layout than `layout` (a run's, which prompts must match)."""
+    vocabulary = cls(spm_path, chat_tokens=layout.chat_tokens, pad_multiple=layout.pad_multiple, legacy=legacy)
+    if vocabulary.layout != layout:
+      raise ValueError(f"the SentencePiece model {spm_path!r} gives the layout {vocabulary.layout}, the run "
+                       f"trains {layout}")
+    return vocabulary
+
   def __getstate__(self):
     # Gin deep-copies configurable arguments: keep the processors out of pickles.
     state = self.__dict__.copy()

@@ -480,3 +480,32 @@ def test_the_readme_bench_command_runs(capsys):
   out = capsys.readouterr().out
   assert "| anygpt-eval generate, batch 2 |" in out and "| one item at a time (batch 1) |" in out
   assert "scoring (WER):" in out
+
+
+def test_the_watch_follows_a_run_until_its_trainer_lets_go(tmp_path):
+  """Complete steps without a report are scored in step order; an incomplete one waits; the watch
+  polls while `trainer.lock` exists and ends with a last pass once it is gone."""
+  from anygpt_jax.evaluation import watch
+
+  model_dir = tmp_path / "run"
+  (model_dir / "benchmarks" / "step_00000006").mkdir(parents=True)  # being written: no complete.json yet
+  watch.mark_complete(model_dir, 4, ["librispeech_asr"])
+  watch.mark_complete(model_dir, 2, ["librispeech_asr"])
+  (watch.step_directory(model_dir, 2) / "report.json").write_text("{}")  # scored before
+  (model_dir / "trainer.lock").write_text("{}")
+  scored, polls = [], []
+
+  def score_step(step, directory):
+    scored.append(step)
+    (tmp_path / "run" / "benchmarks" / f"step_{step:08d}" / "report.json").write_text("{}")
+    assert directory == str(watch.step_directory(model_dir, step))
+
+  def sleep(seconds):
+    polls.append(seconds)
+    if len(polls) == 2:  # the trainer finishes step 6, then stops
+      watch.mark_complete(model_dir, 6, ["librispeech_asr"])
+      (model_dir / "trainer.lock").unlink()
+
+  assert watch.watch(str(model_dir), score_step, poll_s=0.5, sleep=sleep) == [4, 6] == scored
+  assert polls == [0.5, 0.5]
+  assert watch.watch(str(model_dir), score_step, sleep=sleep) == []  # nothing left, no trainer: one pass

@@ -114,7 +114,7 @@ def readme_during_training() -> tuple[list[list[str]], str]:
 def test_a_run_file_adds_hooks_and_one_of_them_stops_the_run(tmp_path, monkeypatch, capsys):
   """ParameterNorms, BenchmarkGenerations (README's lines: the paper's ASR and text-to-image requests,
   their media tokenized beforehand by `anygpt-eval prompts`) and a stopping hook written here, all
-  from the run file; the answers score as `anygpt-eval score` scores them, into the run's TensorBoard.
+  from the run file; `anygpt-eval score --watch` scores the answers into the run's TensorBoard.
   README's lines run as written but for 2 items, this run's step and the period."""
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -160,7 +160,8 @@ CheckpointConfig.save_every_steps = 10
   assert norms[1]["params/norm"] != norms[2]["params/norm"]  # a step changed the parameters
 
   step_dir = model_dir / "benchmarks" / "step_00000002"
-  assert sorted(p.name for p in step_dir.iterdir()) == ["coco_t2i", "librispeech_asr"]  # only the due step
+  assert sorted(p.name for p in step_dir.parent.iterdir()) == ["step_00000002"]  # only the due step
+  assert sorted(p.name for p in step_dir.iterdir()) == ["coco_t2i", "complete.json", "librispeech_asr"]
   for benchmark in ("librispeech_asr", "coco_t2i"):
     run = json.loads((step_dir / benchmark / "run.json").read_text())
     assert (run["model"], run["step"], run["limit"]) == (str(model_dir), 2, 2)
@@ -169,8 +170,9 @@ CheckpointConfig.save_every_steps = 10
   images = [json.loads(l) for l in (step_dir / "coco_t2i" / "generations-00000-of-00001.jsonl").read_text().splitlines()]
   assert all(len(r["spans"][0]["codes"]) == 32 for r in images if "error" not in r)
   score = commands[2]
-  score[score.index("--output_dir") + 1] = "run/benchmarks/step_00000002"
+  score[score.index("--watch") + 1] = "run"  # the trainer has ended: one pass
   assert eval_cli.main(score) == 0
+  assert "the trainer has ended; scored steps [2]" in capsys.readouterr().out
   (entry,) = json.loads((step_dir / "report.json").read_text())["benchmarks"]
   assert entry["step"] == 2 and entry["scored"] == 2 and entry["scores"]["WER"] >= 0
   events = EventAccumulator(str(model_dir / "tensorboard"))

@@ -3,6 +3,7 @@
   anygpt-eval generate --benchmark coco_caption --data /data/coco --model runs/pretrain \\
       --output_dir eval/step_81000 --image_model seed/ [--limit 500] [--num_processes 4 --process_index 0]
   anygpt-eval score --output_dir eval/step_81000
+  anygpt-eval score --watch runs/pretrain      # a run's answers during training (BenchmarkGenerations)
 
 `prompts` (no JAX) writes a subset's requests with their input media as token strings, which the
 trainer reads to generate benchmark answers during training without torch (`BenchmarkGenerations`).
@@ -51,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "training (no JAX)", benchmarks.BENCHMARKS, "writes {output_dir}/{benchmark}/prompts.json",
                         ("coco_caption", "librispeech_asr", "musiccaps_caption"))
   score = stages.add_parser("score", help="score what was generated and write report.json and report.md (no JAX)")
-  score.add_argument("--output_dir", required=True)
+  where = score.add_mutually_exclusive_group(required=True)
+  where.add_argument("--output_dir", help="an output directory of `generate`")
+  where.add_argument("--watch", metavar="MODEL_DIR",
+                     help="a training run's benchmark answers (BenchmarkGenerations): each step scored as it "
+                          "completes, into the run's TensorBoard, until the trainer has ended")
+  score.add_argument("--poll_s", type=float, default=60, help="--watch: seconds between looks while the run trains")
   score.add_argument("--benchmark", action="append", default=None, choices=sorted(benchmarks.BENCHMARKS),
                      help="only these (default: every benchmark generated in --output_dir)")
   score.add_argument("--tensorboard_dir", default=None,
@@ -183,14 +189,26 @@ def _step(session, step: int | None) -> int | None:
 
 
 def score(args) -> int:
+  from anygpt_jax.evaluation import watch
+
   evaluators = scoring.Evaluators(image_model=args.image_model, unclip_model=args.unclip_model,
                                   music_model=args.music_model, speech_model=args.speech_model,
                                   soundstorm_model=args.soundstorm_model, image_steps=args.image_steps,
                                   soundstorm_steps=args.soundstorm_steps, seed=args.seed, clip_model=args.clip_model,
                                   clap_model=args.clap_model, whisper_model=args.whisper_model,
                                   wavlm_model=args.wavlm_model)
+  if args.watch is None:
+    return score_directory(args, args.output_dir, evaluators)
+  scored = watch.watch(args.watch, lambda step, directory: score_directory(args, directory, evaluators), args.poll_s)
+  print(f"anygpt-eval: {args.watch}: the trainer has ended; scored steps {scored}")
+  return 0
+
+
+def score_directory(args, output_dir: str, evaluators: scoring.Evaluators) -> int:
+  """Scores every benchmark generated in `output_dir` (or --benchmark): report.json, report.md and the
+  scores as TensorBoard scalars at the generations' step."""
   try:
-    entries = report.write_report(args.output_dir, args.benchmark, evaluators, args.ceiling_dir)
+    entries = report.write_report(output_dir, args.benchmark, evaluators, args.ceiling_dir)
   except scoring.EvaluatorMissing as e:
     raise SystemExit(f"anygpt-eval score: {e}") from None
   print(report.markdown(entries))
@@ -205,8 +223,7 @@ def score(args) -> int:
                        "(pass --step)")
     print(f"anygpt-eval: scores as TensorBoard scalars at step {next(iter(steps))} in "
           + report.write_scalars(entries, tensorboard_dir, next(iter(steps))))
-  print(f"anygpt-eval: {os.path.join(args.output_dir, report.REPORT_JSON)}, "
-        f"{os.path.join(args.output_dir, report.REPORT_MD)}")
+  print(f"anygpt-eval: {os.path.join(output_dir, report.REPORT_JSON)}, {os.path.join(output_dir, report.REPORT_MD)}")
   return 0
 
 

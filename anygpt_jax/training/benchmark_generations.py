@@ -11,9 +11,10 @@ Each prompts file is written once by `anygpt-eval prompts` on a box with the tok
 media as token strings, `evaluation.prompts`), so the trainer loads no tokenizer and no torch. At step
 N every process decodes the same requests (decoding is a collective) and process 0 writes, for each
 benchmark, `{model_dir}/benchmarks/step_{N:08d}/{benchmark}/run.json` (model: the run directory, step
-N) and `generations-00000-of-00001.jsonl`, the generation stage's layout (`evaluation.report`).
-`anygpt-eval score --output_dir {model_dir}/benchmarks/step_{N:08d}` scores them on a box with the
-evaluator models and writes the scores into the run's TensorBoard at step N, beside the loss curves.
+N) and `generations-00000-of-00001.jsonl`, the generation stage's layout (`evaluation.report`), then
+`complete.json`. `anygpt-eval score --watch {model_dir}` on a box with the evaluator models scores each
+step as it completes (`evaluation.watch`) and writes the scores into the run's TensorBoard at that
+step, beside the loss curves.
 Decoding follows the paper's settings per output modality (`generation/settings.py`); `settings`
 overrides them (e.g. greedy text and short answers for a quick curve).
 """
@@ -26,22 +27,14 @@ from typing import Any, Mapping, Sequence
 import gin
 import jax
 
-from anygpt_jax import filesystem
 from anygpt_jax.evaluation.generation import Request, decoding_settings, generate_benchmark
 from anygpt_jax.evaluation.prompts import read_prompts
+from anygpt_jax.evaluation.watch import mark_complete, step_directory
 from anygpt_jax.generation.requests import TASK_MODALITIES
-
-BENCHMARKS_DIR = "benchmarks"
 
 
 class BenchmarkGenerationsError(ValueError):
   """A `BenchmarkGenerations` binding that cannot work; the message names it."""
-
-
-def step_directory(model_dir, step: int):
-  """Where the answers of `step` go: `{model_dir}/benchmarks/step_{step:08d}` (an `anygpt-eval`
-  output directory)."""
-  return filesystem.resolve(model_dir) / BENCHMARKS_DIR / f"step_{step:08d}"
 
 
 @gin.configurable
@@ -112,6 +105,7 @@ class BenchmarkGenerations:
                          seed=self.seed, params=info.state.params, writer=writer, answer_files=False,
                          log=lambda line: None)
     if writer:
+      mark_complete(info.run.model_dir, info.step, [p.benchmark for p in self.prompts])
       print(f"[anygpt-train] benchmark answers at step {info.step}: "
             f"{', '.join(p.benchmark for p in self.prompts)} in {time.perf_counter() - start:.1f} s -> {out} "
             f"(score: anygpt-eval score --output_dir {out})", flush=True)

@@ -486,6 +486,7 @@ def test_the_watch_follows_a_run_until_its_trainer_lets_go(tmp_path):
   """Complete steps without a report are scored in step order; an incomplete one waits; the watch
   polls while `trainer.lock` exists and ends with a last pass once it is gone."""
   from anygpt_jax.evaluation import watch
+  from anygpt_jax.training import run_lock
 
   model_dir = tmp_path / "run"
   (model_dir / "benchmarks" / "step_00000006").mkdir(parents=True)  # being written: no complete.json yet
@@ -506,6 +507,7 @@ def test_the_watch_follows_a_run_until_its_trainer_lets_go(tmp_path):
       watch.mark_complete(model_dir, 6, ["librispeech_asr"])
       (model_dir / "trainer.lock").unlink()
 
-  assert watch.watch(str(model_dir), score_step, poll_s=0.5, sleep=sleep) == [4, 6] == scored
+  training = lambda: run_lock.held(model_dir)
+  assert watch.watch(str(model_dir), score_step, training, poll_s=0.5, sleep=sleep) == [4, 6] == scored
   assert polls == [0.5, 0.5]
-  assert watch.watch(str(model_dir), score_step, sleep=sleep) == []  # nothing left, no trainer: one pass
+  assert watch.watch(str(model_dir), score_step, training, sleep=sleep) == []  # nothing left, no trainer: one pass

@@ -190,6 +190,7 @@ def _step(session, step: int | None) -> int | None:
 
 def score(args) -> int:
   from anygpt_jax.evaluation import watch
+  from anygpt_jax.training import run_lock
 
   evaluators = scoring.Evaluators(image_model=args.image_model, unclip_model=args.unclip_model,
                                   music_model=args.music_model, speech_model=args.speech_model,
@@ -199,7 +200,8 @@ def score(args) -> int:
                                   wavlm_model=args.wavlm_model)
   if args.watch is None:
     return score_directory(args, args.output_dir, evaluators)
-  scored = watch.watch(args.watch, lambda step, directory: score_directory(args, directory, evaluators), args.poll_s)
+  scored = watch.watch(args.watch, lambda step, directory: score_directory(args, directory, evaluators),
+                       training=lambda: run_lock.held(args.watch), poll_s=args.poll_s)
   print(f"anygpt-eval: {args.watch}: the trainer has ended; scored steps {scored}")
   return 0
 

@@ -7,8 +7,8 @@ The trainer's `BenchmarkGenerations` hook writes, at each chosen step,
 
 `watch` scores each complete step that has no `report.json` yet (the caller's `score_step` writes
 the report and the run's TensorBoard scalars at that step), then looks again every `poll_s` seconds
-while the trainer holds the run directory (`trainer.lock`); once it does not, what is left is scored
-and the watch ends. So a scorer started beside a run follows it to its end, and one started after
+while `training()` says the run goes on (the command asks whether the trainer holds the run
+directory, `training.run_lock.held`); once it does not, what is left is scored and the watch ends. So a scorer started beside a run follows it to its end, and one started after
 it scores everything in one pass. No JAX: this runs on the scoring box.
 """
 
@@ -21,7 +21,6 @@ from typing import Callable
 
 from anygpt_jax import filesystem
 from anygpt_jax.evaluation import report
-from anygpt_jax.training.run_lock import LOCK_FILE
 
 BENCHMARKS_DIR = "benchmarks"
 COMPLETE_FILE = "complete.json"
@@ -52,17 +51,16 @@ def unscored_steps(model_dir) -> list[tuple[int, str]]:
   return sorted(found)
 
 
-def watch(model_dir: str, score_step: Callable[[int, str], None], poll_s: float = 60.0,
-          sleep: Callable[[float], None] = time.sleep) -> list[int]:
-  """Scores every unscored step of `model_dir` with `score_step(step, directory)` until the trainer
-  has let go of the run directory and none is left; returns the steps scored, in order."""
-  lock = filesystem.resolve(model_dir) / LOCK_FILE
+def watch(model_dir: str, score_step: Callable[[int, str], None], training: Callable[[], bool],
+          poll_s: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> list[int]:
+  """Scores every unscored step of `model_dir` with `score_step(step, directory)` until `training()`
+  is False and none is left; returns the steps scored, in order."""
   scored = []
   while True:
-    training = lock.exists()  # looked at first: a step the trainer wrote before it stopped is still found
+    running = training()  # asked first: a step the trainer wrote before it stopped is still found
     for step, directory in unscored_steps(model_dir):
       score_step(step, directory)
       scored.append(step)
-    if not training:
+    if not running:
       return scored
     sleep(poll_s)

@@ -26,6 +26,12 @@ from anygpt_jax.errors import UserError
 LOCK_FILE = "trainer.lock"
 
 
+def held(model_dir) -> bool:
+  """Whether a trainer holds `model_dir` (its lease file exists; one left by a killed trainer counts
+  until the next trainer takes it over)."""
+  return (filesystem.resolve(model_dir) / LOCK_FILE).exists()
+
+
 class RunDirectoryBusyError(UserError, RuntimeError):
   """Another trainer holds the run directory; the message names it."""
 

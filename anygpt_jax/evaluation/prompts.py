@@ -78,7 +78,8 @@ def read_prompts(path: str) -> BenchmarkPrompts:
     items = tuple((x["id"], x.get("task"), x.get("error")) for x in body["items"])
     prompts = BenchmarkPrompts(body["benchmark"], body["data"], body["limit"], body["seed"], items)
   except (json.JSONDecodeError, KeyError, TypeError) as e:
-    raise PromptsFileError(f"{resolved}: not a prompts file of `anygpt-eval prompts` ({type(e).__name__}: {e})") from None
+    raise PromptsFileError(f"{resolved}: not a prompts file of `anygpt-eval prompts` "
+                           f"({type(e).__name__}: {e})") from None
   if prompts.benchmark not in benchmarks.BENCHMARKS:
     raise PromptsFileError(f"{resolved}: unknown benchmark {prompts.benchmark!r}")
   return prompts

@@ -8,8 +8,9 @@ The trainer's `BenchmarkGenerations` hook writes, at each chosen step,
 `watch` scores each complete step that has no `report.json` yet (the caller's `score_step` writes
 the report and the run's TensorBoard scalars at that step), then looks again every `poll_s` seconds
 while `training()` says the run goes on (the command asks whether the trainer holds the run
-directory, `training.run_lock.held`); once it does not, what is left is scored and the watch ends. So a scorer started beside a run follows it to its end, and one started after
-it scores everything in one pass. No JAX: this runs on the scoring box.
+directory, `training.run_lock.held`); once it does not, what is left is scored and the watch
+ends. So a scorer started beside a run follows it to its end, and one started after it scores
+everything in one pass. No JAX: this runs on the scoring box.
 """
 
 from __future__ import annotations

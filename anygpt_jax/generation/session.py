@@ -78,8 +78,8 @@ def generate_records(session: Session, tasks: list[tuple[int, Task | RequestErro
 
   Requests are decoded `batch_size` at a time, chunk k with seed `seed + k * batch_size`; each
   answer's files are written to `output_dir/{index:04d}-{output}.*` (media only when `detokenize`:
-  anygpt-eval de-tokenizes in its scoring stage; none when `output_dir` is None). `params`: decode with these parameters of the
-  session's model (the trainer's, as they change) instead of its own."""
+  anygpt-eval de-tokenizes in its scoring stage; none when `output_dir` is None). `params`: decode
+  with these parameters of the session's model (the trainer's, as they change) instead of its own."""
   from anygpt_jax.generation import SettingsError
 
   tables, limit = session.tables, session.loaded.config.max_position_embeddings

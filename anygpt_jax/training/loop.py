@@ -2,9 +2,10 @@
 
 `train()` is what `anygpt-train` runs; every argument is bound in gin (see `gin/runs/*.gin`). It
 builds the run (`build_run`), its first state (`initial_state`), writes the run files
-(`write_run_files`) and steps (`run_loop`), calling its hooks between steps (`hooks.py`: profiling,
-evaluation and samples, the run file's own, preemption, checkpointing). A restart is compared with the run's record first
-(`run_record`): settings that break exact resume are refused unless accepted on purpose.
+(`write_run_files`) and steps (`run_loop`), calling its hooks between steps (`hooks.py`:
+profiling, evaluation and samples, the run file's own, preemption, checkpointing). A restart is
+compared with the run's record first (`run_record`): settings that break exact resume are refused
+unless accepted on purpose.
 A run directory (`model_dir`, local or a URL) holds `config.gin` (the operative config),
 `checkpoints/`, `tensorboard/` (event files and `metrics.jsonl`), `compilation_cache/`, while a
 trainer runs `trainer.lock` (`run_lock`: one trainer per run directory) and, when

@@ -33,22 +33,32 @@ class Session:
   tables: Any  # the modality constraints' tables (`generation.constraints`)
 
 
-def open_session(loaded, media, overrides: dict[str, dict[str, Any]], seed: int, weights: bool = True) -> Session:
+def open_session(loaded, media, overrides: dict[str, dict[str, Any]], seed: int, weights: bool = True,
+                 model=None, mesh=None, rules=None) -> Session:
   """The vocabulary (in the model's text mode), constraint tables and generator of `loaded` (a
-  `LoadedModel`) with `media`'s workers; without `weights`, no generator (a front whose engine is vLLM)."""
+  `LoadedModel`) with `media`'s workers; without `weights`, no generator (a front whose engine is vLLM).
+  `model`, `mesh`, `rules`: the trainer's Transformer, mesh and axis rules, for decoding with its
+  placed parameters (default: a Transformer of `loaded.config` on every device).
+  Raises SessionError when the SentencePiece model is missing or gives another layout."""
+  from anygpt_jax import filesystem
   from anygpt_jax.generation import Generator, build_tables
   from anygpt_jax.model import Transformer
   from anygpt_jax.vocabulary.seqio_vocabulary import EOS_ID, AnyGPTVocabulary
 
-  if not loaded.spm_path or not os.path.exists(loaded.spm_path):
+  if not loaded.spm_path or not filesystem.resolve(loaded.spm_path).exists():
     raise SessionError(f"the SentencePiece model {loaded.spm_path!r} of {loaded.source} does not exist here; "
                        "pass --spm")
   layout = loaded.layout
-  vocabulary = AnyGPTVocabulary(loaded.spm_path, chat_tokens=layout.chat_tokens, pad_multiple=layout.pad_multiple,
-                                legacy=loaded.legacy)
+  try:
+    vocabulary = AnyGPTVocabulary.for_layout(loaded.spm_path, layout, loaded.legacy)
+  except ValueError as e:
+    raise SessionError(str(e)) from None
   stops = (EOS_ID, layout.eos_id)
   tables = build_tables(layout, stops, image_length=media.image_length, music_codebooks=media.music_codebooks)
-  generator = Generator(Transformer(loaded.config), loaded.params, constraints=tables) if weights else None
+  generator = None
+  if weights:
+    generator = Generator(model or Transformer(loaded.config), loaded.params, mesh=mesh, rules=rules,
+                          constraints=tables)
   return Session(loaded, Prompts(vocabulary, media, seed), media, generator, stops, overrides, tables)
 
 

@@ -70,24 +70,16 @@ class BenchmarkGenerations:
   def _open(self, run, params):
     """A generation session over the trainer's model and mesh, with no tokenizer (the prompts carry
     their media as token strings)."""
-    from anygpt_jax.generation import Generator, build_tables
     from anygpt_jax.generation.loading import LoadedModel
     from anygpt_jax.generation.media import Media
-    from anygpt_jax.generation.requests import Prompts
-    from anygpt_jax.generation.session import Session
-    from anygpt_jax.vocabulary.seqio_vocabulary import EOS_ID, AnyGPTVocabulary
+    from anygpt_jax.generation.session import SessionError, open_session
 
-    layout = run.layout
-    try:
-      vocabulary = AnyGPTVocabulary.for_layout(self.sentencepiece_model, layout, self.legacy)
-    except ValueError as e:
+    loaded = LoadedModel(run.config, params, run.layout, self.sentencepiece_model, str(run.model_dir), self.legacy)
+    try:  # no tokenizer in Media(): AnyGPT's span shapes (32 image codes, 4 music codebooks)
+      return open_session(loaded, Media(), self.overrides, self.seed, model=run.sharded.transformer, mesh=run.mesh,
+                          rules=run.sharded.rules)
+    except SessionError as e:
       raise BenchmarkGenerationsError(f"BenchmarkGenerations.sentencepiece_model: {e}") from None
-    media = Media()  # no tokenizer: AnyGPT's span shapes (32 image codes, 4 music codebooks)
-    stops = (EOS_ID, layout.eos_id)
-    tables = build_tables(layout, stops, image_length=media.image_length, music_codebooks=media.music_codebooks)
-    generator = Generator(run.sharded.transformer, params, mesh=run.mesh, rules=run.sharded.rules, constraints=tables)
-    loaded = LoadedModel(run.config, None, layout, self.sentencepiece_model, str(run.model_dir), self.legacy)
-    return Session(loaded, Prompts(vocabulary, media, self.seed), media, generator, stops, self.overrides, tables)
 
   def __call__(self, info) -> None:
     start = time.perf_counter()
@@ -108,4 +100,4 @@ class BenchmarkGenerations:
       mark_complete(info.run.model_dir, info.step, [p.benchmark for p in self.prompts])
       print(f"[anygpt-train] benchmark answers at step {info.step}: "
             f"{', '.join(p.benchmark for p in self.prompts)} in {time.perf_counter() - start:.1f} s -> {out} "
-            f"(score: anygpt-eval score --output_dir {out})", flush=True)
+            f"(score: anygpt-eval score --watch {info.run.model_dir})", flush=True)
